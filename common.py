@@ -1,0 +1,360 @@
+"""Shared data loading and ResNet blocks for the five reproductions.
+
+This file holds only what every script would otherwise copy verbatim: reading datasets into tensors,
+the one-class protocol (which samples are normal, which test samples are anomalies), the preprocessing
+each paper names, and a CIFAR-style ResNet-18. Everything that belongs to one paper stays in that
+paper's script.
+
+Datasets (``load_images`` / ``load_tabular`` / ``load_omniglot``)
+    mnist, fashion-mnist, cifar10, cifar100 (20 superclasses), svhn   -- through torchvision's classes
+    digits       -- scikit-learn's bundled 8x8 digits resized to 28x28: no network, no files
+    omniglot     -- torchvision's Omniglot, or the official small background subsets as a fallback
+    arrhythmia, thyroid, abalone -- tabular, from their public files (ODDS .mat / UCI .data)
+
+Where the data lives: ``--data-root`` if given, else the environment variable ``AD_DATA_ROOT``, else
+``./data``. Files are looked for in torchvision's layout (``ROOT/MNIST/raw/...``,
+``ROOT/cifar-10-batches-py/...``) and tabular files in ``ROOT`` or ``ROOT/tabular``. Missing files are
+downloaded; set ``AD_OFFLINE=1`` to never try. Every failure raises ``DataError`` with a readable
+message; the scripts print it and exit with status 2.
+"""
+import os
+import pickle
+import urllib.request
+import zipfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGE_DATASETS = {  # name -> (number of classes, channels, side)
+    "mnist": (10, 1, 28),
+    "fashion-mnist": (10, 1, 28),
+    "digits": (10, 1, 28),
+    "cifar10": (10, 3, 32),
+    "cifar100": (20, 3, 32),  # the 20 superclasses (coarse labels), as every one-class paper uses them
+    "svhn": (10, 3, 32),
+}
+TABULAR_DATASETS = ("arrhythmia", "thyroid", "abalone")
+ENV_ROOT, ENV_OFFLINE = "AD_DATA_ROOT", "AD_OFFLINE"
+
+
+class DataError(Exception):
+    """A dataset or protocol problem the user can fix; scripts print it without a traceback."""
+
+
+def data_root(arg=None):
+    """--data-root, else $AD_DATA_ROOT, else ./data."""
+    return os.path.expanduser(arg or os.environ.get(ENV_ROOT) or "./data")
+
+
+def _offline():
+    return os.environ.get(ENV_OFFLINE, "") not in ("", "0")
+
+
+def _missing(what, root, expected, why):
+    return DataError(
+        f"{what} was not found under '{root}' and could not be downloaded ({why}). Expected {expected}. "
+        f"Point --data-root (or the environment variable {ENV_ROOT}) at a folder holding these files in "
+        f"torchvision's layout, e.g. --data-root ../shared/data, or run once with network access so "
+        f"torchvision can download them there.")
+
+
+# ------------------------------------------------------------------------------------------ images
+
+_IMAGE_FILES = {
+    "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the .gz originals)",
+    "fashion-mnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the .gz originals)",
+    "cifar10": "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} (md5-exact originals)",
+    "cifar100": "cifar-100-python/{train,test,meta} (md5-exact originals)",
+    "svhn": "train_32x32.mat and test_32x32.mat (md5-exact originals)",
+}
+
+
+def _torchvision_split(name, root, train):
+    import torchvision.datasets as tvd
+    download = not _offline()
+    if name == "mnist":
+        return tvd.MNIST(root, train=train, download=download)
+    if name == "fashion-mnist":
+        return tvd.FashionMNIST(root, train=train, download=download)
+    if name == "cifar10":
+        return tvd.CIFAR10(root, train=train, download=download)
+    if name == "cifar100":
+        return tvd.CIFAR100(root, train=train, download=download)
+    if name == "svhn":
+        return tvd.SVHN(root, split="train" if train else "test", download=download)
+    raise AssertionError(name)
+
+
+def _images_and_labels(name, ds, train):
+    """torchvision dataset object -> (uint8 N×C×H×W, int64 N) without going through PIL per image."""
+    if name in ("mnist", "fashion-mnist"):
+        return ds.data.unsqueeze(1).clone(), torch.as_tensor(ds.targets, dtype=torch.int64)
+    if name == "cifar10":
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
+    if name == "cifar100":
+        # torchvision exposes only the 100 fine labels; the pickles also hold the 20 coarse ones.
+        files = ds.train_list if train else ds.test_list
+        coarse = []
+        for file_name, _ in files:
+            with open(os.path.join(ds.root, ds.base_folder, file_name), "rb") as f:
+                coarse.extend(pickle.load(f, encoding="latin1")["coarse_labels"])
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(coarse)
+    if name == "svhn":
+        return torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels, dtype=torch.int64)
+    raise AssertionError(name)
+
+
+def _digits():
+    """scikit-learn's bundled 8×8 digits (1797 images, values 0..16) resized to 28×28 in [0, 1].
+    Fixed split: every third image (index % 3 == 0) is the test split."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0            # (1797, 1, 8, 8)
+    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    test = torch.arange(len(y)) % 3 == 0
+    return x[~test], y[~test], x[test], y[test]
+
+
+def load_images(name, root=None):
+    """Return (x_train, y_train, x_test, y_test): float32 N×C×H×W in [0, 1] and int64 class labels."""
+    if name not in IMAGE_DATASETS:
+        raise DataError(f"unknown image dataset '{name}'; choose one of {', '.join(IMAGE_DATASETS)}")
+    if name == "digits":
+        return _digits()
+    root = data_root(root)
+    out = []
+    for train in (True, False):
+        try:
+            ds = _torchvision_split(name, root, train)
+        except Exception as e:  # torchvision raises RuntimeError / URLError / OSError when files are absent
+            why = "downloads disabled by AD_OFFLINE" if _offline() else f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            raise _missing(name, root, _IMAGE_FILES[name], why) from None
+        x, y = _images_and_labels(name, ds, train)
+        out += [x.float().div_(255.0), y.long()]
+    return tuple(out)
+
+
+def load_omniglot(root=None, size=28):
+    """Omniglot background images as float32 N×1×size×size in [0, 1], strokes bright on black (like MNIST).
+
+    Sources, first found wins: torchvision's ``ROOT/omniglot-py`` (background set; downloaded if allowed);
+    the official small subsets ``images_background_small1.zip`` / ``images_background_small2.zip`` in ROOT
+    or ROOT/omniglot_subsets (2720 + 3120 images). Labels are character indices."""
+    from PIL import Image
+    root = data_root(root)
+    try:
+        import torchvision.datasets as tvd
+        ds = tvd.Omniglot(root, background=True, download=not _offline())
+        paths = [(os.path.join(ds.target_folder, ds._characters[c], f), c) for f, c in ds._flat_character_images]
+        images = [np.asarray(Image.open(p).convert("L")) for p, _ in paths]
+        labels = [c for _, c in paths]
+    except Exception:
+        images, labels, chars = [], [], {}
+        for sub in ("", "omniglot_subsets"):
+            for k in (1, 2):
+                zpath = os.path.join(root, sub, f"images_background_small{k}.zip")
+                if not os.path.exists(zpath):
+                    continue
+                with zipfile.ZipFile(zpath) as z:
+                    for n in sorted(z.namelist()):
+                        if n.endswith(".png"):
+                            with z.open(n) as f:
+                                images.append(np.asarray(Image.open(f).convert("L")))
+                            labels.append(chars.setdefault(os.path.dirname(n), len(chars)))
+        if not images:
+            raise _missing("omniglot", root, "omniglot-py/images_background.zip (torchvision) or "
+                           "images_background_small1.zip / images_background_small2.zip (in ROOT or "
+                           "ROOT/omniglot_subsets)", "downloads disabled by AD_OFFLINE" if _offline()
+                           else "torchvision download failed") from None
+    x = torch.from_numpy(np.stack(images)).float().unsqueeze(1) / 255.0           # (N, 1, 105, 105)
+    x = 1.0 - x                                                                    # white strokes on black
+    x = F.interpolate(x, size=(size, size), mode="area")                           # area = antialiased
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+# ------------------------------------------------------------------------------------------ tabular
+
+_TABULAR_URLS = {
+    "arrhythmia": ("arrhythmia.mat", "https://github.com/yzhao062/pyod/raw/master/data/arrhythmia.mat"),
+    "thyroid": ("38_thyroid.npz",
+                "https://github.com/Minqi824/ADBench/raw/main/adbench/datasets/Classical/38_thyroid.npz"),
+    "abalone": ("abalone.data", "https://archive.ics.uci.edu/ml/machine-learning-databases/abalone/abalone.data"),
+}
+_TABULAR_FILES = {
+    "arrhythmia": ["arrhythmia.mat", "arrhythmia.data"],
+    "thyroid": ["thyroid.mat", "38_thyroid.npz"],
+    "abalone": ["abalone.data"],
+}
+
+
+def _find_or_download(name, root):
+    for sub in ("", "tabular"):
+        for fname in _TABULAR_FILES[name]:
+            p = os.path.join(root, sub, fname)
+            if os.path.exists(p):
+                return p
+    expected = " or ".join(_TABULAR_FILES[name]) + " in ROOT or ROOT/tabular"
+    if _offline():
+        raise _missing(name, root, expected, "downloads disabled by AD_OFFLINE")
+    fname, url = _TABULAR_URLS[name]
+    dest = os.path.join(root, "tabular", fname)
+    try:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        urllib.request.urlretrieve(url, dest + ".part")
+        os.replace(dest + ".part", dest)
+    except Exception as e:
+        raise _missing(name, root, expected, f"{type(e).__name__}: {e}") from None
+    return dest
+
+
+def load_tabular(name, root=None):
+    """Return (X float32 N×D, y int64 N with 1 = anomaly) as the anomaly-detection literature uses them.
+
+    arrhythmia: ODDS version, 452×274, classes 3,4,5,7,8,9,14,15 anomalous (66). From ``arrhythmia.mat``;
+        the UCI ``arrhythmia.data`` gives the same matrix after dropping its five columns with missing values.
+    thyroid:    ODDS version, 3772×6, 93 anomalies (``thyroid.mat`` or ADBench's ``38_thyroid.npz``).
+    abalone:    UCI, sex one-hot + 7 measurements (10 features); rings 3 and 21 anomalous, rings 8, 9, 10
+        normal, all other rows dropped (the protocol of DROCC/GOAD-style tabular benchmarks).
+    """
+    if name not in TABULAR_DATASETS:
+        raise DataError(f"unknown tabular dataset '{name}'; choose one of {', '.join(TABULAR_DATASETS)}")
+    path = _find_or_download(name, data_root(root))
+    try:
+        if path.endswith(".mat"):
+            import scipy.io
+            m = scipy.io.loadmat(path)
+            X, y = m["X"], m["y"].ravel()
+        elif path.endswith(".npz"):
+            d = np.load(path)
+            X, y = d["X"], d["y"].ravel()
+        elif name == "arrhythmia":  # UCI raw file: 279 features + class, '?' for missing values
+            rows = [line.strip().split(",") for line in open(path) if line.strip()]
+            raw = np.array([[np.nan if v == "?" else float(v) for v in r] for r in rows])
+            X, cls = raw[:, :-1], raw[:, -1].astype(int)
+            X = X[:, ~np.isnan(X).any(0)]
+            y = np.isin(cls, [3, 4, 5, 7, 8, 9, 14, 15]).astype(int)
+        else:  # abalone.data: sex,length,diameter,height,whole,shucked,viscera,shell,rings
+            rows = [line.strip().split(",") for line in open(path) if line.strip()]
+            sex = np.array([[r[0] == s for s in "MFI"] for r in rows], dtype=float)
+            num = np.array([[float(v) for v in r[1:8]] for r in rows])
+            rings = np.array([int(r[8]) for r in rows])
+            keep = np.isin(rings, [3, 21, 8, 9, 10])
+            X, y = np.concatenate([sex, num], 1)[keep], np.isin(rings[keep], [3, 21]).astype(int)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"could not read {name} from '{path}': {type(e).__name__}: {e}") from None
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
+
+
+# ------------------------------------------------------------------------------------------ protocol
+
+def parse_normal(text, n_classes):
+    """'8' or '0,1' -> sorted list of distinct class indices in [0, n_classes); clear errors otherwise."""
+    try:
+        classes = [int(t) for t in str(text).split(",")]
+    except ValueError:
+        raise DataError(f"--normal must be a class index or a comma list like 0,1 (got '{text}')") from None
+    bad = [c for c in classes if not 0 <= c < n_classes]
+    if bad:
+        raise DataError(f"--normal class {bad[0]} is out of range: this dataset has classes 0..{n_classes - 1}")
+    if len(set(classes)) != len(classes):
+        raise DataError(f"--normal lists a class twice ('{text}')")
+    if len(classes) == n_classes:
+        raise DataError("--normal names every class: nothing would be left as an anomaly")
+    return sorted(classes)
+
+
+def is_anomaly(y, normal):
+    """Class labels -> anomaly labels (1 = not one of the normal classes)."""
+    return (~torch.isin(y, torch.as_tensor(normal))).long()
+
+
+def one_class_split(x_train, y_train, x_test, y_test, normal, val_size=0, seed=0):
+    """The one-class protocol: train on the normal samples of the train split, test on the whole test split
+    (label 1 = anomaly). With val_size > 0, a random hold-out of that many samples of the train split
+    (normal and anomalous, labelled like the test set) is removed first, for papers that select models on it.
+    Returns dict(train=x, val=(x, y) or None, test=(x, y))."""
+    if val_size < 0 or val_size >= len(x_train):
+        raise DataError(f"validation size {val_size} is impossible for a train split of {len(x_train)} samples")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x_train), generator=g)
+    val_idx, rest = perm[:val_size], perm[val_size:]
+    rest = rest[torch.isin(y_train[rest], torch.as_tensor(normal))].sort().values
+    if len(rest) == 0:
+        raise DataError(f"no training samples of normal class(es) {normal} are left")
+    val = (x_train[val_idx], is_anomaly(y_train[val_idx], normal)) if val_size else None
+    return {"train": x_train[rest], "val": val, "test": (x_test, is_anomaly(y_test, normal))}
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+
+def standardize(x, mean, std):
+    """Per-dataset standardisation (x - mean) / std with scalars from the whole training split
+    (MNIST 0.1307/0.3081 and Fashion-MNIST 0.2860/0.3530 on the full sets)."""
+    return (x - mean) / std
+
+
+def global_contrast_normalization(x):
+    """GCN with the L1 norm, per image: subtract the image mean, divide by the mean absolute deviation."""
+    flat = x.flatten(1)
+    flat = flat - flat.mean(1, keepdim=True)
+    return (flat / flat.abs().mean(1, keepdim=True).clamp_min(1e-12)).view_as(x)
+
+
+def minmax_scale(x, lo, hi):
+    """Min-max scaling with scalars lo/hi (Deep SVDD: taken from the normal class's training images)."""
+    return (x - lo) / (hi - lo)
+
+
+def to_minus1_1(x):
+    """[0, 1] -> [-1, 1]."""
+    return x * 2.0 - 1.0
+
+
+# ------------------------------------------------------------------------------------------ ResNet
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al., 2016): two 3×3 convolutions with BN, identity or 1×1 shortcut."""
+    expansion = 1
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32×32 inputs as in SimCLR/CSI's CIFAR code: 3×3 stride-1 stem, no max-pool,
+    four stages of two BasicBlocks (widths w, 2w, 4w, 8w; strides 1, 2, 2, 2), global average pool.
+    forward(x) -> (B, 8w) penultimate features; w = 64 gives the standard 512-d network."""
+
+    def __init__(self, in_channels=3, width=64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, in_planes = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            planes = width * 2 ** i
+            layers += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+            in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = in_planes
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))                # (B, w, 32, 32)
+        out = self.layers(out)                               # (B, 8w, 4, 4)
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)      # (B, 8w)
