@@ -1,0 +1,157 @@
+"""toll.py: Eq. (2)/(3) by hand, Appendix B shapes, Theorem 1 numerically, the Sec. 4.1 protocol end to end
+on generated data, bad input, and a learning test."""
+import os
+
+import pytest
+import torch
+
+import toll
+from conftest import read_json, run_script
+
+
+def test_eq2_eq3_toll_loss_and_score_match_hand_computation():
+    x = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
+    x_hat = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    z = torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 0.5]])
+    score, rec, reg = toll.toll_score(x, x_hat, z, beta=2.0)
+    # sample 1: ||(-3,-4)|| = 5, ||z|| = 3 -> 5 + 2*3 = 11; sample 2: 0 + 2*0.5 = 1 (norms, not squared)
+    assert score.tolist() == [11.0, 1.0] and rec.tolist() == [5.0, 0.0] and reg.tolist() == [3.0, 0.5]
+    loss, rec_m, reg_m = toll.toll_loss(x, x_hat, z, beta=2.0)
+    assert loss.item() == 6.0 and rec_m.item() == 2.5 and reg_m.item() == 1.75
+
+
+def test_beta_zero_is_the_plain_autoencoder_score():
+    x, x_hat, z = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 3)
+    assert torch.allclose(toll.toll_score(x, x_hat, z, 0.0)[0], (x - x_hat).norm(dim=1))
+
+
+@pytest.mark.parametrize("model,shape,latent", [
+    (toll.MnistAE(128), (1, 28, 28), 128), (toll.MnistAE(256), (1, 28, 28), 256),
+    (toll.CifarAE(64), (3, 32, 32), 64), (toll.TabularAE(274, 16), (274,), 16)])
+def test_appendix_b_architectures_reach_the_stated_shapes(model, shape, latent):
+    x = torch.randn(3, *shape)
+    x_hat, z = model(x)
+    assert z.shape == (3, latent) and x_hat.shape == x.shape
+
+
+def test_mnist_encoder_flattens_64x4x4():
+    feats = toll.MnistAE(128).encoder[:-2](torch.randn(2, 1, 28, 28))
+    assert feats.shape == (2, 64, 4, 4)
+
+
+def test_cifar_convolutions_are_bias_free_except_the_last_of_each_half():
+    m = toll.CifarAE(64)
+    for half in (m.encoder, m.decoder):
+        convs = [l for l in half if isinstance(l, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        assert [c.bias is not None for c in convs] == [False] * (len(convs) - 1) + [True]
+    assert not any(p.shape == (3, 32, 32) for p in m.parameters())  # no output bias: the paper has none
+
+
+def test_theorem1_linear_encoder_follows_closed_form_under_norm_loss():
+    """Theorem 1: for a linear encoder z = Wx trained on the latent-norm term alone, L = ½ E||Wx||², the
+    gradient flow dW/dt = -W Σ has the solution W(t) = W(0) U exp(-Λt) Uᵀ with Σ = U Λ Uᵀ. Small-step
+    gradient descent (t = steps × step) must follow it; directions of small variance decay slowest."""
+    g = torch.Generator().manual_seed(0)
+    d, k, n = 5, 3, 500
+    X = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.diag(torch.tensor([2.0, 1.0, 0.5, 0.2, 0.05], dtype=torch.float64))
+    W0 = torch.randn(k, d, generator=g, dtype=torch.float64)
+    W = W0.clone().requires_grad_(True)
+    step, steps = 2e-3, 600
+    for _ in range(steps):
+        loss = 0.5 * (X @ W.T).norm(dim=1).pow(2).mean()
+        (grad,) = torch.autograd.grad(loss, W)
+        with torch.no_grad():
+            W -= step * grad
+    lam, U = torch.linalg.eigh(X.T @ X / n)
+    t = step * steps
+    W_theory = W0 @ U @ torch.diag(torch.exp(-lam * t)) @ U.T
+    assert torch.allclose(W.detach(), W_theory, rtol=0, atol=2e-3 * W0.abs().max())
+    assert not torch.allclose(W0, W_theory, atol=0.1)  # the dynamics did move W
+
+
+def test_end_to_end_mnist_two_iterations_subprocess(tiny_root, tmp_path):
+    out = tmp_path / "r.json"
+    p, r = run_script("toll.py", "--dataset", "mnist", "--normal", "0", "--data-root", tiny_root, "--iters", 2,
+                      "--batch-size", 8, "--val-size", 50, "--eval-every", 1, "--json", out)
+    assert "iter 1/2" in p.stdout and "val_auroc=" in p.stdout
+    assert r["method"] == "toll" and r["dataset"] == "mnist" and r["normal"] == "0" and r["select"] == "val"
+    assert 0 <= float(r["auroc"]) <= 1 and float(r["train_samples_per_s"]) > 0
+    assert read_json(out)["auroc"] == float(r["auroc"]) and not os.path.exists(str(out) + ".tmp")
+
+
+def test_end_to_end_fashion_mnist_multiclass_normal_select_last(tiny_root):
+    r = toll.main(["--dataset", "fashion-mnist", "--normal", "0,1", "--data-root", tiny_root, "--iters", "2",
+                   "--batch-size", "8", "--select", "last", "--val-size", "10", "--beta", "0"])
+    assert r["normal"] == "0,1" and r["select"] == "last" and "val_auroc" not in r and r["beta"] == 0
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_end_to_end_cifar_two_iterations(tiny_root, torchvision_md5, dataset):
+    r = toll.main(["--dataset", dataset, "--normal", "1", "--data-root", tiny_root, "--iters", "2",
+                   "--batch-size", "4", "--val-size", "40", "--eval-every", "1"])
+    assert 0 <= r["auroc"] <= 1 and r["beta"] == (10 if dataset == "cifar10" else 100)
+
+
+def test_cifar_preprocessing_is_gcn_then_minmax_of_normal_training_images(tiny_root, torchvision_md5):
+    args = toll.parse_args(["--dataset", "cifar10", "--normal", "2", "--data-root", tiny_root, "--val-size", "40"])
+    split, _ = toll.prepare(args)
+    assert split["train"].min().item() == pytest.approx(0.0, abs=1e-6)
+    assert split["train"].max().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_arrhythmia_protocol_and_f1(tiny_root):
+    r = toll.main(["--dataset", "arrhythmia", "--data-root", tiny_root, "--iters", "2", "--eval-every", "1"])
+    assert "f1" in r and "val_f1" in r and r["beta"] == 10 and r["batch_size"] == 100
+    args = toll.parse_args(["--dataset", "arrhythmia", "--data-root", tiny_root])
+    split, _ = toll.prepare(args)
+    n_normal, n_anom = 452 - 66, 66
+    assert len(split["test"][0]) == round(0.2 * n_normal) + round(0.2 * n_anom)
+    assert len(split["val"][0]) == round(0.3 * n_normal) + round(0.3 * n_anom)
+    assert len(split["train"]) == n_normal - round(0.2 * n_normal) - round(0.3 * n_normal)
+    assert split["anomaly_ratio"] == pytest.approx(66 / 452)
+
+
+def test_f1_threshold_flags_the_anomaly_ratio_of_scores():
+    scores = torch.arange(10.0).numpy()
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    assert toll.metric(scores, labels, tabular=True, anomaly_ratio=0.2) == 1.0
+    assert toll.metric(scores, labels, tabular=True, anomaly_ratio=0.4) == pytest.approx(2 / 3)
+
+
+def test_seed_makes_cpu_runs_repeatable(tiny_root):
+    argv = ["--dataset", "arrhythmia", "--data-root", tiny_root, "--iters", "5", "--eval-every", "1", "--seed", "3"]
+    a, b = toll.main(argv), toll.main(argv)
+    assert a["f1"] == b["f1"] and a["auroc"] == b["auroc"] and a["val_f1"] == b["val_f1"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "svhn"], "invalid choice"),
+    (["--dataset", "mnist", "--normal", "10"], "out of range"),
+    (["--dataset", "mnist", "--normal", "1;2"], "comma list"),
+    (["--dataset", "mnist", "--normal", "0", "--batch-size", "100000", "--val-size", "10"], "exceeds"),
+    (["--dataset", "mnist", "--normal", "0", "--val-size", "400"], "impossible"),
+    (["--dataset", "mnist", "--iters", "0"], "at least 1"),
+])
+def test_bad_input_is_a_clear_error(tiny_root, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        toll.main(args + ["--data-root", tiny_root])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_data_offline_exits_with_one_paragraph_and_no_traceback(tmp_path):
+    p, _ = run_script("toll.py", "--dataset", "thyroid", "--data-root", tmp_path, expect_rc=2)
+    assert "--data-root" in p.stderr and "thyroid.mat" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys):
+    with pytest.raises(SystemExit) as e:
+        toll.main(["--dataset", "arrhythmia", "--data-root", tiny_root, "--iters", "50", "--lr", "1e30"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and "iteration" in err
+
+
+def test_learning_short_run_separates_an_easy_anomaly_set(tiny_root):
+    """The generated tabular set puts anomalies 4σ away from the normal cloud: 150 batches must find them."""
+    r = toll.main(["--dataset", "arrhythmia", "--data-root", tiny_root, "--iters", "150", "--select", "last"])
+    assert r["auroc"] > 0.9 and r["f1"] > 0.8
