@@ -1,0 +1,313 @@
+"""cance.py: Eq. (8)-(14) and the score by hand or against numpy/scipy, the reparameterised noise, the protocol
+end to end on generated data (AE features, tabular F1, a random-weight stand-in for the ResNet-18 path), bad
+input, and a learning test where CNCE beats the reconstruction error."""
+import math
+import os
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn as nn
+import torchvision
+from sklearn.metrics import roc_auc_score
+
+import cance
+from conftest import read_json, run_script
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """The suite shares 2 busy cores: one torch thread per process avoids oversubscription (10x faster here)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------ equations
+
+def test_eq12_covariance_loss_matches_hand_computation():
+    # centred rows (-2,0), (0,-2), (2,2): Sigma = [[8,4],[4,8]] / 2 = [[4,2],[2,4]]; off-diagonals 2, 2
+    z = torch.tensor([[1.0, 2.0], [3.0, 0.0], [5.0, 4.0]])
+    assert cance.covariance_loss(z).item() == pytest.approx((2 ** 2 + 2 ** 2) / (2 * 1))
+    z = torch.randn(50, 4, dtype=torch.float64)
+    sigma = np.cov(z.numpy(), rowvar=False)
+    off = sigma - np.diag(np.diag(sigma))
+    assert cance.covariance_loss(z).item() == pytest.approx((off ** 2).sum() / 12)
+    assert cance.covariance_loss(torch.randn(10, 1)).item() == 0.0
+
+
+def test_eq11_ae_loss_is_mean_squared_error_plus_lambda_cov():
+    x, x_rec = torch.zeros(3, 2), torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    z = torch.tensor([[1.0, 2.0], [3.0, 0.0], [5.0, 4.0]])
+    loss, error, cov = cance.ae_loss(x, x_rec, z, lam=0.5)
+    assert error.item() == pytest.approx((1 + 4 + 1 + 1) / 6)
+    assert cov.item() == pytest.approx(4.0) and loss.item() == pytest.approx(7 / 6 + 0.5 * 4.0)
+
+
+def test_composite_features_error_and_cosine_dissimilarity_by_hand():
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    x_rec = torch.tensor([[0.0, 1.0], [2.0, 2.0], [-1.0, 0.0]])
+    z = cance.composite_features(x, x_rec, torch.tensor([[7.0], [8.0], [9.0]]))
+    assert z[:, 0].tolist() == [7.0, 8.0, 9.0]                                     # z_l passes through
+    assert z[:, 1].tolist() == pytest.approx([(1 + 1) / 2, (1 + 1) / 2, 4 / 2])    # ||x - x'||^2 / d0
+    assert z[:, 2].tolist() == pytest.approx([0.5, 0.0, 1.0], abs=1e-6)            # (1 - cos) / 2
+
+
+def test_eq13_14_batchwise_mean_and_covariance_match_numpy_on_the_whole_set():
+    z = torch.randn(1003, 5, dtype=torch.float64) * torch.tensor([1.0, 0.01, 10.0, 2.0, 1e-3]) + 5.0
+    z[:, 1] += 0.3 * z[:, 0]
+    moments = cance.RunningMoments(5)
+    for start, stop in ((0, 1), (1, 130), (130, 131), (131, 900), (900, 1003)):   # uneven batches, one of 1
+        moments.update(z[start:stop])
+    assert moments.n == 1003
+    np.testing.assert_allclose(moments.mean.numpy(), z.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(moments.covariance().numpy(), np.cov(z.numpy(), rowvar=False), rtol=1e-9, atol=1e-15)
+
+
+def test_appendix_c_lognormal_mode_matches_a_sampled_lognormal():
+    rng = np.random.default_rng(0)
+    for m, s in ((-4.0, 0.5), (0.3, 0.25)):
+        sample = rng.lognormal(m, s, size=2_000_000)
+        estimate = cance.lognormal_mode(torch.tensor(sample.mean()), torch.tensor(sample.var())).item()
+        assert estimate == pytest.approx(math.exp(m - s ** 2), rel=0.01)          # the log-normal's mode
+        hist, edges = np.histogram(sample, bins=400, range=(0, np.quantile(sample, 0.99)))
+        peak = 0.5 * (edges[hist.argmax()] + edges[hist.argmax() + 1])
+        assert estimate == pytest.approx(peak, rel=0.05)
+
+
+def test_eq8_augmentation_replaces_both_reconstruction_features_by_half_with_values_in_0_mode():
+    torch.manual_seed(0)
+    latent, n = 3, 20000
+    z = torch.cat([torch.randn(n, latent), torch.full((n, 2), 7.0)], 1)
+    mean, std, mode = torch.tensor([0.05, 0.2]), torch.tensor([0.02, 0.05]), torch.tensor([0.03, 0.15])
+    out = cance.augment(z, latent, mean, std, mode)
+    assert torch.equal(out[:, :latent], z[:, :latent]) and torch.equal(z[:, latent:], torch.full((n, 2), 7.0))
+    changed = out[:, latent] != 7.0
+    assert torch.equal(changed, out[:, latent + 1] != 7.0)                        # both features together
+    assert abs(changed.float().mean().item() - 0.5) < 0.02                        # probability 1/2
+    for j in range(2):
+        v = out[changed, latent + j]
+        assert v.min() >= 0 and v.max() <= mode[j]
+    # N(mean, std^2) truncated to [0, mode]: compare the mean of z_e with scipy's truncated normal
+    a, b = (0 - 0.05) / 0.02, (0.03 - 0.05) / 0.02
+    expected = scipy.stats.truncnorm(a, b, loc=0.05, scale=0.02).mean()
+    assert out[changed, latent].mean().item() == pytest.approx(expected, rel=0.01)
+
+
+def test_noise_L_K_then_inverse_is_identity_and_K_is_at_least_one():
+    cov = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.5]], dtype=torch.float64)
+    noise = cance.NoiseDistribution(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), cov, learn_k=True)
+    with torch.no_grad():
+        noise.psi.copy_(torch.tensor([-30.0, 0.0, 3.0]))
+    K = noise.K()
+    assert (K >= 1).all() and K[0].item() == pytest.approx(1.0) and K[1].item() == pytest.approx(1 + math.log(2))
+    z = torch.randn(100, 3)
+    torch.testing.assert_close(noise.L_K(noise.L_K_inverse(z, K), K), z)
+    torch.testing.assert_close(noise.L_K_inverse(noise.L_K(z, K), K), z)
+    fixed = cance.NoiseDistribution(torch.zeros(3, dtype=torch.float64), cov, learn_k=False)
+    assert torch.equal(fixed.K(), torch.ones(3)) and not fixed.psi.requires_grad
+
+
+def test_noise_samples_and_log_density_are_those_of_N_mu_K_sigma_K():
+    torch.manual_seed(0)
+    mean = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    cov = torch.tensor([[2.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
+    noise = cance.NoiseDistribution(mean, cov, learn_k=True)
+    with torch.no_grad():
+        noise.psi.copy_(torch.tensor([0.5, -1.0]))
+    K = noise.K().detach().double()
+    cov_k = torch.diag(K) @ cov @ torch.diag(K)
+    samples = noise.L_K(noise.sample_v(200_000), noise.K()).detach().double()
+    np.testing.assert_allclose(np.cov(samples.numpy(), rowvar=False), cov_k.numpy(), rtol=0.02, atol=0.02)
+    z = torch.randn(5, 2)
+    expected = scipy.stats.multivariate_normal(mean.numpy(), cov_k.numpy()).logpdf(z.numpy())
+    np.testing.assert_allclose(noise.log_prob(z).numpy(), expected, rtol=1e-5)
+
+
+def test_eq9_nce_loss_matches_hand_values():
+    assert cance.nce_loss(torch.zeros(4), torch.zeros(8), nu=2).item() == pytest.approx(3 * math.log(2))
+    # T = ln 3 -> sigma = 3/4: data term -ln(3/4); noise term -nu ln(1/4)
+    t = torch.tensor([math.log(3.0)])
+    assert cance.nce_loss(t, t.repeat(5), nu=5).item() == pytest.approx(-math.log(0.75) - 5 * math.log(0.25))
+
+
+def test_eq10_data_term_is_the_identity_in_value_but_depends_on_K_through_the_stop_gradient():
+    mean = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    noise = cance.NoiseDistribution(mean, torch.eye(2, dtype=torch.float64), learn_k=True)
+    with torch.no_grad():
+        noise.psi.copy_(torch.tensor([0.3, -0.7]))
+    z = torch.tensor([[2.0, 1.0], [0.0, 0.5]])
+    w = torch.tensor([1.5, -2.0])
+    K = noise.K()
+    z_through = noise.L_K(noise.L_K_inverse(z, K).detach(), K)
+    torch.testing.assert_close(z_through, z)
+    (z_through @ w).sum().backward()                      # a linear T(z) = w.z
+    # d/dpsi_j of K_j (u_j - mu_j) + mu_j with u fixed: (u_j - mu_j) sigmoid(psi_j), u - mu = (z - mu) / K
+    expected = (w * ((z - noise.mean) / K.detach()).sum(0) * torch.sigmoid(noise.psi.detach()))
+    torch.testing.assert_close(noise.psi.grad, expected)
+
+
+def test_anomaly_score_adds_back_the_noise_log_density():
+    """A T_theta equal to -ln nu everywhere says p_d = p_n, so S_C must be -ln p_n(z) exactly."""
+    nu = 8
+    mean = torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64)
+    cov = torch.tensor([[1.0, 0.3, 0.0], [0.3, 2.0, 0.1], [0.0, 0.1, 0.5]], dtype=torch.float64)
+    noise = cance.NoiseDistribution(mean, cov, learn_k=True)
+    with torch.no_grad():
+        noise.psi.copy_(torch.tensor([0.0, 1.0, -2.0]))
+
+    class Constant(nn.Module):
+        def forward(self, z):
+            return torch.full((len(z),), -math.log(nu))
+
+    z = torch.randn(7, 3)
+    K = noise.K().detach().double().numpy()
+    expected = -scipy.stats.multivariate_normal(mean.numpy(), np.diag(K) @ cov.numpy() @ np.diag(K)).logpdf(z.numpy())
+    np.testing.assert_allclose(cance.anomaly_score(Constant(), noise, z, nu), expected, rtol=1e-5)
+
+
+def test_f1_flags_the_test_anomaly_proportion_of_scores():
+    scores, labels = np.arange(10.0), np.array([0] * 8 + [1] * 2)
+    assert cance.f1_at_ratio(scores, labels) == 1.0
+    assert cance.f1_at_ratio(scores[::-1].copy(), labels) == 0.0
+
+
+def test_tabular_split_is_half_the_normal_rows_for_training(tiny_root):
+    X, y = cance.load_tabular("thyroid", tiny_root)          # generated: 600 rows, 30 anomalies
+    x_train, (x_test, y_test) = cance.tabular_split(X, y, seed=0)
+    assert len(x_train) == 285 and len(x_test) == 315 and int(y_test.sum()) == 30
+    assert x_train.mean(0).abs().max() < 1e-5                 # z-scored with the training rows
+
+
+def test_conv_ae_shapes_and_batchnorm_directly_before_the_latent():
+    for channels, side in ((1, 28), (3, 32)):
+        ae = cance.ConvAE(channels, side, latent=5)
+        x_rec, z = ae(torch.rand(4, channels, side, side))
+        assert x_rec.shape == (4, channels, side, side) and z.shape == (4, 5)
+        assert isinstance(ae.encoder[-1], nn.BatchNorm1d) and not ae.encoder[-1].affine
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+def test_end_to_end_mnist_two_iterations_subprocess(tiny_root, tmp_path):
+    out = tmp_path / "r.json"
+    p, r = run_script("cance.py", "--dataset", "mnist", "--normal", "3", "--data-root", tiny_root, "--iters", 2,
+                      "--batch-size", 16, "--json", out)
+    for phase in ("ae1 iter 2/2", "ae2 iter 2/2", "latnce iter 2/2", "cnce iter 2/2", "cance iter 2/2", "ablation"):
+        assert phase in p.stdout
+    assert r["method"] == "cance" and r["normal"] == "3" and r["latent"] == "6" and r["lam"] == "0.3"
+    for key in ("auroc", "auroc_error", "auroc_latnce", "auroc_cnce"):
+        assert 0 <= float(r[key]) <= 1
+    assert float(r["train_samples_per_s"]) > 0 and float(r["k_mean"]) >= 1
+    assert read_json(out)["auroc"] == float(r["auroc"]) and not os.path.exists(str(out) + ".tmp")
+
+
+def test_end_to_end_fashion_mnist_nine_normal_classes(tiny_root):
+    r = cance.main(["--dataset", "fashion-mnist", "--normal", "0,1,2,3,4,6,7,8,9", "--data-root", tiny_root,
+                    "--iters", "2", "--batch-size", "8", "--latent", "3"])
+    assert r["normal"] == "0,1,2,3,4,6,7,8,9" and 0 <= r["auroc_cnce"] <= 1
+
+
+@pytest.mark.parametrize("dataset,latent", [("thyroid", 3), ("arrhythmia", 8), ("abalone", 3)])
+def test_end_to_end_tabular_f1_for_all_four_variants(tiny_root, dataset, latent):
+    r = cance.main(["--dataset", dataset, "--data-root", tiny_root, "--iters", "2"])
+    for key in ("f1", "f1_error", "f1_latnce", "f1_cnce", "auroc", "auroc_error"):
+        assert 0 <= r[key] <= 1
+    assert r["latent"] == latent and r["lam"] == 0.3
+
+
+def test_end_to_end_cifar10_two_iterations_uses_the_papers_latent_and_lambda(tiny_root, torchvision_md5):
+    r = cance.main(["--dataset", "cifar10", "--normal", "2", "--data-root", tiny_root, "--iters", "2",
+                    "--batch-size", "8"])
+    assert r["latent"] == 64 and r["lam"] == 0.004 and 0 <= r["auroc"] <= 1
+
+
+def test_end_to_end_resnet18_pca_with_a_weights_file(tiny_root, tmp_path):
+    """A random resnet18 state_dict written with torch.save stands in for the ImageNet weights: the real
+    --weights loading path, embeddings, PCA and NCE all run, with no download."""
+    path = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    r = cance.main(["--dataset", "mnist", "--normal", "1", "--data-root", tiny_root, "--features", "resnet18-pca",
+                    "--weights", str(path), "--image-size", "32", "--iters", "2"])
+    assert r["features"] == "resnet18-pca" and 0 <= r["auroc"] <= 1 and r["latent"] == 6
+
+
+def test_resnet18_without_weights_offline_is_a_clear_error(tiny_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))           # an empty torch hub cache
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--dataset", "mnist", "--data-root", tiny_root, "--features", "resnet18-pca", "--iters", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--weights" in err and "AD_OFFLINE" in err
+
+
+def test_seed_makes_cpu_runs_repeatable(tiny_root):
+    argv = ["--dataset", "thyroid", "--data-root", tiny_root, "--iters", "4", "--seed", "3"]
+    a, b = cance.main(argv), cance.main(argv)
+    for key in ("f1", "auroc", "auroc_error", "auroc_latnce", "auroc_cnce", "k_mean"):
+        assert a[key] == b[key]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "omniglot"], "invalid choice"),
+    (["--dataset", "mnist", "--normal", "10"], "out of range"),
+    (["--dataset", "mnist", "--normal", "1;2"], "comma list"),
+    (["--dataset", "mnist", "--batch-size", "1"], "at least 2"),
+    (["--dataset", "mnist", "--iters", "0"], "at least 1"),
+    (["--dataset", "mnist", "--latent", "0"], "--latent >= 1"),
+    (["--dataset", "thyroid", "--normal", "2"], "fixed for tabular"),
+    (["--dataset", "thyroid", "--features", "resnet18-pca"], "image datasets"),
+])
+def test_bad_input_is_a_clear_error(tiny_root, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        cance.main(args + ["--data-root", tiny_root])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_data_offline_exits_with_one_paragraph(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:                      # main() catches DataError: no traceback
+        cance.main(["--dataset", "mnist", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "--data-root" in err and "MNIST/raw" in err
+
+
+def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys):
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--dataset", "thyroid", "--data-root", tiny_root, "--iters", "50", "--lr", "1e30"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and "iteration" in err
+
+
+# ------------------------------------------------------------------------------------------ learning
+
+def test_learning_cnce_beats_reconstruction_error_on_unusual_latents():
+    """Embeddings on a 3-d subspace of R^20 plus isotropic noise off it. Anomalies lie on the same subspace but
+    far out in the latent space, so their reconstruction error (the off-subspace noise) is normal: Error is
+    near chance, while NCE on the composite feature finds them."""
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(20, 3))[0]                          # (20, 3), orthonormal
+    off = lambda n: 0.1 * torch.randn(n, 20)
+
+    def embed(latent):
+        return latent @ basis.T + off(len(latent))                          # (n, 20)
+
+    e_train = embed(torch.randn(2000, 3))
+    e_normal = embed(torch.randn(300, 3))
+    direction = torch.nn.functional.normalize(torch.randn(300, 3), dim=1)
+    e_anomal = embed(direction * 5.0)                                        # radius 5 in a unit-variance latent
+    from sklearn.decomposition import PCA
+    pca = PCA(n_components=3, random_state=0).fit(e_train.numpy())
+    moments = cance.RunningMoments(5)
+    z_train = cance.pca_features(pca, e_train, moments)
+    z_test = cance.pca_features(pca, torch.cat([e_normal, e_anomal]))
+    labels = np.r_[np.zeros(300), np.ones(300)]
+    args = cance.parse_args(["--batch-size", "128", "--lr", "3e-3"])
+    args.nce_iters = 300
+    T, noise = cance.train_nce("cnce", z_train, moments, args, learn_k=False, log=lambda *a, **k: None)
+    auroc_cnce = roc_auc_score(labels, cance.anomaly_score(T, noise, z_test, args.nu))
+    auroc_error = roc_auc_score(labels, z_test[:, 3].numpy())
+    assert auroc_error < 0.65 and auroc_cnce > 0.95
