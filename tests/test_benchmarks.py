@@ -1,0 +1,245 @@
+"""benchmarks/run.py with a fake script: resume, aggregation (mean ± sample std), table rendering against a paper
+table, a failing run reported rather than hidden, seeds-only (tabular) mode, README section. A few seconds."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import run as bench  # noqa: E402
+
+FAKE = r'''
+import argparse, json, os, sys
+p = argparse.ArgumentParser()
+p.add_argument("--dataset", default="mnist")
+p.add_argument("--normal", default=None)
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--json", default=None)
+p.add_argument("--fail-class", type=int, default=None)
+p.add_argument("--no-json", action="store_true")
+p.add_argument("--calls", required=True)
+p.add_argument("--sleep", type=float, default=0)
+a = p.parse_args()
+import time; time.sleep(a.sleep)
+with open(a.calls, "a") as f:
+    f.write(f"{a.normal} {a.seed}\n")
+if a.normal is not None and int(a.normal) == a.fail_class:
+    print("Traceback (most recent call last):\nRuntimeError: fake failure for class %s" % a.normal, file=sys.stderr)
+    sys.exit(3)
+if a.normal is None:   # tabular: f1 is the main metric, auroc a secondary one
+    r = {"method": "fake", "dataset": a.dataset, "normal": "0", "seed": a.seed, "f1": 0.4 + 0.1 * a.seed,
+         "auroc": 0.9, "device": "cpu", "seconds": 1.0}
+else:
+    c = int(a.normal)
+    r = {"method": "fake", "dataset": a.dataset, "normal": str(c), "seed": a.seed,
+         "auroc": round(0.5 + 0.01 * c + 0.001 * a.seed, 4), "auroc_ae": 0.5, "device": "cpu", "seconds": 2.0}
+print("iter 1/1 loss=0.1", flush=True)
+print("RESULT " + " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+if a.json and not a.no_json:
+    with open(a.json + ".tmp", "w") as f:
+        json.dump(r, f)
+    os.replace(a.json + ".tmp", a.json)
+'''
+
+
+@pytest.fixture
+def setup(tmp_path):
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE)
+    tables = {"tables": {
+        "fake/table1": {"paper": "Fake et al.", "table": "Table 1", "where": "p. 3", "metric": "AUROC (%)",
+                        "unit": "percent", "source": "https://example.org", "values": {"0": 60.0, "1": 50.0, "2": 40.0},
+                        "average": None},
+        "fake/f1": {"paper": "Fake et al.", "table": "Table 4", "metric": "F1 (%)", "unit": "percent",
+                    "values": {"all": 50.0}, "average": None}}}
+    (tmp_path / "tables.json").write_text(json.dumps(tables))
+    protocols = {"fake.py": {"protocols": {
+        "cpu": {"args": ["--fail-class", "2"], "seeds": "0,1", "note": "a tiny budget"},
+        "gpu": {"args": None, "note": "TODO: not defined"}},
+        "paper_tables": {"mnist": "fake/table1"}}}
+    (tmp_path / "protocols.json").write_text(json.dumps(protocols))
+    common = ["--results-dir", str(tmp_path / "results"), "--paper-tables", str(tmp_path / "tables.json"),
+              "--protocols", str(tmp_path / "protocols.json"), "--readme-file", str(tmp_path / "README.md")]
+    calls = tmp_path / "calls.txt"
+
+    def invoke(*args, extra=()):
+        return bench.main([*args, *common, "--", "--calls", str(calls), *extra])
+
+    def n_calls():
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    return dict(tmp=tmp_path, script=str(script), invoke=invoke, n_calls=n_calls, results=tmp_path / "results")
+
+
+def load(setup, name):
+    return json.loads((setup["results"] / f"{name}.json").read_text())
+
+
+def test_sweep_aggregates_mean_and_sample_std_and_reports_the_failure(setup):
+    rc = setup["invoke"]("--script", setup["script"], "--name", "t", "--classes", "0-2", "--seeds", "0,1",
+                         "--paper", "fake/table1", extra=["--fail-class", "2"])
+    assert rc == 1                                           # a failed run makes the exit status non-zero
+    assert setup["n_calls"]() == 6
+    s = load(setup, "t")
+    assert s["metric"] == "auroc" and s["variants"] == ["auroc_ae"]
+    r0, r1, r2 = s["rows"]
+    assert r0["values"] == [0.5, 0.501]
+    assert r0["mean"] == pytest.approx(0.5005)
+    assert r0["std"] == pytest.approx(0.001 / 2 ** 0.5)      # sample std (n-1) of two values 0.001 apart
+    assert r1["mean"] == pytest.approx(0.5105)
+    assert r0["paper"] == pytest.approx(0.60) and r0["diff"] == pytest.approx(0.5005 - 0.60)
+    assert r0["variants"]["auroc_ae"]["mean"] == pytest.approx(0.5)
+    assert (r2["n"], r2["n_failed"], r2["mean"]) == (0, 2, None)
+    assert s["runs_ok"] == 4 and s["runs_failed"] == 2
+    assert [(f["class"], f["seed"], f["returncode"]) for f in s["failed"]] == [(2, 0, 3), (2, 1, 3)]
+    assert "fake failure for class 2" in s["failed"][0]["stderr_tail"]
+    failed = json.loads((setup["results"] / "t" / "runs" / "c2_s0.failed").read_text())
+    assert failed["returncode"] == 3 and "RuntimeError" in failed["stderr_tail"]
+    # the average covers the classes with results only, and then gives no difference to the paper's average
+    assert s["average"]["mean"] == pytest.approx((0.5005 + 0.5105) / 2)
+    assert s["average"]["classes_with_results"] == 2 and s["average"]["diff"] is None
+    assert s["average"]["paper"] == pytest.approx(0.50)
+
+
+def test_resume_runs_nothing_already_finished(setup):
+    args = ("--script", setup["script"], "--name", "t", "--classes", "0-2", "--seeds", "0,1")
+    setup["invoke"](*args, extra=["--fail-class", "2"])
+    assert setup["n_calls"]() == 6
+    setup["invoke"](*args, "--skip-failed", extra=["--fail-class", "2"])
+    assert setup["n_calls"]() == 6                           # nothing new: finished runs and known failures skipped
+    setup["invoke"](*args, extra=["--fail-class", "2"])
+    assert setup["n_calls"]() == 8                           # by default only the two failed runs are tried again
+
+
+def test_fixed_failure_is_retried_and_cleared(setup):
+    args = ("--script", setup["script"], "--name", "t", "--classes", "0,1", "--seeds", "0")
+    assert setup["invoke"](*args, extra=["--fail-class", "1"]) == 1
+    # same flags (the runner refuses to mix flags under one name); the bug is "fixed" in the script itself
+    fake = open(setup["script"]).read().replace("a.normal is not None and int(a.normal) == a.fail_class", "False")
+    open(setup["script"], "w").write(fake)
+    assert setup["invoke"](*args, extra=["--fail-class", "1"]) == 0
+    assert setup["n_calls"]() == 3                           # class 0 was not run again
+    assert not (setup["results"] / "t" / "runs" / "c1_s0.failed").exists()
+    assert load(setup, "t")["runs_failed"] == 0
+
+
+def test_exit_zero_without_json_is_a_failure(setup):
+    rc = setup["invoke"]("--script", setup["script"], "--name", "nojson", "--classes", "0", "--seeds", "0",
+                         extra=["--no-json"])
+    assert rc == 1
+    s = load(setup, "nojson")
+    assert s["failed"][0]["returncode"] == 0 and "wrote no" in s["failed"][0]["stderr_tail"]
+
+
+def test_markdown_table_has_paper_figure_difference_failure_and_command(setup):
+    setup["invoke"]("--script", setup["script"], "--name", "t", "--classes", "0-2", "--seeds", "0,1",
+                    "--paper", "fake/table1", extra=["--fail-class", "2"])
+    md = (setup["results"] / "t.md").read_text()
+    assert "python benchmarks/run.py --script" in md and "--classes 0-2 --seeds 0,1" in md
+    assert "--normal C --seed S --json" in md
+    assert "Fake et al., Table 1 (p. 3)" in md
+    row0 = next(line for line in md.splitlines() if line.startswith("| 0 |"))
+    assert "50.05 ± 0.07" in row0 and "| 60.00 |" in row0 and "| -9.95 |" in row0 and "| cpu |" in row0
+    row2 = next(line for line in md.splitlines() if line.startswith("| 2 |"))
+    assert "2 FAILED" in row2
+    assert "## Failed runs" in md and "exit status 3" in md and "fake failure for class 2" in md
+    avg = next(line for line in md.splitlines() if line.startswith("| **average**"))
+    assert "2/3 classes" in avg and "50.55" in avg
+
+
+def test_seeds_only_mode_uses_f1_and_the_papers_single_figure(setup):
+    rc = setup["invoke"]("--script", setup["script"], "--name", "tab", "--classes", "none", "--seeds", "0-2",
+                         "--paper", "fake/f1", extra=["--dataset", "arrhythmia"])
+    assert rc == 0
+    assert sorted(os.listdir(setup["results"] / "tab" / "runs")) == sorted(
+        f"s{s}.{ext}" for s in range(3) for ext in ("json", "meta.json", "log", "err"))
+    s = load(setup, "tab")
+    assert s["metric"] == "f1" and s["variants"] == ["auroc"]
+    (row,) = s["rows"]
+    assert row["class"] is None and row["mean"] == pytest.approx(0.5) and row["std"] == pytest.approx(0.1)
+    assert row["paper"] == pytest.approx(0.5) and row["diff"] == pytest.approx(0.0)
+    md = (setup["results"] / "tab.md").read_text()
+    assert "| all | 3 | 50.00 ± 10.00 |" in md and "Classes: none (seeds only)" in md
+
+
+def test_named_protocol_supplies_flags_seeds_paper_table_and_name(setup):
+    rc = setup["invoke"]("--script", setup["script"], "--protocol", "cpu", "--dataset", "mnist", "--classes", "0-2")
+    assert rc == 1                                           # the protocol's --fail-class 2
+    s = load(setup, "fake_mnist_cpu")
+    assert s["seeds"] == [0, 1] and s["paper"]["key"] == "fake/table1" and s["protocol_note"] == "a tiny budget"
+    assert s["script_args"][:4] == ["--fail-class", "2", "--dataset", "mnist"]
+    with pytest.raises(SystemExit, match="not defined yet"):
+        setup["invoke"]("--script", setup["script"], "--protocol", "gpu", "--dataset", "mnist")
+
+
+def test_changed_flags_under_the_same_name_are_refused(setup):
+    args = ("--script", setup["script"], "--name", "t", "--classes", "0", "--seeds", "0")
+    setup["invoke"](*args)
+    with pytest.raises(SystemExit, match="mixing them would be wrong"):
+        setup["invoke"](*args, extra=["--dataset", "fashion-mnist"])
+    with pytest.raises(SystemExit):
+        setup["invoke"](*args, extra=["--seed", "3"])         # the runner sets --seed itself
+
+
+def test_report_only_rerenders_without_running(setup):
+    setup["invoke"]("--script", setup["script"], "--name", "t", "--classes", "0", "--seeds", "0")
+    (setup["results"] / "t.md").unlink()
+    assert bench.main(["--name", "t", "--report", "--results-dir", str(setup["results"]),
+                       "--paper-tables", str(setup["tmp"] / "tables.json")]) == 0
+    assert setup["n_calls"]() == 1 and (setup["results"] / "t.md").exists()
+
+
+def test_readme_section_is_generated_between_the_markers(setup, capsys):
+    setup["invoke"]("--script", setup["script"], "--name", "t", "--classes", "0-1", "--seeds", "0",
+                    "--paper", "fake/table1")
+    readme = setup["tmp"] / "README.md"
+    readme.write_text("intro\n\n## Results\n\n<!-- results:begin -->\nold numbers\n<!-- results:end -->\n\n## After\n")
+    assert setup["invoke"]("--readme", "--write") == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n\n## Results\n\n<!-- results:begin -->") and text.endswith("<!-- results:end -->\n\n## After\n")
+    assert "old numbers" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| [t]("))
+    assert "| custom |" in row and "| 2 × 1 | 2 / 0 | auroc | 50.50 | 55.00 | -4.50 |" in row
+    readme.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="markers"):
+        setup["invoke"]("--readme", "--write")
+    capsys.readouterr()
+    assert setup["invoke"]("--readme") == 0
+    assert "<!-- results:begin -->" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,expected", [("0-9", list(range(10))), ("0,3,8", [0, 3, 8]), ("0-2,7", [0, 1, 2, 7]),
+                                           ("none", []), ("5", [5])])
+def test_parse_list(text, expected):
+    assert bench.parse_list(text, "classes") == expected
+
+
+def test_parse_list_rejects_garbage():
+    with pytest.raises(SystemExit, match="--classes must look like"):
+        bench.parse_list("zero", "classes")
+
+
+def test_dataset_after_the_separator_sets_the_label_and_default_classes(setup):
+    assert setup["invoke"]("--script", setup["script"], "--name", "tab2", "--seeds", "0",
+                           extra=["--dataset", "arrhythmia"]) == 0
+    s = load(setup, "tab2")
+    assert s["dataset"] == "arrhythmia" and s["classes"] == [] and s["metric"] == "f1"
+
+
+def test_a_run_past_the_timeout_is_killed_and_recorded(setup):
+    rc = setup["invoke"]("--script", setup["script"], "--name", "slow", "--classes", "0", "--seeds", "0",
+                         "--timeout", "0.5", extra=["--sleep", "30"])
+    assert rc == 1
+    (f,) = load(setup, "slow")["failed"]
+    assert f["returncode"] == "timeout" and "--timeout 0.5" in f["stderr_tail"]
+
+
+def test_dry_run_lists_the_pending_commands_and_runs_nothing(setup, capsys):
+    setup["invoke"]("--script", setup["script"], "--name", "t", "--classes", "0", "--seeds", "0")
+    capsys.readouterr()
+    assert setup["invoke"]("--script", setup["script"], "--name", "t", "--classes", "0-1", "--seeds", "0",
+                           "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "--normal 1 --seed 0 --json" in out and "--normal 0 " not in out and "1 run(s) to do" in out
+    assert setup["n_calls"]() == 1
