@@ -1,0 +1,255 @@
+"""lis_ae.py: Eq. (1) by hand, phase 2 touching only the latent layer, the Sec. 4.2 linear example, the
+Sec. 5 negative-set protocols end to end on generated data (every --negative mode), the batched
+augmentation, bad input, and a learning test where LIS-AE beats its own phase-1 AE."""
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import lis_ae
+from conftest import read_json, run_script
+
+TINY = ["--iters", "2", "--batch-size", "8", "--width", "4", "--latent", "4"]
+quiet = lambda *a, **k: None
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """The machine's cores are shared: small models run far faster on one thread than on contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the subprocess runs
+    yield
+    torch.set_num_threads(n)
+
+
+def mlp_lis_ae(d_in, hidden, latent, act=nn.Tanh()):
+    """A small fully connected LIS-AE with the same E / Z / D split as the image model."""
+    return lis_ae.LatentInsensitiveAE(nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.2)), nn.Linear(hidden, latent),
+                                      nn.Sequential(nn.Linear(latent, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, d_in)),
+                                      act)
+
+
+# ------------------------------------------------------------------------------------------ equations
+
+def test_eq1_latent_shaping_loss_matches_hand_computation():
+    x_pos = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
+    x_hat_pos = torch.tensor([[0.0, 0.0], [1.0, 1.0]])           # errors 5 and 0 -> mean 2.5
+    x_neg = torch.tensor([[0.0, 0.0], [6.0, 8.0]])
+    x_hat_neg = torch.tensor([[0.0, 1.0], [0.0, 0.0]])           # errors 1 and 10 -> mean 5.5
+    loss, rec_pos, rec_neg = lis_ae.latent_shaping_loss(x_hat_pos, x_pos, x_hat_neg, x_neg, beta=2.0, gamma=4.0)
+    # 2.5 + 2 * (|4 - 1| + |4 - 10|) / 2 = 2.5 + 2 * 4.5 = 11.5: |gamma - error| per sample, then the mean
+    assert loss.item() == 11.5 and rec_pos.item() == 2.5 and rec_neg.item() == 5.5
+    loss0, _, _ = lis_ae.latent_shaping_loss(x_hat_pos, x_pos, x_hat_neg, x_neg, beta=0.0, gamma=4.0)
+    assert loss0.item() == 2.5                                     # beta = 0: the phase-1 objective
+
+
+def test_anomaly_score_is_the_euclidean_reconstruction_error_not_squared():
+    x = torch.zeros(2, 1, 2, 2)
+    x_hat = torch.tensor([[[[3.0, 4.0], [0.0, 0.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    assert lis_ae.reconstruction_error(x_hat, x).tolist() == [5.0, 2.0]
+
+
+def test_linsep_bce_reads_the_latent_preactivation_and_matches_hand_computation():
+    clf = nn.Linear(2, 1)
+    with torch.no_grad():
+        clf.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        clf.bias.zero_()
+    u_pos, u_neg = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])   # logits 2 (label 1), -1 (label 0)
+    expected = (torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log1p(torch.exp(torch.tensor(-1.0)))) / 2
+    assert torch.isclose(lis_ae.linsep_loss(clf, u_pos, u_neg), expected)
+    model = lis_ae.build_model(1, 28, 4, 3)
+    x = torch.rand(2, 1, 28, 28)
+    _, u = model(x)
+    assert torch.equal(u, model.latent(model.encoder(x)))         # pre-activation of Z, before tanh
+
+
+@pytest.mark.parametrize("channels,side,latent", [(1, 28, 32), (3, 32, 128)])
+def test_architecture_shapes_and_latent_in_minus1_1(channels, side, latent):
+    model = lis_ae.build_model(channels, side, 8, latent)
+    x = torch.rand(3, channels, side, side)
+    x_hat, u = model(x)
+    assert x_hat.shape == x.shape and u.shape == (3, latent)
+    assert 0 <= x_hat.min() and x_hat.max() <= 1                  # sigmoid output, inputs in [0, 1]
+    assert isinstance(model.act, nn.Tanh) and isinstance(model.latent, nn.Linear)
+
+
+def test_alg1_phase2_changes_only_the_latent_layer():
+    torch.manual_seed(0)
+    model = lis_ae.build_model(1, 28, 4, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pos, neg = torch.rand(32, 1, 28, 28) * 0.3, torch.rand(32, 1, 28, 28)
+    lis_ae.train_phase2(model, pos, neg, iters=3, batch_size=8, lr=1e-2, beta=1.0, gamma=20.0, log=quiet)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"latent.weight", "latent.bias"}
+    assert all(p.requires_grad for p in model.parameters())       # unfrozen again for any later use
+
+
+def test_linsep_phase1_trains_the_classifier_on_negatives():
+    torch.manual_seed(0)
+    model, clf = lis_ae.build_model(1, 28, 4, 4), nn.Linear(4, 1)
+    w = clf.weight.clone()
+    lis_ae.train_phase1(model, torch.rand(16, 1, 28, 28), 2, 8, 1e-2, x_neg=torch.rand(16, 1, 28, 28),
+                        classifier=clf, log=quiet)
+    assert not torch.equal(w, clf.weight)
+
+
+def test_sec42_linear_example_negatives_along_z_raise_only_the_z_error():
+    """Sec. 4.2: x ~ N(0, diag(1, 0.2, 0.01)), a linear AE with a 1-d latent (r = 1), negatives only along z.
+    After phase 2 a point off the plane along z is reconstructed far worse, one along y barely changes, and
+    the positives keep their error."""
+    torch.manual_seed(0)
+    x = torch.randn(1000, 3) * torch.tensor([1.0, 0.2, 0.01]).sqrt()
+    model = mlp_lis_ae(3, 3, 1, act=nn.Identity())
+    model.encoder, model.decoder = nn.Linear(3, 3), nn.Linear(1, 3)   # purely linear E, Z, D
+    lis_ae.train_phase1(model, x, 300, 256, 3e-2, log=quiet)
+    neg = torch.zeros(1000, 3)
+    neg[:, 2] = torch.randn(1000)
+    err = lambda v: lis_ae.reconstruction_error(model(v)[0], v).detach()
+    probe = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])      # unit offsets along y and along z
+    (y0, z0), pos0 = err(probe).tolist(), err(x).mean().item()
+    assert abs(y0 - 1) < 0.1 and abs(z0 - 1) < 0.1                 # phase 1 keeps only the x direction (r = 1)
+    lis_ae.train_phase2(model, x, neg, 300, 256, 3e-2, beta=1.0, gamma=3 * err(neg).mean().item(), log=quiet)
+    (y1, z1), pos1 = err(probe).tolist(), err(x).mean().item()
+    assert z1 > 1.5 * z0                                          # the negative direction is no longer passed
+    assert abs(y1 - y0) < 0.1 * y0                                # the positives' own directions are unchanged
+    assert pos1 < 1.25 * pos0                                     # positives keep (nearly) their error
+
+
+# ------------------------------------------------------------------------------------------ Sec. 5 protocols
+
+def test_sec5_negative_classes_and_test_classes():
+    assert lis_ae.negative_classes("next-class", [3], 10) == ([4], [0, 1, 2, 3, 5, 6, 7, 8, 9])
+    assert lis_ae.negative_classes("next-class", [9], 10)[0] == [0]          # 9 wraps to 0
+    assert lis_ae.negative_classes("next-class", [0, 9], 10)[0] == [1]       # skips normal classes
+    assert lis_ae.negative_classes("split", [2], 10) == ([5, 6, 7, 8, 9], [0, 1, 2, 3, 4])
+    assert lis_ae.negative_classes("split", [7, 8], 10) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
+    assert lis_ae.negative_classes("supervised", [1], 10) == ([0, 2, 3, 4, 5, 6, 7, 8, 9], list(range(10)))
+    for mode in ("none", "omniglot", "fashion-mnist"):
+        assert lis_ae.negative_classes(mode, [1], 10) == ([], list(range(10)))
+    with pytest.raises(lis_ae.DataError, match="one half"):
+        lis_ae.negative_classes("split", [1, 6], 10)
+
+
+def test_augment_negatives_is_batched_per_sample_and_keeps_range():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 4:10, 4:20] = 1.0                                      # one asymmetric stroke, identical in every sample
+    out = lis_ae.augment_negatives(x)
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1 + 1e-6
+    distinct = {tuple(o.flatten().round(decimals=4).tolist()) for o in out}
+    assert len(distinct) > 10                                     # different random parameters per sample
+    assert torch.allclose(out.sum((1, 2, 3)).mean(), x.sum((1, 2, 3)).mean(), rtol=0.1)   # no content lost
+
+
+@pytest.mark.parametrize("negative,extra,variant,excluded", [
+    ("omniglot", [], "lis-ae", None),
+    ("next-class", ["--linsep"], "linsep-lis-ae", "3"),
+    ("supervised", [], "lis-ae", None),
+    ("none", [], "ae", None),
+])
+def test_end_to_end_two_iterations_each_negative_mode(tiny_root, capsys, negative, extra, variant, excluded):
+    r = lis_ae.main(["--dataset", "mnist", "--normal", "2", "--data-root", tiny_root, "--negative", negative,
+                     *TINY, *extra])
+    out = capsys.readouterr().out
+    assert r["variant"] == variant and r["negative"] == negative and 0 <= r["auroc"] <= 1
+    assert "phase1 iter 2/2" in out and ("phase2 iter 2/2" in out) == (negative != "none")
+    if excluded:
+        assert excluded not in r["test_classes"].split(",") and f"excluded from test: [{excluded}]" in out
+    if negative == "supervised":
+        assert "UPPER BOUND" in out
+
+
+def test_end_to_end_subprocess_cross_dataset_two_class_normal_json_and_recon(tiny_root, tmp_path):
+    js, png = tmp_path / "r.json", tmp_path / "recon.png"
+    p, r = run_script("lis_ae.py", "--dataset", "mnist", "--normal", "0,1", "--negative", "fashion-mnist",
+                      "--data-root", tiny_root, *TINY, "--json", js, "--save-recon", png)
+    assert r["method"] == "lis_ae" and r["normal"] == "0,1" and r["negative"] == "fashion-mnist"
+    for key in ("auroc", "auroc_ae", "gamma", "seconds", "train_samples_per_s"):
+        assert float(r[key]) >= 0
+    assert read_json(js)["auroc"] == float(r["auroc"])
+    from PIL import Image
+    w, h = Image.open(png).size
+    assert h == 3 * 28 + 4 * 2 and w == 16 * 28 + 17 * 2           # Figure 3: inputs / AE / LIS-AE, 16 columns
+
+
+@pytest.mark.parametrize("dataset,negative,test_classes", [
+    ("cifar10", "split", "5,6,7,8,9"), ("svhn", "cifar10", "0,1,2,3,4,5,6,7,8,9"), ("svhn", "split", "5,6,7,8,9")])
+def test_end_to_end_svhn_cifar10_two_iterations(tiny_root, torchvision_md5, dataset, negative, test_classes):
+    r = lis_ae.main(["--dataset", dataset, "--normal", "6", "--negative", negative, "--data-root", tiny_root, *TINY])
+    assert r["test_classes"] == test_classes and r["latent"] == 4 and 0 <= r["auroc"] <= 1
+
+
+def test_defaults_follow_the_paper_protocol_per_dataset(tiny_root, capsys):
+    r = lis_ae.main(["--dataset", "fashion-mnist", "--normal", "9", "--data-root", tiny_root, *TINY])
+    assert r["negative"] == "next-class" and "0" not in r["test_classes"].split(",")
+    assert lis_ae.DEFAULTS["mnist"]["negative"] == "omniglot" and lis_ae.DEFAULTS["cifar10"]["negative"] == "split"
+
+
+def test_seed_makes_cpu_runs_repeatable(tiny_root):
+    args = ["--dataset", "mnist", "--normal", "1", "--data-root", tiny_root, "--iters", "3", "--batch-size", "8",
+            "--width", "4", "--latent", "4"]
+    a, b = lis_ae.main(args), lis_ae.main(args)
+    assert (a["auroc"], a["auroc_ae"], a["gamma"]) == (b["auroc"], b["auroc_ae"], b["gamma"])
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "mnist", "--normal", "12"], "out of range"),
+    (["--dataset", "mnist", "--normal", "a,b"], "comma list"),
+    (["--dataset", "mnist", "--negative", "mnist"], "normal dataset itself"),
+    (["--dataset", "mnist", "--negative", "cifar10"], "same shape"),
+    (["--dataset", "cifar10", "--negative", "omniglot"], "1x28x28"),
+    (["--dataset", "cifar10", "--normal", "1,7"], "one half"),
+    (["--dataset", "mnist", "--latent", "0"], "--latent must be at least 1"),
+    (["--dataset", "mnist", "--negative", "none", "--linsep"], "--linsep needs"),
+])
+def test_bad_input_is_a_clear_error(tiny_root, torchvision_md5, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        lis_ae.main([*args, "--data-root", tiny_root, "--iters", "1"])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unknown_dataset_and_missing_data_exit_without_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        lis_ae.parse_args(["--dataset", "imagenet"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        lis_ae.main(["--dataset", "mnist", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: mnist was not found") and str(tmp_path) in err
+
+
+def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys):
+    with pytest.raises(SystemExit):
+        lis_ae.main(["--dataset", "mnist", "--data-root", tiny_root, *TINY, "--gamma", "inf"])
+    assert "Eq. (1) loss at phase-2 iteration 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ learning
+
+def test_learning_lis_ae_beats_its_phase1_autoencoder_on_synthetic_data():
+    """Positives fill a shell |u| > 1.5 of a 4-d Gaussian embedded in R^16; anomalies (and, drawn separately,
+    the negatives) fill the hole |u| < 1. A plain AE interpolates through the hole and reconstructs anomalies
+    well; shaping the latent layer with negatives from the hole makes them score high."""
+    torch.manual_seed(0)
+    A = torch.randn(4, 16) / 2
+
+    def draw(n, inside):
+        u = torch.randn(20 * n, 4)
+        r = u.norm(dim=1)
+        return u[(r < 1.0) if inside else (r > 1.5)][:n] @ A
+
+    pos, neg = draw(1000, False), draw(1000, True)
+    x_test = torch.cat([draw(300, False), draw(300, True)])
+    y_test = torch.cat([torch.zeros(300), torch.ones(300)])
+    model = mlp_lis_ae(16, 64, 8)
+    lis_ae.train_phase1(model, pos, 400, 128, 3e-3, log=quiet)
+    auroc_ae = lis_ae.auroc(model, x_test, y_test)
+    gamma = 2 * float(lis_ae.anomaly_scores(model, neg).mean())
+    lis_ae.train_phase2(model, pos, neg, 400, 128, 3e-3, beta=1.0, gamma=gamma, log=quiet)
+    auroc_lis = lis_ae.auroc(model, x_test, y_test)
+    assert auroc_ae < 0.85 and auroc_lis > 0.9 and auroc_lis > auroc_ae + 0.1
