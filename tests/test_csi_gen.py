@@ -1,0 +1,255 @@
+"""Tests for csi_gen.py (Yu & Chiu: CSI + adversarial-autoencoder synthetic inliers), named after the
+paper's equations and steps. Tiny widths and single-threaded torch keep the file fast on shared cores."""
+import math
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import csi_gen  # noqa: E402
+from conftest import read_json, run_script  # noqa: E402
+
+TINY = ["--width", "4", "--proj-dim", "16", "--gan-width", "4", "--latent-dim", "8", "--ld-width", "16",
+        "--batch-size", "8", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """2 shared cores: torch's default 2 threads spin against other processes and run ~10x slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def no_augment(monkeypatch):
+    monkeypatch.setattr(csi_gen, "augment", lambda x, blur_p: x)
+    monkeypatch.setattr(csi_gen, "random_hflip", lambda x: x)
+
+
+# ------------------------------------------------------------------------------------------ shifts and T
+
+def test_sec21_shift_labels_match_rotated_images():
+    x = torch.rand(3, 3, 32, 32)
+    xs, labels = csi_gen.shift_batch(x)
+    assert xs.shape == (12, 3, 32, 32) and labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    for i in range(12):
+        k, j = int(labels[i]), i % 3
+        assert torch.equal(xs[i], torch.rot90(x[j], k, dims=(1, 2)))
+    # label 1 is a 90-degree counter-clockwise turn: the top-right pixel moves to the top-left
+    assert xs[3, 0, 0, 0] == x[0, 0, 0, 31]
+
+
+def test_sec21_csi_views_share_the_rotation_and_layout(monkeypatch):
+    """csi_loss feeds F 2 views x 4 shifts x B images; row r is rotation (r // B) % 4 of image r % B."""
+    no_augment(monkeypatch)
+    seen = {}
+
+    def fake_net(v):
+        seen["x"] = v
+        return v.flatten(1)[:, :8], torch.zeros(len(v), 4)
+
+    x = torch.rand(2, 3, 32, 32)
+    csi_gen.csi_loss(fake_net, x, 0.5, 0.5)
+    v = seen["x"]
+    assert v.shape == (16, 3, 32, 32)
+    for r in range(16):
+        assert torch.equal(v[r], torch.rot90(x[r % 2], (r // 2) % 4, dims=(1, 2)))
+
+
+def test_sec21_transformations_draw_parameters_per_sample():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32).repeat(16, 1, 1, 1)
+    y = csi_gen.augment(x, blur_p=0.5)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert all(not torch.allclose(y[0], y[i]) for i in range(1, 16))
+    # crop of the full area with aspect 1 is the identity
+    assert torch.allclose(csi_gen.random_resized_crop(x, scale=(1, 1), ratio=(1, 1)), x, atol=1e-5)
+    # hue rotation by 0 and unit factors leave the image unchanged
+    assert torch.allclose(csi_gen.color_jitter(x, 0, 0, 0, 0, p=1.0), x, atol=1e-5)
+    g = csi_gen.random_grayscale(x, p=1.0)
+    assert torch.allclose(g[:, 0], g[:, 1]) and torch.allclose(g[:, 1], g[:, 2])
+
+
+def test_gray_28x28_is_repeated_and_zero_padded_to_32x32():
+    x = torch.rand(2, 1, 28, 28)
+    y = csi_gen.to_32x32_rgb(x)
+    assert y.shape == (2, 3, 32, 32)
+    assert torch.equal(y[:, 1, 2:30, 2:30], x[:, 0]) and y[:, :, :2].abs().sum() == 0
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+def test_eq2_nt_xent_matches_hand_computation():
+    """Four 2-d projections: instances a, b in two views; positives (0, 2) and (1, 3)."""
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [-1.0, 1.0]])
+    tau = 0.5
+    u = [[a / math.hypot(a, b), b / math.hypot(a, b)] for a, b in z.tolist()]
+    sim = [[(u[i][0] * u[j][0] + u[i][1] * u[j][1]) / tau for j in range(4)] for i in range(4)]
+    pos = {0: 2, 1: 3, 2: 0, 3: 1}
+    hand = sum(-math.log(math.exp(sim[i][pos[i]]) / sum(math.exp(sim[i][k]) for k in range(4) if k != i))
+               for i in range(4)) / 4
+    assert csi_gen.nt_xent(z, tau).item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_eq2_other_rotations_of_the_same_image_are_negatives():
+    """With 1 image x 2 shifts x 2 views, the loss falls when the two rotations move apart."""
+    pos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])          # rotation 0 / rotation 1 of view 1
+    apart = torch.cat([pos, pos])                         # view 2 equals view 1
+    together = torch.tensor([[1.0, 0.0], [1.0, 0.01], [1.0, 0.0], [1.0, 0.01]])
+    assert csi_gen.nt_xent(apart, 0.5) < csi_gen.nt_xent(together, 0.5)
+
+
+def test_eq7_discriminator_loss_matches_hand_computation():
+    logit = {1.0: 0.3, 2.0: -1.2, 3.0: 0.7}                 # D returns a fixed logit per image value
+    d = lambda x: torch.tensor([logit[float(v)] for v in x.flatten(1)[:, 0]])
+    x, x_syn, x_rec = (torch.full((1, 3, 2, 2), v) for v in (1.0, 2.0, 3.0))
+    s = lambda a: 1 / (1 + math.exp(-a))
+    hand = -math.log(s(0.3)) - math.log(1 - s(-1.2)) - math.log(1 - s(0.7))
+    assert csi_gen.loss_d(d, x, x_syn, x_rec).item() == pytest.approx(hand, rel=1e-5)
+    assert csi_gen.loss_d(d, x, x_syn).item() == pytest.approx(hand + math.log(1 - s(0.7)), rel=1e-5)
+    assert csi_gen.loss_d_fool(d, x_syn, x_rec).item() == pytest.approx(-math.log(s(-1.2)) - math.log(s(0.7)), rel=1e-5)
+
+
+def test_eq8_reconstruction_loss_matches_hand_computation(monkeypatch):
+    no_augment(monkeypatch)
+    net = lambda x: (x.flatten(1), None)                  # F = identity projection
+    x = torch.tensor([[[[1.0, 0.0]]]])                    # (1, 1, 1, 2)
+    x_rec = torch.tensor([[[[0.5, 0.5]]]])
+    loss, pixel, sim = csi_gen.loss_rec(net, x, x_rec, 100.0, 0.5)
+    hand_pixel = (0.5 ** 2 + 0.5 ** 2) / 2
+    hand_sim = 0.5 / (1.0 * math.sqrt(0.5))
+    assert pixel.item() == pytest.approx(hand_pixel) and sim.item() == pytest.approx(hand_sim, rel=1e-5)
+    assert loss.item() == pytest.approx(100 * hand_pixel - hand_sim, rel=1e-5)
+
+
+def test_eq9_eq10_latent_losses_match_hand_computation():
+    h, h_cycle = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[1.5, 1.0], [1.0, 0.0]])
+    assert csi_gen.loss_lrec(h, h_cycle).item() == pytest.approx(((0.25 + 1.0) + 1.0) / 2)
+    d_lat = lambda z: z.sum(1)                            # logit = sum of coordinates
+    s = lambda a: 1 / (1 + math.exp(-a))
+    hand = (-math.log(s(3.0)) - math.log(s(0.0))) / 2 + (-math.log(1 - s(2.5)) - math.log(1 - s(1.0))) / 2
+    assert csi_gen.loss_ld(d_lat, h, h_cycle).item() == pytest.approx(hand, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ Algorithm 1
+
+def small_args(**kw):
+    a = dict(variant="full", iters=11, batch_size=4, temperature=0.5, blur_p=0.5, gen_every=5, lambda_rec=100.0,
+             latent_dim=8, log_every=100, width=4, proj_dim=8, gan_width=4, ld_width=8, lr=2e-4)
+    a.update(kw)
+    return SimpleNamespace(**a)
+
+
+def test_alg1_generative_block_runs_only_every_nth_batch(monkeypatch):
+    calls, steps = [], []
+    monkeypatch.setattr(csi_gen, "generative_step", lambda nets, opts, x, args, it: calls.append(it) or {})
+    real_step = csi_gen.step
+    monkeypatch.setattr(csi_gen, "step", lambda opts, loss, *names: steps.append(names) or real_step(opts, loss, *names))
+    args = small_args()
+    nets, opts = csi_gen.build(args, torch.device("cpu"), channels_last=False)
+    csi_gen.train(nets, opts, torch.rand(10, 3, 32, 32), args, log=lambda *a, **k: None)
+    assert calls == [1, 6, 11]                            # batches 0, N, 2N (0-based) of 11
+    assert steps == [("F",)] * 11                         # F on L_CSI(X) every batch
+    calls.clear()
+    csi_gen.train(nets, opts, torch.rand(10, 3, 32, 32), small_args(variant="csi"), log=lambda *a, **k: None)
+    assert calls == []
+
+
+@pytest.mark.parametrize("variant, order", [
+    ("full", [("D",), ("G", "E"), ("G",), ("D_lat",), ("E",), ("G", "E"), ("E",), ("F",)]),
+    ("g", [("D",), ("G",), ("G",), ("F",)])])
+def test_alg1_generative_block_steps_in_the_papers_order(monkeypatch, variant, order):
+    torch.manual_seed(0)
+    steps = []
+    real_step = csi_gen.step
+    monkeypatch.setattr(csi_gen, "step", lambda opts, loss, *names: steps.append(names) or real_step(opts, loss, *names))
+    args = small_args(variant=variant)
+    nets, opts = csi_gen.build(args, torch.device("cpu"), channels_last=False)
+    before = {k: [p.detach().clone() for p in v.parameters()] for k, v in nets.items()}
+    out = csi_gen.generative_step(nets, opts, torch.rand(4, 3, 32, 32), args, 1)
+    assert steps == order
+    for k, v in nets.items():                             # every network was updated
+        assert any(not torch.equal(a, b) for a, b in zip(before[k], v.parameters())), k
+    assert all(p.requires_grad for v in nets.values() for p in v.parameters())   # nothing left frozen
+    assert ("l_rec" in out) == (variant == "full")
+
+
+# ------------------------------------------------------------------------------------------ score
+
+def test_sec23_score_nearest_neighbour_equals_brute_force():
+    torch.manual_seed(0)
+    test, train = torch.randn(4, 7, 5), torch.randn(4, 11, 5)
+    m, idx = csi_gen.score_m(test, train, chunk=3)
+    for i in range(7):
+        totals = []
+        for j in range(11):   # M = sum over shifts of cos(F(S x), F(S x')) * ||F(S x)||
+            totals.append(sum(F.cosine_similarity(test[s, i], train[s, j], dim=0) * test[s, i].norm()
+                              for s in range(4)).item())
+        assert idx[i].item() == max(range(11), key=lambda j: totals[j])
+        assert m[i].item() == pytest.approx(max(totals), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+def test_full_variant_two_iterations_subprocess(tiny_root, tmp_path):
+    js, png = tmp_path / "r.json", tmp_path / "s.png"
+    p, r = run_script("csi_gen.py", "--dataset", "mnist", "--normal", "0", "--data-root", tiny_root, "--iters", "2",
+                      *TINY, "--ensemble", "2", "--json", js, "--save-samples", png)
+    assert r["method"] == "csi_gen" and r["variant"] == "full" and 0 <= float(r["auroc"]) <= 1
+    assert 0 <= float(r["auroc_ens"]) <= 1 and float(r["train_samples_per_s"]) > 0
+    assert read_json(js)["auroc"] == float(r["auroc"]) and png.stat().st_size > 0
+    assert "l_rec=" in p.stdout and "l_joint=" in p.stdout and "iter 2/2" in p.stdout
+
+
+@pytest.mark.parametrize("variant", ["csi", "g"])
+def test_cifar10_variants_two_iterations(tiny_root, torchvision_md5, variant, capsys):
+    r = csi_gen.main(["--dataset", "cifar10", "--normal", "3", "--data-root", tiny_root, "--iters", "2",
+                      "--variant", variant, *TINY])
+    out = capsys.readouterr().out
+    assert r["variant"] == variant and r["dataset"] == "cifar10" and 0 <= r["auroc"] <= 1
+    assert ("l_csi_s=" in out) == (variant == "g") and "l_rec=" not in out
+
+
+def test_cpu_runs_are_repeatable(tiny_root, capsys):
+    argv = ["--dataset", "fashion-mnist", "--normal", "1,2", "--data-root", tiny_root, "--iters", "2", *TINY]
+    assert csi_gen.main(argv)["auroc"] == csi_gen.main(argv)["auroc"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--normal", "10"], "out of range"),
+    (["--normal", "a,b"], "comma list"),
+    (["--batch-size", "1"], "at least 2"),
+    (["--iters", "0"], "at least 1"),
+    (["--ensemble", "-1"], "--ensemble"),
+    (["--variant", "csi", "--save-samples", "x.png"], "needs a generator"),
+])
+def test_bad_input_exits_with_a_message(tiny_root, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        csi_gen.main(["--dataset", "mnist", "--data-root", tiny_root, *TINY, *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_data_offline_is_a_clear_error(tmp_path):
+    p, _ = run_script("csi_gen.py", "--dataset", "mnist", "--data-root", tmp_path, "--iters", "2", expect_rc=2)
+    assert "MNIST/raw" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_unknown_dataset_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        csi_gen.main(["--dataset", "imagenet"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_learning_separates_an_easy_synthetic_anomaly_set(tiny_root, capsys):
+    """Normal = a bright blob at one place; anomalies = blobs elsewhere. CSI must rank them apart after
+    60 batches (the same run stopped after 2 batches scores 0.78: the check can fail)."""
+    r = csi_gen.main(["--dataset", "mnist", "--normal", "0", "--data-root", tiny_root, "--iters", "60",
+                      "--variant", "csi", "--width", "8", "--proj-dim", "32", "--batch-size", "16", "--blur-p", "0",
+                      "--log-every", "20"])
+    assert r["auroc"] > 0.95
