@@ -301,17 +301,15 @@ def prepare(args):
     split = one_class_split(x_tr, y_tr, x_te, y_te, normal, val_size=args.val_size, seed=args.seed)
     if args.dataset.startswith("cifar"):
         # Deep-SVDD convention: GCN (L1) per image, then min-max with the normal training images' extremes
-        gcn = {k: global_contrast_normalization(v) for k, v in
-               (("train", split["train"]), ("val", split["val"][0]), ("test", split["test"][0]))}
-        lo, hi = gcn["train"].min(), gcn["train"].max()
-        split = {"train": minmax_scale(gcn["train"], lo, hi), "val": (minmax_scale(gcn["val"], lo, hi), split["val"][1]),
-                 "test": (minmax_scale(gcn["test"], lo, hi), split["test"][1])}
+        lo_hi = global_contrast_normalization(split["train"])
+        lo, hi = lo_hi.min(), lo_hi.max()
+        f = lambda x: minmax_scale(global_contrast_normalization(x), lo, hi)
     else:
         # per-dataset standardisation with the whole training split's mean and std (MNIST 0.1307/0.3081)
         mean, std = x_tr.mean(), x_tr.std()
-        split = {"train": standardize(split["train"], mean, std),
-                 "val": (standardize(split["val"][0], mean, std), split["val"][1]),
-                 "test": (standardize(split["test"][0], mean, std), split["test"][1])}
+        f = lambda x: standardize(x, mean, std)
+    split = {"train": f(split["train"]), "val": (f(split["val"][0]), split["val"][1]) if split["val"] else None,
+             "test": (f(split["test"][0]), split["test"][1])}
     return split, normal
 
 
@@ -337,11 +335,13 @@ def run(args, log=print):
     set_seed(args.seed)
     device = pick_device(args.device)
     split, normal = prepare(args)
+    if args.select == "val" and split["val"] is None:
+        raise DataError("--select val needs a validation set: pass --val-size > 0 (or --select last)")
     x_train = split["train"].to(device)
     if args.batch_size > len(x_train):
         raise DataError(f"--batch-size {args.batch_size} exceeds the {len(x_train)} normal training samples; "
                         f"pass a smaller --batch-size")
-    val = tuple(t.to(device) for t in split["val"])
+    val = tuple(t.to(device) for t in split["val"]) if split["val"] else None
     x_test, y_test = (t.to(device) for t in split["test"])
     model = build_model(args.dataset, args.latent, x_train.shape[1] if tabular else None).to(device)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu"
@@ -349,10 +349,10 @@ def run(args, log=print):
     if channels_last and not tabular:
         model = model.to(memory_format=torch.channels_last)
         x_train, x_test = x_train.contiguous(memory_format=torch.channels_last), x_test.contiguous(memory_format=torch.channels_last)
-        val = (val[0].contiguous(memory_format=torch.channels_last), val[1])
+        val = (val[0].contiguous(memory_format=torch.channels_last), val[1]) if val else None
     ratio = split.get("anomaly_ratio")
     evaluate = lambda m, x, y: metric(anomaly_scores(m, x, args.beta), y, tabular, ratio)
-    log(f"toll: dataset={args.dataset} normal={','.join(map(str, normal))} train={len(x_train)} val={len(val[0])} "
+    log(f"toll: dataset={args.dataset} normal={','.join(map(str, normal))} train={len(x_train)} val={len(val[0]) if val else 0} "
         f"test={len(x_test)} (anomalies {int(y_test.sum())}) beta={args.beta:g} lr={args.lr:g} "
         f"batch={args.batch_size} latent={args.latent} select={args.select} device={device}", flush=True)
     use_val = args.select == "val"

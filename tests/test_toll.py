@@ -155,3 +155,12 @@ def test_learning_short_run_separates_an_easy_anomaly_set(tiny_root):
     """The generated tabular set puts anomalies 4σ away from the normal cloud: 150 batches must find them."""
     r = toll.main(["--dataset", "arrhythmia", "--data-root", tiny_root, "--iters", "150", "--select", "last"])
     assert r["auroc"] > 0.9 and r["f1"] > 0.8
+
+
+def test_select_last_runs_without_a_validation_set_and_select_val_requires_one(tiny_root, capsys):
+    r = toll.main(["--dataset", "mnist", "--data-root", tiny_root, "--iters", "2", "--batch-size", "8",
+                   "--val-size", "0", "--select", "last"])
+    assert r["select"] == "last"
+    with pytest.raises(SystemExit):
+        toll.main(["--dataset", "mnist", "--data-root", tiny_root, "--iters", "2", "--val-size", "0"])
+    assert "--val-size" in capsys.readouterr().err
