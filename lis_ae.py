@@ -435,7 +435,9 @@ def run(args, log=print):
     t1, n1 = train_phase1(model, x_pos, args.iters, args.batch_size, args.lr, x_neg, classifier,
                           args.linsep_weight, augment, log)
     ae = copy.deepcopy(model)
+    ts = time.time()
     auroc_ae = auroc(ae, x_test, y_test)
+    score_time = time.time() - ts
     log(f"phase1 done: AE test auroc={auroc_ae:.4f}", flush=True)
     result = {"method": "lis_ae", "dataset": args.dataset, "normal": ",".join(map(str, data["normal"])),
               "seed": args.seed}
@@ -457,7 +459,8 @@ def run(args, log=print):
                    "beta": args.beta, "gamma": None if gamma is None else round(gamma, 4), "iters": args.iters,
                    "batch_size": args.batch_size, "device": device.type,
                    "seconds": round(time.time() - t_start, 1),
-                   "train_samples_per_s": round((n1 + n2) / max(t1 + t2, 1e-9), 1)})
+                   "train_samples_per_s": round((n1 + n2) / max(t1 + t2, 1e-9), 1),
+                   "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
     result = {k: v for k, v in result.items() if v is not None}
     names = {"ae": "AE", "lis-ae": "LIS-AE", "linsep-lis-ae": "LinSep-LIS-AE"}
     log(f"test auroc: AE (phase 1) {auroc_ae:.4f}" + ("" if x_neg is None else

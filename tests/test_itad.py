@@ -71,6 +71,24 @@ def test_eq19_entropy_bound_l1_l2_matches_hand_computation():
     assert itad.entropy_bound(z, 2).item() == pytest.approx((5 + 1) / 2)      # Gaussian: L2
     maps = torch.tensor([[[[1.0, -2.0]], [[0.0, 3.0]]]])                      # (1, 2, 1, 2): flattened
     assert itad.entropy_bound(maps, 1).item() == pytest.approx(6.0)
+    # --entropy-reduce mean: ||z||_q / d^(1/q): L1 -> mean |z_j|, L2 -> RMS
+    assert itad.entropy_bound(z, 1, "mean").item() == pytest.approx((7 / 2 + 1 / 2) / 2)
+    assert itad.entropy_bound(z, 2, "mean").item() == pytest.approx((5 / math.sqrt(2) + 1 / math.sqrt(2)) / 2)
+    assert itad.entropy_bound(maps, 1, "mean").item() == pytest.approx(6.0 / 4)
+
+
+@pytest.mark.parametrize("kind", ["affine", "fixed", "none"])
+def test_code_norm_options_build_the_last_layer(kind):
+    base = itad.BaseModel(width=4, z_dim=8, code_norm=kind)
+    ext = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=1, code_norm=kind)
+    for last in (base.head[-1], ext.top[-1], ext.phi.bn):
+        if kind == "none":
+            assert isinstance(last, torch.nn.Identity)
+        else:
+            assert isinstance(last, torch.nn.modules.batchnorm._BatchNorm) and last.affine == (kind == "affine")
+    z = base.eval()(torch.rand(3, 3, 32, 32))
+    g, l = ext.eval()(torch.rand(3, 3, 32, 32))
+    assert z.shape == (3, 8) and g.shape == (3, 8) and l.shape == (3, 8, 7, 7)
 
 
 def test_eq28_jsd_matches_hand_computation():
@@ -160,7 +178,7 @@ def test_base_two_iterations_as_a_user_runs_it(tiny_root, tmp_path):
 def test_extension_two_iterations_jsd_l2_mc_score(tiny_root):
     r = itad.main(["--dataset", "fashion-mnist", "--normal", "0,1", "--data-root", tiny_root, "--iters", "2",
                    "--model", "extension", "--mi", "jsd", "--entropy", "l2", "--score", "mc", "--mc-samples", "2",
-                   *TINY])
+                   "--code-norm", "none", "--entropy-reduce", "mean", *TINY])
     assert r["model"] == "extension" and r["score"] == "mc" and r["normal"] == "0,1"
     assert 0 <= r["auroc"] <= 1 and 0 <= r["auroc_self"] <= 1 and 0 <= r["auroc_rand"] <= 1
 
