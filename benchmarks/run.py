@@ -115,7 +115,8 @@ def host_info():
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    info = {"cpu": cpu, "cpu_cores_usable": usable, "python": platform.python_version(), "os": platform.platform()}
+    info = {"cpu": cpu, "cpu_cores_usable": usable, "python": platform.python_version(), "os": platform.platform(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset (torch uses every usable core)")}
     try:  # the GPU's name, where there is one (the scripts' JSON only says "cuda")
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                              text=True, timeout=10)
@@ -127,7 +128,9 @@ def host_info():
 
 
 def host_text(h):
-    return f"{h.get('gpu') + ', ' if h.get('gpu') else ''}{h['cpu']}, {h['cpu_cores_usable']} usable cores"
+    threads = h.get("OMP_NUM_THREADS")
+    threads = f", OMP_NUM_THREADS={threads}" if threads and threads[0].isdigit() else ""
+    return f"{h.get('gpu') + ', ' if h.get('gpu') else ''}{h['cpu']}, {h['cpu_cores_usable']} usable cores{threads}"
 
 
 def run_key(cls, seed):
