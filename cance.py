@@ -625,10 +625,10 @@ def run(args, log=print):
         e_train = resnet18_embeddings(model, x_train, args.image_size)
         pca = PCA(n_components=args.latent, random_state=args.seed).fit(e_train.cpu().numpy())
         z_train = pca_features(pca, e_train, moments)
+        ae_samples, ae_time = len(x_train), time.time() - ts
         ts_score = time.time()
         z_test = pca_features(pca, resnet18_embeddings(model, x_test, args.image_size))
         score_time = time.time() - ts_score
-        ae_samples, ae_time = len(x_train), time.time() - ts
         log(f"resnet18-pca: {len(x_train)} training embeddings, PCA to {args.latent} dims, explained variance "
             f"{pca.explained_variance_ratio_.sum():.4f}", flush=True)
 

@@ -9,8 +9,9 @@ A run whose JSON exists is finished and never repeated, so an interrupted sweep 
 runs/c<C>_s<S>.failed (exit code and the tail of stderr); it is reported in the table, does not stop the
 sweep, and is tried again on the next invocation unless --skip-failed is given. After every run the report is
 rewritten: benchmarks/results/<name>.json and <name>.md with, per class, the mean +- sample std (n-1) over
-seeds of the main metric (auroc; f1 on tabular sets) and of every auroc_<variant> key, the average over
-classes, the paper's figure from benchmarks/paper_tables.json, ours minus the paper, wall seconds and device.
+seeds of the main metric (auroc; f1 on tabular sets) and of every <metric>_<variant> and auroc_<variant> key,
+the average over classes, the paper's figure from benchmarks/paper_tables.json, ours minus the paper, wall
+seconds and device.
 
 Usage
     # explicit flags after "--" (passed to the script unchanged)
@@ -261,9 +262,10 @@ def aggregate(cfg, runs_dir, paper):
                 runs[(c, s)] = ("failed", None, read_json(base + ".failed"))
     ok = [r for st, r, _ in runs.values() if st == "ok"]
     metric = cfg.get("metric") or ("f1" if ok and all("f1" in r for r in ok) else "auroc")
-    variants = sorted({k for r in ok for k in r if k.startswith("auroc_") and isinstance(r[k], (int, float))})
-    if metric != "auroc" and any("auroc" in r for r in ok):
-        variants = ["auroc"] + variants
+    variants = sorted({k for r in ok for k in r if k.startswith(metric + "_") and isinstance(r[k], (int, float))})
+    if metric != "auroc":   # tabular: the F1 variants, then AUROC and its variants
+        variants += (["auroc"] if any("auroc" in r for r in ok) else []) + sorted(
+            {k for r in ok for k in r if k.startswith("auroc_") and isinstance(r[k], (int, float))})
     rows, failed, hosts = [], [], set()
     for c in classes:
         vals, var_vals, secs, walls, devices, n_fail, missing = [], {v: [] for v in variants}, [], [], set(), 0, 0

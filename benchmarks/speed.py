@@ -4,8 +4,9 @@ Each row is one short run of a script, started exactly as a user would (a subpro
 numbers are the script's own train_samples_per_s and score_samples_per_s (RESULT line), so they include
 batching, augmentation and data movement, not just the network. Runs use scikit-learn's bundled digits
 (--dataset digits: 8x8 images resized to 28x28, so the 28x28 architectures do exactly the per-sample work
-they do on MNIST) with nine normal classes (~1,080 training images) so the small test split (~600 images)
-keeps full-width scoring short; the tabular row uses Arrhythmia from --data-root. CIFAR-size (32x32, 3
+they do on MNIST) because its test split (599 images) keeps full-width scoring short; nine normal classes
+give ~1,080 training images (lis_ae: eight, so that next-class negatives leave one anomaly class in the test
+split). The tabular row uses Arrhythmia from --data-root. CIFAR-size (32x32, 3
 channel) rows need CIFAR-10 in --data-root and are skipped without it.
 
 What one "training sample" is differs per script (column 'counts'): toll/itad/csi_gen one image of the batch
@@ -41,7 +42,8 @@ ROWS = [
     ("toll-cifar", "toll.py", "Appendix B CIFAR AE", ["--dataset", "cifar10", "--normal", "0", "--iters", "20",
                                                       "--batch-size", "128", "--select", "last", "--val-size", "0"], "image"),
     ("toll-arrhythmia", "toll.py", "Appendix B Arrhythmia MLP", ["--dataset", "arrhythmia", "--iters", "200"], "row"),
-    ("lis_ae-28", "lis_ae.py", "28x28 conv AE (width 32, latent 32)", NINE + ["--iters", "50"],
+    ("lis_ae-28", "lis_ae.py", "28x28 conv AE (width 32, latent 32)",
+     ["--dataset", "digits", "--normal", "0,1,2,3,4,5,6,7", "--iters", "50"],
      "positive + negative image, both phases"),
     ("cance-28", "cance.py", "28x28 conv AE (latent 6) + NCE", NINE + ["--iters", "100"],
      "image through the AE (stages 1-2)"),
@@ -60,10 +62,6 @@ ROWS = [
 ]
 
 
-def value_of(flags, name, default="default"):
-    return flags[flags.index(name) + 1] if name in flags else default
-
-
 def run_row(row, data_root, device, timeout):
     rid, script, arch, flags, counts = row
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,11 +72,17 @@ def run_row(row, data_root, device, timeout):
         shown = " ".join(["python"] + cmd[1:])
         cmd += ["--json", out]
         t0 = time.time()
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        try:
+            p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"id": rid, "script": script, "architecture": arch, "command": shown,
+                    "error": f"timed out after {timeout} s"}
         wall = time.time() - t0
         if p.returncode != 0 or not os.path.exists(out):
-            return {"id": rid, "script": script, "architecture": arch, "command": shown, "error":
-                    (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1].split(" and could not")[0][:160]}
+            last = (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]
+            first_sentence = last.split(" (")[0].split(". ")[0]       # e.g. "error: cifar10 was not found under ..."
+            return {"id": rid, "script": script, "architecture": arch, "command": shown,
+                    "error": first_sentence[:160].replace("|", "/")}
         with open(out) as f:
             r = json.load(f)
     return {"id": rid, "script": script, "architecture": arch, "command": shown, "counts": counts,
@@ -97,16 +101,19 @@ def render(rows):
         hosts.setdefault(r["host_text"], []).append(r)
     for host, rs in hosts.items():
         when = max(r["when"] for r in rs)
-        lines += [f"## {host}", "", f"Measured {when}; torch threads per process: {rs[0].get('threads')}; "
-                  f"load average before the runs: {rs[0].get('load')}.", "",
-                  "| script | architecture | batch | device | train samples/s | score samples/s | a training sample is | wall s |",
-                  "|---|---|---:|---|---:|---:|---|---:|"]
+        lines += [f"## {host}", "", f"Last measured {when}. 'threads' = torch threads of the process; 'load' = "
+                  "the 1-minute load average when the row started (near 0 = idle machine).", "",
+                  "| script | architecture | batch | device | train samples/s | score samples/s | a training sample is "
+                  "| wall s | threads | load | when |",
+                  "|---|---|---:|---|---:|---:|---|---:|---:|---:|---|"]
         for r in rs:
             if "error" in r:
-                lines.append(f"| {r['script']} | {r['architecture']} | | | not run: {r['error']} | | | |")
+                lines.append(f"| {r['script']} | {r['architecture']} | | | not run: {r['error']} | | | | "
+                             f"{r.get('threads')} | {r.get('load')} | {r['when']} |")
                 continue
             lines.append(f"| {r['script']} | {r['architecture']} | {r['batch_size']} | {r['device']} | "
-                         f"{r['train_samples_per_s']} | {r['score_samples_per_s']} | {r['counts']} | {r['wall_s']} |")
+                         f"{r['train_samples_per_s']} | {r['score_samples_per_s']} | {r['counts']} | {r['wall_s']} | "
+                         f"{r.get('threads')} | {r.get('load')} | {r['when']} |")
         lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rs] + [""]
     return "\n".join(lines)
 
@@ -127,21 +134,21 @@ def main(argv=None):
         threads = torch.get_num_threads()
     except ImportError:
         threads = None
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     old = []
     if os.path.exists(args.out + ".json"):
         with open(args.out + ".json") as f:
             old = json.load(f)["rows"]
     for row in rows:
         print(f"{row[0]}: running", flush=True)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         r = run_row(row, args.data_root, args.device, args.timeout)
-        r.update({"host": host, "host_text": host_text(host), "threads": threads,
+        r.update({"host": host, "host_text": host_text(host), "threads": threads, "requested_device": args.device,
                   "load": None if load is None else round(load, 2), "python": platform.python_version(),
                   "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")})
         print(f"{row[0]}: " + (f"not run ({r['error']})" if "error" in r else
                                f"train {r['train_samples_per_s']}/s score {r['score_samples_per_s']}/s"), flush=True)
         old = [o for o in old if not (o["id"] == r["id"] and o["host_text"] == r["host_text"]
-                                      and o.get("device") == r.get("device"))] + [r]
+                                      and o.get("requested_device") == args.device)] + [r]
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         write_atomic(args.out + ".json", json.dumps({"rows": old}, indent=1) + "\n")
         write_atomic(args.out + ".md", render(old))

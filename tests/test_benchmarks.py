@@ -29,7 +29,7 @@ if a.normal is not None and int(a.normal) == a.fail_class:
     sys.exit(3)
 if a.normal is None:   # tabular: f1 is the main metric, auroc a secondary one
     r = {"method": "fake", "dataset": a.dataset, "normal": "0", "seed": a.seed, "f1": 0.4 + 0.1 * a.seed,
-         "auroc": 0.9, "device": "cpu", "seconds": 1.0}
+         "f1_error": 0.3, "auroc": 0.9, "auroc_error": 0.8, "device": "cpu", "seconds": 1.0}
 else:
     c = int(a.normal)
     r = {"method": "fake", "dataset": a.dataset, "normal": str(c), "seed": a.seed,
@@ -155,7 +155,7 @@ def test_seeds_only_mode_uses_f1_and_the_papers_single_figure(setup):
     assert sorted(os.listdir(setup["results"] / "tab" / "runs")) == sorted(
         f"s{s}.{ext}" for s in range(3) for ext in ("json", "meta.json", "log", "err"))
     s = load(setup, "tab")
-    assert s["metric"] == "f1" and s["variants"] == ["auroc"]
+    assert s["metric"] == "f1" and s["variants"] == ["f1_error", "auroc", "auroc_error"]
     (row,) = s["rows"]
     assert row["class"] is None and row["mean"] == pytest.approx(0.5) and row["std"] == pytest.approx(0.1)
     assert row["paper"] == pytest.approx(0.5) and row["diff"] == pytest.approx(0.0)
