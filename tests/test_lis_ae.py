@@ -87,6 +87,21 @@ def test_alg1_phase2_changes_only_the_latent_layer():
     assert all(p.requires_grad for p in model.parameters())       # unfrozen again for any later use
 
 
+def test_saturated_tanh_blocks_phase2_and_linear_latent_does_not():
+    """The documented failure mode of --latent-act tanh: once Z's pre-activations are beyond |u| ~ 9, tanh'
+    is exactly 0 in float32 and phase 2 cannot move Z; with --latent-act linear it can."""
+    pos, neg = torch.rand(32, 1, 28, 28) * 0.3, torch.rand(32, 1, 28, 28)
+    for act, moves in (("tanh", False), ("linear", True)):
+        torch.manual_seed(0)
+        model = lis_ae.build_model(1, 28, 4, 4, act)
+        assert isinstance(model.act, nn.Tanh if act == "tanh" else nn.Identity)
+        with torch.no_grad():                                        # saturate: large pre-activations
+            model.latent.bias.copy_(torch.tensor([30.0, -30.0, 30.0, -30.0]))
+        before = model.latent.weight.clone()
+        lis_ae.train_phase2(model, pos, neg, iters=3, batch_size=8, lr=1e-2, beta=1.0, gamma=20.0, log=quiet)
+        assert (not torch.equal(before, model.latent.weight)) == moves, act
+
+
 def test_linsep_phase1_trains_the_classifier_on_negatives():
     torch.manual_seed(0)
     model, clf = lis_ae.build_model(1, 28, 4, 4), nn.Linear(4, 1)
