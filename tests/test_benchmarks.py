@@ -200,7 +200,7 @@ def test_readme_section_is_generated_between_the_markers(setup, capsys):
     assert text.startswith("intro\n\n## Results\n\n<!-- results:begin -->") and text.endswith("<!-- results:end -->\n\n## After\n")
     assert "old numbers" not in text
     row = next(line for line in text.splitlines() if line.startswith("| [t]("))
-    assert "| custom |" in row and "| 2 × 1 | 2 / 0 | auroc | 50.50 | 55.00 | -4.50 |" in row
+    assert "| custom |" in row and "| 2 × 1 | 2 / 0 | auroc | 50.50 | auroc_ae 50.00 | 55.00 | -4.50 |" in row
     readme.write_text("no markers here\n")
     with pytest.raises(SystemExit, match="markers"):
         setup["invoke"]("--readme", "--write")
