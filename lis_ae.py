@@ -180,7 +180,7 @@ class LatentInsensitiveAE(nn.Module):
 
 def build_model(channels, side, width, latent, latent_act="tanh"):
     """The architecture the issue describes: E = two convs with LeakyReLU; Z = one fully connected layer
-    with tanh; D = fully connected + LeakyReLU, two transposed convs with LeakyReLU, a conv with sigmoid.
+    with tanh (latent_act="linear": without it, see the docstring's KNOWN PROBLEM); D = fully connected + LeakyReLU, two transposed convs with LeakyReLU, a conv with sigmoid.
     The paper gives no widths or latent sizes: see --width, --latent."""
     f = side // 4                                                           # 28 -> 7, 32 -> 8
     feat = 2 * width * f * f
