@@ -16,36 +16,63 @@ seconds and device.
 Usage
     # explicit flags after "--" (passed to the script unchanged)
     python benchmarks/run.py --script toll.py --name toll_fmnist_try --classes 0-9 --seeds 0,1 \\
-        --paper toll/table3/fashion-mnist -- --dataset fashion-mnist --iters 150 --data-root /work/shared/data
+        --paper toll/table3/fashion-mnist/toll -- --dataset fashion-mnist --iters 150 --data-root ../shared/data
 
-    # a named protocol from benchmarks/protocols.json (flags, default seeds and paper table per dataset)
-    python benchmarks/run.py --script toll.py --protocol cpu --dataset fashion-mnist -- --data-root /work/shared/data
+    # a named protocol from benchmarks/protocols.json (flags, default seeds and paper tables per dataset)
+    python benchmarks/run.py --script toll.py --protocol cpu --dataset fashion-mnist -- --data-root ./data
     python benchmarks/run.py --script toll.py --protocol cpu --dataset arrhythmia      # no classes: seeds only
+
+    # classes: 0-9, 0,3,8; groups of normal classes '0+1,2+3' (--normal 0,1 ...); '~3' = every class but 3
+    python benchmarks/run.py --script cance.py --protocol cpu --dataset mnist --classes 0+1,0+8,1+8 -- --data-root ./data
 
     python benchmarks/run.py --script toll.py --protocol cpu --dataset mnist --dry-run   # commands still to run
     python benchmarks/run.py --list                      # protocols and paper tables known
     python benchmarks/run.py --name toll_fashion-mnist_cpu --report   # re-render from stored runs, run nothing
+    python benchmarks/run.py --report-all                # re-render every sweep (e.g. after a table was transcribed)
     python benchmarks/run.py --readme                    # print README's results section from results/*.json
     python benchmarks/run.py --readme --write            # replace it in README.md between the markers
 
-Exit status 1 when any requested run has failed (the tables are still written), else 0.
-Standard library only (plus the scripts' own dependencies in the subprocesses). Runs are sequential, with the
-repository root as working directory: relative paths in the script's flags are relative to it. Flags under one
---name are fixed at its first run (a different set is refused, so results are never mixed); classes and seeds
-may be extended. Each run's stdout/stderr are kept in runs/<key>.log and .err, its wall time, exact command and
-host in runs/<key>.meta.json.
+Running runs side by side (the same runs, the same files, the same resume)
+    --jobs N              N runs at once as subprocesses; on CPU each gets OMP_NUM_THREADS = cores / N (or --threads)
+    --gpus 0,1 --per-gpu K    on a GPU host (default: every visible GPU, one run each): K runs share each device,
+                          placed round-robin through CUDA_VISIBLE_DEVICES
+    --launcher slurm      a job array through submitit (benchmarks/requirements.txt), with --slurm-partition,
+                          --slurm-time, --slurm-gpus-per-task, --slurm-cpus-per-task, --slurm-mem; the command waits
+                          for the jobs, or returns at once with --no-wait and a later invocation collects them.
+                          A job that dies is a failed run whose .failed file names its SLURM log.
+    --launcher submitit-local   the same path through submitit's local executor, on this machine
+Ctrl-C stops the running children, keeps every finished run (exit status 130); the same command resumes. On CPU
+a run gives the same RESULT whichever way it was launched, for the same thread count (each run's meta file
+records launcher, host, device, OMP_NUM_THREADS and CUDA_VISIBLE_DEVICES).
+
+Paper tables: protocols.json maps each dataset to paper_tables.json keys, per script ("paper_tables") and per
+protocol (e.g. a beta = 0 protocol points at the paper's beta = 0 row): a plain key is the main metric's
+table; a dict also maps variants ({"main": KEY, "auroc_ae": KEY}), which then get their own paper and Δ
+columns. --paper / --paper-variant override it for one sweep. The paper's average is its printed one when the
+sweep covers the table's classes, else the mean of its cells for the classes run.
+
+Exit status: 2 for bad input (before anything runs), 130 when interrupted, 1 when any requested run has failed
+(the tables are still written), else 0. Standard library only (plus submitit for the slurm launcher, and the
+scripts' own dependencies in the subprocesses). The repository root is every run's working directory:
+relative paths in the script's flags are relative to it. Flags under one --name are fixed at its first run (a
+different set is refused, so results are never mixed); classes and seeds may be extended. Each run's
+stdout/stderr are kept in runs/<key>.log and .err, its wall time, exact command and host in runs/<key>.meta.json.
 """
 import argparse
+import concurrent.futures
 import datetime
 import glob
 import json
 import math
 import os
 import platform
+import queue
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,6 +84,17 @@ N_CLASSES = {"mnist": 10, "fashion-mnist": 10, "digits": 10, "cifar10": 10, "cif
 
 
 # ------------------------------------------------------------------------------------------ small helpers
+
+class BadInput(SystemExit):
+    """Bad input: 'error: <what is wrong>. <what to do>' on stderr, exit status 2, before any run starts."""
+
+    def __init__(self, message):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
 
 def parse_list(text, what):
     """'0-9' / '0,2,5' / '0-3,7' -> sorted distinct ints; 'none' or '' -> []."""
@@ -75,8 +113,46 @@ def parse_list(text, what):
             else:
                 out.append(int(part))
         except ValueError:
-            raise SystemExit(f"error: --{what} must look like 0-9, 0,2,5 or 0-3,7 (got '{text}')") from None
+            raise BadInput(f"error: --{what} must look like 0-9, 0,2,5 or 0-3,7 (got '{text}')") from None
     return sorted(set(out))
+
+
+def parse_classes(text, dataset):
+    """--classes -> list of class tokens: plain ints (0-9, 0,3,8, 0-3,7), groups of normal classes joined by '+'
+    ('0+1' = normal classes 0 and 1), and '~k' = every class of the dataset but k (k is the only anomaly).
+    'none' or '' -> [] (tabular sets: seeds only). Plain classes stay ints; groups and complements are strings."""
+    if text is None or str(text).strip().lower() in ("", "none"):
+        return []
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if re.fullmatch(r"\d+(\+\d+)+", part):
+            members = sorted({int(v) for v in part.split("+")})
+            out.append("+".join(map(str, members)))
+        elif re.fullmatch(r"~\d+", part):
+            if dataset not in N_CLASSES:
+                raise BadInput(f"error: --classes '{part}' (every class but one) needs --dataset with a known number "
+                                 f"of classes ({', '.join(N_CLASSES)}). Add --dataset")
+            if int(part[1:]) >= N_CLASSES[dataset]:
+                raise BadInput(f"error: --classes '{part}': {dataset} has classes 0..{N_CLASSES[dataset] - 1}. "
+                                 "Pick one of those")
+            out.append(part)
+        else:
+            out.extend(parse_list(part, "classes"))
+    seen, unique = set(), []
+    for c in out:
+        if str(c) not in seen:
+            seen.add(str(c))
+            unique.append(c)
+    return unique
+
+
+def normal_arg(cls, dataset):
+    """Class token -> the script's --normal value: 3 -> '3', '0+1' -> '0,1', '~3' -> every other class."""
+    text = str(cls)
+    if text.startswith("~"):
+        return ",".join(str(k) for k in range(N_CLASSES[dataset]) if k != int(text[1:]))
+    return text.replace("+", ",")
 
 
 def write_atomic(path, text):
@@ -135,7 +211,8 @@ def host_text(h):
 
 
 def run_key(cls, seed):
-    return f"s{seed}" if cls is None else f"c{cls}_s{seed}"
+    """File stem of one run: s<S> (no classes), c<C>_s<S>; '~3' is written 'not3' in file names."""
+    return f"s{seed}" if cls is None else f"c{str(cls).replace('~', 'not')}_s{seed}"
 
 
 # ------------------------------------------------------------------------------------------ protocols and paper tables
@@ -144,17 +221,29 @@ def load_protocols(path):
     return read_json(path) if os.path.exists(path) else {}
 
 
+def paper_map(value):
+    """A paper_tables mapping value -> {metric: key}: a plain key is the main metric's table ("main");
+    a dict maps the main metric ("main", or its name) and variants ("auroc_ae") to keys."""
+    if not value:
+        return {}
+    if isinstance(value, str):
+        return {"main": value}
+    return dict(value)
+
+
 def resolve_protocol(protocols, script, name, dataset):
-    """-> (flags, default seeds, paper key, note) of a named protocol for one script and dataset."""
+    """-> (flags, default seeds, {metric: paper key}, note) of a named protocol for one script and dataset.
+    Paper tables: the script's "paper_tables" for the dataset, overridden by the protocol's own
+    "paper_tables" (e.g. a beta = 0 protocol compares with the paper's beta = 0 row)."""
     stem = os.path.basename(script)
     entry = protocols.get(stem)
     if entry is None:
-        raise SystemExit(f"error: benchmarks/protocols.json has no entry for {stem}")
+        raise BadInput(f"error: benchmarks/protocols.json has no entry for {stem}")
     proto = entry.get("protocols", {}).get(name)
     if proto is None:
-        raise SystemExit(f"error: {stem} has no protocol '{name}' (known: {', '.join(entry.get('protocols', {}))})")
+        raise BadInput(f"error: {stem} has no protocol '{name}' (known: {', '.join(entry.get('protocols', {}))})")
     if proto.get("args") is None:
-        raise SystemExit(f"error: protocol '{name}' of {stem} is not defined yet: {proto.get('note', 'TODO')}")
+        raise BadInput(f"error: protocol '{name}' of {stem} is not defined yet: {proto.get('note', 'TODO')}")
     flags, seeds, note = list(proto["args"]), proto.get("seeds", "0"), proto.get("note", "")
     per = proto.get("datasets", {}).get(dataset, {}) if dataset else {}
     if per:
@@ -162,7 +251,11 @@ def resolve_protocol(protocols, script, name, dataset):
             flags = list(per["args"])
         seeds = per.get("seeds", seeds)
         note = per.get("note", note)
-    paper = entry.get("paper_tables", {}).get(dataset) if dataset else None
+    paper = {}
+    if dataset:
+        paper.update(paper_map(entry.get("paper_tables", {}).get(dataset)))
+        if dataset in proto.get("paper_tables", {}):
+            paper = paper_map(proto["paper_tables"][dataset])
     return flags, seeds, paper, note
 
 
@@ -172,39 +265,66 @@ def load_paper(path, key):
         return None
     tables = read_json(path) if os.path.exists(path) else {}
     if key not in tables.get("tables", {}):
-        raise SystemExit(f"error: {os.path.relpath(path)} has no table '{key}' (see: python benchmarks/run.py --list)")
+        raise BadInput(f"error: {os.path.relpath(path)} has no table '{key}' (see: python benchmarks/run.py --list)")
     t = dict(tables["tables"][key])
     t["key"] = key
     scale = 100.0 if t.get("unit") == "percent" else 1.0
     t["per_class_01"] = {str(k): (None if v is None else v / scale) for k, v in (t.get("values") or {}).items()}
     t["average_01"] = None if t.get("average") is None else t["average"] / scale
+    if t["average_01"] is None and set(t["per_class_01"]) == {"all"}:   # a table that prints one figure only
+        t["average_01"] = t["per_class_01"]["all"]
     return t
 
 
 # ------------------------------------------------------------------------------------------ running
 
-def run_one(cfg, runs_dir, cls, seed, timeout):
-    """One subprocess of the script -> ('ok' | 'failed', wall seconds). Writes <key>.json (the script),
-    <key>.log/.err (its output), and <key>.meta.json on success or <key>.failed otherwise."""
-    key = run_key(cls, seed)
-    out_json = os.path.join(runs_dir, key + ".json")
-    failed = os.path.join(runs_dir, key + ".failed")
+def run_command(cfg, runs_dir, cls, seed):
+    """The exact command of one run (a list), and its JSON path."""
+    out_json = os.path.join(runs_dir, run_key(cls, seed) + ".json")
     cmd = [sys.executable, cfg["script_path"], *cfg["script_args"]]
     if cls is not None:
-        cmd += ["--normal", str(cls)]
-    cmd += ["--seed", str(seed), "--json", out_json]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cmd += ["--normal", normal_arg(cls, cfg.get("dataset"))]
+    return cmd + ["--seed", str(seed), "--json", out_json], out_json
+
+
+def run_one(cfg, runs_dir, cls, seed, timeout, slot=None, launcher="local", procs=None, stop=None):
+    """One subprocess of the script -> ('ok' | 'failed' | 'interrupted', wall seconds). Writes <key>.json (the
+    script), <key>.log/.err (its output), and <key>.meta.json on success or <key>.failed otherwise.
+    slot: environment for this run (OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES). procs/stop: the parallel runner's
+    set of live children and its stop event (Ctrl-C), so that an interrupted run is not recorded as failed."""
+    key = run_key(cls, seed)
+    cmd, out_json = run_command(cfg, runs_dir, cls, seed)
+    failed = os.path.join(runs_dir, key + ".failed")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(slot or {}))
     t0 = time.time()
     with open(os.path.join(runs_dir, key + ".log"), "w") as out, open(os.path.join(runs_dir, key + ".err"), "w") as err:
+        # its own session: a Ctrl-C in the terminal reaches the runner, which stops the children itself
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, env=env, start_new_session=True)
+        if procs is not None:
+            procs.add(proc)
         try:
-            rc = subprocess.run(cmd, stdout=out, stderr=err, cwd=REPO, env=env, timeout=timeout).returncode
+            rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            kill_group(proc)
             rc = "timeout"
+        finally:
+            if procs is not None:
+                procs.discard(proc)
     wall = round(time.time() - t0, 1)
+    if stop is not None and stop.is_set() and not os.path.exists(out_json):
+        return "interrupted", wall
     shown = ["python"] + [os.path.relpath(c, REPO) if c in (cfg["script_path"], out_json) else c for c in cmd[1:]]
-    meta = {"command": shlex.join(shown), "wall_s": wall, "returncode": rc, "host": host_info(),
+    host = host_info()
+    for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES"):
+        if k in env:
+            host[k] = env[k]
+    meta = {"command": shlex.join(shown), "wall_s": wall, "returncode": rc, "launcher": launcher, "host": host,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if rc == 0 and os.path.exists(out_json):
+        try:
+            meta["device"] = read_json(out_json).get("device")
+        except (OSError, ValueError):
+            pass
         write_atomic(os.path.join(runs_dir, key + ".meta.json"), json.dumps(meta, indent=1))
         if os.path.exists(failed):
             os.remove(failed)
@@ -220,34 +340,275 @@ def run_one(cfg, runs_dir, cls, seed, timeout):
     return "failed", wall
 
 
-def sweep(cfg, runs_dir, skip_failed, timeout, report, log=print):
-    todo = [(c, s) for c in (cfg["classes"] or [None]) for s in cfg["seeds"]]
-    n_new = 0
-    for i, (c, s) in enumerate(todo, 1):
+def kill_group(proc):
+    """Stop a child started in its own session, and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, PermissionError):
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def visible_gpus():
+    """Indices of the GPUs this process may use: $CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, ln in enumerate(out.stdout.splitlines()) if ln.startswith("GPU ")] if out.returncode == 0 else []
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def make_slots(args):
+    """-> list of per-run environments, one per run that may go at once.
+    CPU: --jobs N slots, each with OMP_NUM_THREADS = --threads (default: the usable cores divided among the N
+    runs, at least 1; an OMP_NUM_THREADS already set in the environment is kept). GPUs (--gpus, default every
+    visible one, unless --jobs is given on a host without GPUs): --per-gpu K runs share each device, placed
+    round-robin through CUDA_VISIBLE_DEVICES."""
+    gpus = visible_gpus()
+    if args.gpus is not None:
+        wanted = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        missing = [g for g in wanted if g not in gpus]
+        if not wanted or missing:
+            seen = ",".join(gpus) if gpus else "none"
+            raise BadInput(f"error: --gpus {args.gpus}: GPU {missing[0] if missing else '(empty)'} is not visible "
+                             f"on this host (visible: {seen}). Pass visible indices, or leave --gpus out")
+        gpus = wanted
+    if args.per_gpu < 1:
+        raise BadInput(f"error: --per-gpu must be at least 1 (got {args.per_gpu}). Pass how many runs may share one GPU")
+    if args.jobs is not None and args.jobs < 1:
+        raise BadInput(f"error: --jobs must be at least 1 (got {args.jobs}). Pass how many runs may go at once")
+    if args.threads is not None and args.threads < 1:
+        raise BadInput(f"error: --threads must be at least 1 (got {args.threads}). Pass the threads per run")
+    if gpus and not args.cpu:
+        n = args.jobs or len(gpus) * args.per_gpu
+        placement = [gpus[i % len(gpus)] for i in range(n)]      # round-robin over devices, per_gpu deep
+        threads = args.threads or max(1, usable_cores() // n)
+        return [{"CUDA_VISIBLE_DEVICES": g, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+                for g in placement]
+    n = args.jobs or 1
+    threads = str(args.threads) if args.threads else os.environ.get("OMP_NUM_THREADS", str(max(1, usable_cores() // n)))
+    return [{"OMP_NUM_THREADS": threads} for _ in range(n)]
+
+
+def sweep(cfg, runs_dir, skip_failed, timeout, report, slots, log=print):
+    """Run the (class, seed) pairs still to do, up to len(slots) at once; the report is rewritten after every
+    finished run. Ctrl-C stops the running children, keeps every finished run, and re-raises (exit 130)."""
+    todo = []
+    pairs = [(c, s) for c in (cfg["classes"] or [None]) for s in cfg["seeds"]]
+    for i, (c, s) in enumerate(pairs, 1):
+        what = f"[{i}/{len(pairs)}] {'' if c is None else f'class {c} '}seed {s}"
         key = run_key(c, s)
-        what = f"[{i}/{len(todo)}] {'' if c is None else f'class {c} '}seed {s}"
         if os.path.exists(os.path.join(runs_dir, key + ".json")):
+            continue
+        if os.path.exists(os.path.join(runs_dir, key + ".submitted")):
+            log(f"{what}: submitted to the cluster before; collect it with --launcher slurm", flush=True)
             continue
         if skip_failed and os.path.exists(os.path.join(runs_dir, key + ".failed")):
             log(f"{what}: failed before, skipped (--skip-failed)", flush=True)
             continue
-        log(f"{what}: running", flush=True)
-        status, wall = run_one(cfg, runs_dir, c, s, timeout)
-        n_new += 1
-        if status == "ok":
-            r = read_json(os.path.join(runs_dir, key + ".json"))
-            m = cfg.get("metric") or ("f1" if "f1" in r else "auroc")
-            log(f"{what}: {m}={r.get(m)} ({wall}s)", flush=True)
-        else:
-            log(f"{what}: FAILED, see {os.path.relpath(os.path.join(runs_dir, key + '.failed'), REPO)}", flush=True)
+        todo.append((what, c, s))
+    free, procs, stop, lock = queue.Queue(), set(), threading.Event(), threading.Lock()
+    for slot in slots:
+        free.put(slot)
+
+    def work(item):
+        what, c, s = item
+        slot = free.get()
+        try:
+            if stop.is_set():
+                return "interrupted"
+            where = ", ".join(f"{k}={v}" for k, v in slot.items())
+            log(f"{what}: running ({where})", flush=True)
+            status, wall = run_one(cfg, runs_dir, c, s, timeout, slot, "local", procs, stop)
+            with lock:
+                if status == "ok":
+                    r = read_json(os.path.join(runs_dir, run_key(c, s) + ".json"))
+                    m = cfg.get("metric") or ("f1" if "f1" in r else "auroc")
+                    log(f"{what}: {m}={r.get(m)} ({wall}s)", flush=True)
+                elif status == "failed":
+                    log(f"{what}: FAILED, see {os.path.relpath(os.path.join(runs_dir, run_key(c, s) + '.failed'), REPO)}",
+                        flush=True)
+                if status != "interrupted":
+                    report()
+            return status
+        finally:
+            free.put(slot)
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(slots))
+    futures = [pool.submit(work, item) for item in todo]
+    try:
+        while not all(f.done() for f in futures):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for proc in list(procs):
+            kill_group(proc)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    for f in futures:
+        f.result()          # a bug in the runner itself surfaces here
+    return sum(1 for f in futures if f.result() in ("ok", "failed"))
+
+
+# ------------------------------------------------------------------------------------------ SLURM (submitit)
+
+def cluster_job(cfg, runs_dir, cls, seed, timeout):
+    """What one SLURM task does: the same run_one as a local run (the files land in the shared runs/ folder)."""
+    slot = {"OMP_NUM_THREADS": os.environ.get("SLURM_CPUS_PER_TASK", os.environ.get("OMP_NUM_THREADS", "1"))}
+    return run_one(cfg, runs_dir, cls, seed, timeout, slot, launcher=f"submitit ({os.environ.get('SLURM_JOB_ID', 'local')})")
+
+
+def slurm_minutes(text):
+    """--slurm-time: minutes (90) or [D-]HH:MM[:SS] -> minutes."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+)(?::(\d+))?", str(text).strip())
+    if m:
+        d, h, mi, sec = (int(v or 0) for v in m.groups())
+        return d * 1440 + h * 60 + mi + (1 if sec else 0)
+    if re.fullmatch(r"\d+", str(text).strip()):
+        return int(text)
+    raise BadInput(f"error: --slurm-time must be minutes (90) or HH:MM:SS (got '{text}'). Pass e.g. --slurm-time 2:00:00")
+
+
+def sweep_submitit(cfg, runs_dir, args, report, log=print):
+    """--launcher slurm (or submitit-local, submitit's LocalExecutor on this machine): the runs still to do go
+    to the queue as one job array; the queueing is submitit's and SLURM's. Each submitted run leaves
+    runs/<key>.submitted (job id, log paths). Without --no-wait the command waits for the jobs; a later
+    invocation collects jobs submitted with --no-wait (finished -> their JSON is there; ended without one ->
+    recorded as failed with the path of the SLURM log; still queued or running -> left alone)."""
+    try:
+        import submitit
+    except ImportError:
+        raise BadInput("error: --launcher slurm needs the package submitit, which is not installed. "
+                         "Run: pip install -r benchmarks/requirements.txt") from None
+    if __name__ != "__main__":      # imported (tests, another tool): ship this module's code with each job
+        import cloudpickle
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    folder = os.path.join(os.path.dirname(runs_dir), "submitit")
+    cluster = "local" if args.launcher == "submitit-local" else "slurm"
+    pairs = [(c, s) for c in (cfg["classes"] or [None]) for s in cfg["seeds"]]
+    todo, pending = [], []
+    for c, s in pairs:
+        key = run_key(c, s)
+        base = os.path.join(runs_dir, key)
+        if os.path.exists(base + ".json"):
+            continue
+        if os.path.exists(base + ".submitted"):
+            sub = read_json(base + ".submitted")
+            job = submitit.SlurmJob(folder=folder, job_id=sub["job_id"]) if cluster == "slurm" else None
+            state = job.state if job is not None else "UNKNOWN"
+            if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"):
+                log(f"{key}: job {sub['job_id']} is {state}; collect it later", flush=True)
+                pending.append(key)
+                continue
+            if not os.path.exists(base + ".failed"):
+                record_job_failure(base, sub, f"SLURM job {sub['job_id']} ended ({state}) without the run's JSON")
+            os.remove(base + ".submitted")
+            continue
+        if args.skip_failed and os.path.exists(base + ".failed"):
+            continue
+        todo.append((c, s))
+    if args.no_wait and cluster == "local":
+        raise BadInput("error: --no-wait needs --launcher slurm (submitit's local executor runs jobs as children "
+                         "of this command). Leave out --no-wait")
+    if not todo:
+        return 0
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    params = {"timeout_min": slurm_minutes(args.slurm_time), "name": cfg["name"]}
+    if args.slurm_cpus_per_task:
+        params["cpus_per_task"] = args.slurm_cpus_per_task
+    if cluster == "slurm":
+        if args.slurm_partition:
+            params["slurm_partition"] = args.slurm_partition
+        if args.slurm_gpus_per_task:
+            params["slurm_gpus_per_task"] = args.slurm_gpus_per_task
+        if args.slurm_mem:
+            params["slurm_mem"] = args.slurm_mem
+    ex.update_parameters(**params)
+    jobs = []
+    with ex.batch():                                          # one job array
+        for c, s in todo:
+            jobs.append(((c, s), ex.submit(cluster_job, cfg, runs_dir, c, s, args.timeout)))
+    for (c, s), job in jobs:
+        sub = {"job_id": str(job.job_id), "launcher": args.launcher, "stdout": str(job.paths.stdout),
+               "stderr": str(job.paths.stderr),
+               "submitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        write_atomic(os.path.join(runs_dir, run_key(c, s) + ".submitted"), json.dumps(sub, indent=1))
+        log(f"{run_key(c, s)}: submitted as job {job.job_id}", flush=True)
+    if args.no_wait:
+        log(f"{len(jobs)} job(s) submitted; rerun the same command to collect them", flush=True)
+        return 0
+    for (c, s), job in jobs:
+        base = os.path.join(runs_dir, run_key(c, s))
+        sub = read_json(base + ".submitted")
+        try:
+            status, wall = job.result()
+            log(f"{run_key(c, s)}: {status} ({wall}s)", flush=True)
+        except Exception as e:       # the job died (killed, out of time or memory) before run_one returned
+            record_job_failure(base, sub, f"job {sub['job_id']} failed: {type(e).__name__}: {str(e)[-2000:]}")
+            log(f"{run_key(c, s)}: job FAILED, see {sub['stderr']}", flush=True)
+        os.remove(base + ".submitted")
         report()
-    return n_new
+    return len(jobs)
+
+
+def record_job_failure(base, sub, why):
+    meta = {"command": "(cluster job)", "returncode": "job failed", "launcher": sub.get("launcher"),
+            "stderr_tail": f"{why}\nSLURM log: {sub.get('stderr')}", "slurm_log": sub.get("stderr"),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    write_atomic(base + ".failed", json.dumps(meta, indent=1))
 
 
 # ------------------------------------------------------------------------------------------ aggregation
 
-def aggregate(cfg, runs_dir, paper):
-    """Collect the run JSONs and .failed files of the requested classes x seeds into one summary dict."""
+def paper_cell(t, c):
+    """The paper's figure for one class token (None: no table, or no such cell)."""
+    if t is None:
+        return None
+    pv = t["per_class_01"].get("all" if c is None else str(c))
+    if pv is None and c is None:
+        pv = t["average_01"]
+    return pv
+
+
+def paper_average(t, classes):
+    """The paper's figure to compare a class average with: the printed average when the sweep covers every
+    class column of the table (or the table prints one figure only), else the mean of the paper's cells for the
+    same classes; None when a needed cell is missing."""
+    if t is None:
+        return None
+    cols = {k for k in t["per_class_01"] if k != "all"}
+    wanted = {str(c) for c in classes}
+    if not cols or wanted == cols:
+        if t["average_01"] is not None:
+            return t["average_01"]
+    cells = [t["per_class_01"].get(k) for k in wanted]
+    return None if not cells or any(v is None for v in cells) else sum(cells) / len(cells)
+
+
+def table_info(t):
+    return None if t is None else {k: t.get(k) for k in ("key", "paper", "table", "where", "row", "metric", "unit",
+                                                         "source", "note")}
+
+
+def aggregate(cfg, runs_dir, paper, variant_papers=None):
+    """Collect the run JSONs and .failed files of the requested classes x seeds into one summary dict.
+    paper: the main metric's reference table (or None); variant_papers: {variant key: table} for the other
+    reported variants (e.g. auroc_ae next to the paper's AE row)."""
+    variant_papers = variant_papers or {}
     classes = cfg["classes"] or [None]
     runs = {}
     for c in classes:
@@ -296,15 +657,16 @@ def aggregate(cfg, runs_dir, paper):
             if meta.get("host"):
                 hosts.add(host_text(meta["host"]))
         m, sd = mean_std(vals)
-        pv = None
-        if paper:
-            pv = paper["per_class_01"].get("all" if c is None else str(c))
-            if pv is None and c is None:
-                pv = paper["average_01"]
+        pv = paper_cell(paper, c)
+        var_rows = {}
+        for v in variants:
+            vm, vsd = mean_std(var_vals[v])
+            var_rows[v] = {"mean": vm, "std": vsd, "n": len(var_vals[v])}
+            if v in variant_papers:
+                vp = paper_cell(variant_papers[v], c)
+                var_rows[v].update(paper=vp, diff=None if vm is None or vp is None else vm - vp)
         rows.append({"class": c, "n": len(vals), "n_failed": n_fail, "n_missing": missing, "values": vals,
-                     "mean": m, "std": sd,
-                     "variants": {v: dict(zip(("mean", "std"), mean_std(var_vals[v])), n=len(var_vals[v]))
-                                  for v in variants},
+                     "mean": m, "std": sd, "variants": var_rows,
                      "paper": pv, "diff": None if m is None or pv is None else m - pv,
                      "seconds_mean": mean_std(secs)[0], "wall_s_total": sum(walls), "devices": sorted(devices)})
     done = [r for r in rows if r["mean"] is not None]
@@ -312,12 +674,15 @@ def aggregate(cfg, runs_dir, paper):
            "classes_requested": len(rows),
            "variants": {v: mean_std([r["variants"][v]["mean"] for r in done if r["variants"][v]["mean"] is not None])[0]
                         for v in variants}}
+    complete = len(done) == len(rows)
     if paper:
-        # the paper's average: its printed one where the table has it, else the mean of its per-class figures
-        pvals = [r["paper"] for r in rows if r["paper"] is not None]
-        avg["paper"] = paper["average_01"] if paper["average_01"] is not None else (
-            mean_std(pvals)[0] if len(pvals) == len(rows) else None)
-        avg["diff"] = None if avg["mean"] is None or avg["paper"] is None or len(done) < len(rows) else avg["mean"] - avg["paper"]
+        avg["paper"] = paper_average(paper, classes)
+        avg["diff"] = None if avg["mean"] is None or avg["paper"] is None or not complete else avg["mean"] - avg["paper"]
+    avg["variant_papers"] = {}
+    for v in variants:
+        if v in variant_papers:
+            vp, vm = paper_average(variant_papers[v], classes), avg["variants"][v]
+            avg["variant_papers"][v] = {"paper": vp, "diff": None if vm is None or vp is None or not complete else vm - vp}
     return {"name": cfg["name"], "script": cfg["script"], "protocol": cfg.get("protocol"), "dataset": cfg.get("dataset"),
             "protocol_note": cfg.get("protocol_note"), "command": cfg["command"], "run_command": cfg["run_command"],
             "script_args": cfg["script_args"], "classes": cfg["classes"], "seeds": cfg["seeds"], "metric": metric,
@@ -326,8 +691,8 @@ def aggregate(cfg, runs_dir, paper):
             "runs_missing": sum(r["n_missing"] for r in rows),
             "wall_s_total": round(sum(r["wall_s_total"] for r in rows), 1),
             "devices": sorted({d for r in rows for d in r["devices"]}), "hosts": sorted(hosts),
-            "paper": None if not paper else {k: paper.get(k) for k in
-                                             ("key", "paper", "table", "where", "metric", "unit", "source", "note")},
+            "paper": table_info(paper),
+            "variant_papers": {v: table_info(t) for v, t in variant_papers.items() if v in variants},
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -360,15 +725,23 @@ def render_md(s):
              f"{s['runs_failed']} failed, {s['runs_missing']} not run yet. Wall time of the runs: {s['wall_s_total']:.0f} s. "
              f"Device: {', '.join(s['devices']) or '–'} (host: {'; '.join(s['hosts']) or '–'}).")
     L.append("")
-    if paper:
-        L.append(f"Paper: {paper['paper']}, {paper['table']} ({paper.get('where') or 'page/section not recorded'}), "
-                 f"metric {paper.get('metric')}; source {paper.get('source') or '–'}."
-                 + (f" Note: {paper['note']}" if paper.get("note") else ""))
+    vpapers = s.get("variant_papers") or {}
+    if paper or vpapers:
+        for what, t in [(metric, paper)] + sorted(vpapers.items()):
+            if t:
+                L.append(f"Paper, `{what}`: {t['paper']}, {t['table']}" + (f", row '{t['row']}'" if t.get("row") else "")
+                         + f" ({t.get('where') or 'page/section not recorded'}), metric {t.get('metric')}"
+                         + (f"; source {t['source']}" if t.get("source") else "") + "."
+                         + (f" Note: {t['note']}" if t.get("note") else ""))
+                L.append("")
     else:
-        L.append("Paper: no reference table given (--paper).")
-    L += ["", f"Numbers in percent: ours = mean ± sample std (n-1) over seeds of `{metric}`; "
+        L += ["Paper: no reference table given (--paper).", ""]
+    L += [f"Numbers in percent: ours = mean ± sample std (n-1) over seeds of `{metric}`; "
           "Δ = ours − paper in percentage points.", ""]
-    head = ["class", "n", f"ours {metric}"] + [f"{v}" for v in s["variants"]] + ["paper", "Δ", "s/run", "device", "note"]
+    head = ["class", "n", f"ours {metric}", "paper", "Δ"]
+    for v in s["variants"]:
+        head += [v] + ([f"paper {v}", f"Δ {v}"] if v in vpapers else [])
+    head += ["s/run", "device", "note"]
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "---|" * len(head))
     for r in s["rows"]:
@@ -377,17 +750,26 @@ def render_md(s):
             note.append(f"**{r['n_failed']} FAILED**")
         if r["n_missing"]:
             note.append(f"{r['n_missing']} not run")
-        cells = ["all" if r["class"] is None else str(r["class"]), str(r["n"]), pm(r["mean"], r["std"])]
-        cells += [pm(r["variants"][v]["mean"], r["variants"][v]["std"]) for v in s["variants"]]
-        cells += [pct(r["paper"]), pct(r["diff"], signed=True),
-                  "–" if r["seconds_mean"] is None else f"{r['seconds_mean']:.0f}", ",".join(r["devices"]) or "–",
+        cells = ["all" if r["class"] is None else str(r["class"]), str(r["n"]), pm(r["mean"], r["std"]),
+                 pct(r["paper"]), pct(r["diff"], signed=True)]
+        for v in s["variants"]:
+            rv = r["variants"][v]
+            cells.append(pm(rv["mean"], rv["std"]))
+            if v in vpapers:
+                cells += [pct(rv.get("paper")), pct(rv.get("diff"), signed=True)]
+        cells += ["–" if r["seconds_mean"] is None else f"{r['seconds_mean']:.0f}", ",".join(r["devices"]) or "–",
                   "; ".join(note)]
         L.append("| " + " | ".join(cells) + " |")
     if s["classes"]:
         a = s["average"]
-        cells = ["**average**", f"{a['classes_with_results']}/{a['classes_requested']} classes", pct(a["mean"])]
-        cells += [pct(a["variants"][v]) for v in s["variants"]]
-        cells += [pct(a.get("paper")), pct(a.get("diff"), signed=True), "", "", ""]
+        cells = ["**average**", f"{a['classes_with_results']}/{a['classes_requested']} classes", pct(a["mean"]),
+                 pct(a.get("paper")), pct(a.get("diff"), signed=True)]
+        for v in s["variants"]:
+            cells.append(pct(a["variants"][v]))
+            if v in vpapers:
+                vp = (a.get("variant_papers") or {}).get(v, {})
+                cells += [pct(vp.get("paper")), pct(vp.get("diff"), signed=True)]
+        cells += ["", "", ""]
         L.append("| " + " | ".join(cells) + " |")
         if a["classes_with_results"] < a["classes_requested"]:
             L += ["", "The average covers only the classes with results; Δ of the average is left out until all are done."]
@@ -424,10 +806,12 @@ def render_readme_section(results_dir):
         diff = a.get("diff") if s["classes"] else s["rows"][0]["diff"]
         ncls = len(s["classes"]) if s["classes"] else "–"
         if s["classes"]:
-            other = {k: v for k, v in (a.get("variants") or {}).items()}
+            other = {k: (v, (a.get("variant_papers") or {}).get(k, {})) for k, v in (a.get("variants") or {}).items()}
         else:
-            other = {k: v.get("mean") for k, v in (s["rows"][0].get("variants") or {}).items()}
-        other = ", ".join(f"{k} {pct(v)}" for k, v in other.items() if v is not None) or "–"
+            other = {k: (v.get("mean"), v) for k, v in (s["rows"][0].get("variants") or {}).items()}
+        other = ", ".join(f"{k} {pct(v)}" + (f" (paper {pct(p['paper'])}, Δ {pct(p.get('diff'), signed=True)})"
+                                             if p.get("paper") is not None else "")
+                          for k, (v, p) in other.items() if v is not None) or "–"
         rel = os.path.relpath(os.path.splitext(path)[0] + ".md", REPO)
         L.append(f"| [{s['name']}]({rel}) | `{s['script']}` | {s.get('protocol') or 'custom'} | {s.get('dataset') or '–'} | "
                  f"{ncls} × {len(s['seeds'])} | {s['runs_ok']} / {s['runs_failed']} | {s['metric']} | {pct(ours)} | {other} | "
@@ -441,7 +825,7 @@ def replace_readme(readme_path, section):
         text = f.read()
     i, j = text.find(README_BEGIN), text.find(README_END)
     if i < 0 or j < i:
-        raise SystemExit(f"error: {readme_path} has no '{README_BEGIN}' ... '{README_END}' markers; add them where "
+        raise BadInput(f"error: {readme_path} has no '{README_BEGIN}' ... '{README_END}' markers; add them where "
                          "the results section belongs, then rerun")
     write_atomic(readme_path, text[:i] + section.rstrip("\n") + text[j + len(README_END):])
 
@@ -469,6 +853,11 @@ def parse_args(argv):
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0-4 or 0,1 (default: the protocol's, else 0)")
     p.add_argument("--paper", default=None, help="key of the reference table in paper_tables.json "
                                                  "(default: the protocol's for --dataset)")
+    p.add_argument("--paper-variant", action="append", default=None, metavar="V=KEY",
+                   help="reference table of a reported variant, e.g. auroc_ae=lis_ae/table1/mnist/ae (repeatable; "
+                        "default: the protocol's paper_tables mapping)")
+    p.add_argument("--report-all", action="store_true",
+                   help="re-render every sweep under RESULTS_DIR from its stored runs (after a table was transcribed)")
     p.add_argument("--metric", default=None, help="main metric key (default: f1 if every run reports it, else auroc)")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which one run is killed and recorded as failed")
     p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
@@ -481,9 +870,57 @@ def parse_args(argv):
     p.add_argument("--protocols", default=os.path.join(HERE, "protocols.json"))
     p.add_argument("--paper-tables", default=os.path.join(HERE, "paper_tables.json"))
     p.add_argument("--readme-file", default=os.path.join(REPO, "README.md"))
+    g = p.add_argument_group("running runs side by side")
+    g.add_argument("--jobs", type=int, default=None,
+                   help="runs at once (default 1 on CPU; on a GPU host: len(--gpus) x --per-gpu)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS of each run (default: $OMP_NUM_THREADS, else the usable cores divided by "
+                        "the runs at once). Results on CPU are repeatable for a fixed thread count")
+    g.add_argument("--gpus", default=None, help="GPU indices to place runs on, round-robin by CUDA_VISIBLE_DEVICES "
+                                                "(default: every visible GPU)")
+    g.add_argument("--per-gpu", type=int, default=1, help="runs sharing one GPU")
+    g.add_argument("--cpu", action="store_true", help="ignore the GPUs: CPU slots only")
+    g.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"],
+                   help="local: subprocesses here; slurm: a job array through submitit (pip install -r "
+                        "benchmarks/requirements.txt); submitit-local: submitit's local executor (a dry run of the "
+                        "slurm path on this machine)")
+    g.add_argument("--no-wait", action="store_true", help="slurm: submit and return; rerun the command to collect")
+    g.add_argument("--slurm-partition", default=None)
+    g.add_argument("--slurm-time", default="240", help="per run: minutes or HH:MM:SS")
+    g.add_argument("--slurm-gpus-per-task", type=int, default=None)
+    g.add_argument("--slurm-cpus-per-task", type=int, default=None)
+    g.add_argument("--slurm-mem", default=None, help="e.g. 16G")
     args = p.parse_args(argv)
     args.extra = extra
     return args, p
+
+
+def cli_papers(args):
+    """--paper KEY and --paper-variant V=KEY -> {metric: key} ("main" = the main metric)."""
+    out = {"main": args.paper} if args.paper else {}
+    for item in args.paper_variant or []:
+        if "=" not in item:
+            raise BadInput(f"error: --paper-variant must look like auroc_ae=lis_ae/table1/mnist/ae (got '{item}'). "
+                           "Give the variant's RESULT key, '=', and a paper_tables.json key")
+        v, key = item.split("=", 1)
+        out[v.strip()] = key.strip()
+    return out
+
+
+def papers_for(cfg, args):
+    """Reference tables of a sweep: the ones given on its first command line (--paper, --paper-variant), else
+    the protocol's mapping as protocols.json has it NOW (so a table transcribed later shows up on --report),
+    else a key stored by an older run.py. -> (main table or None, {variant: table})."""
+    mapping = dict(cfg.get("paper_cli") or {})
+    if not mapping and cfg.get("protocol") and cfg.get("dataset"):
+        try:
+            mapping = resolve_protocol(load_protocols(args.protocols), cfg["script"], cfg["protocol"], cfg["dataset"])[2]
+        except BadInput:
+            mapping = {}
+    if not mapping and cfg.get("paper"):
+        mapping = {"main": cfg["paper"]}
+    main_key = mapping.pop("main", None) or mapping.pop(cfg.get("metric") or "", None)
+    return load_paper(args.paper_tables, main_key), {v: load_paper(args.paper_tables, k) for v, k in mapping.items() if k}
 
 
 def list_known(args):
@@ -523,7 +960,23 @@ def main(argv=None):
         return 0
     if args.write:
         p.error("--write goes with --readme")
+    # everything about where runs go is checked before anything is written or started
+    slots = make_slots(args) if not (args.report or args.dry_run) and args.launcher == "local" else None
+    if args.launcher != "local" and not (args.report or args.dry_run):
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise BadInput(f"error: --launcher {args.launcher} needs the package submitit, which is not installed. "
+                           "Run: pip install -r benchmarks/requirements.txt") from None
+        slurm_minutes(args.slurm_time)
 
+    if args.report_all:
+        names = sorted(os.path.basename(os.path.dirname(c))
+                       for c in glob.glob(os.path.join(args.results_dir, "*", "config.json")))
+        for name in names:
+            main(["--name", name, "--report", "--results-dir", args.results_dir, "--protocols", args.protocols,
+                  "--paper-tables", args.paper_tables])
+        return 0
     cfg_path = None
     if args.report:
         if not args.name:
@@ -551,7 +1004,7 @@ def main(argv=None):
         if "--normal" in script_args or "--seed" in script_args or "--json" in script_args:
             p.error("--normal, --seed and --json are set by the runner per run; use --classes and --seeds")
         if args.classes is not None:
-            classes = parse_list(args.classes, "classes")
+            classes = parse_classes(args.classes, dataset)
         elif dataset is not None:
             classes = list(range(N_CLASSES[dataset])) if dataset in N_CLASSES else []
         else:
@@ -568,7 +1021,7 @@ def main(argv=None):
         stem_cmd = shlex.join(["python", os.path.relpath(script_path, REPO), *script_args])
         cfg = {"name": name, "script": os.path.relpath(script_path, REPO), "script_path": script_path,
                "script_args": script_args, "classes": classes, "seeds": seeds, "protocol": args.protocol,
-               "dataset": dataset, "protocol_note": note, "paper": args.paper or paper_key,
+               "dataset": dataset, "protocol_note": note, "paper_cli": cli_papers(args) or None,
                "metric": args.metric,
                "command": shlex.join(["python", "benchmarks/run.py", *argv]),
                "run_command": stem_cmd + (" --normal C" if classes else "") + f" --seed S --json "
@@ -578,19 +1031,19 @@ def main(argv=None):
         if os.path.exists(cfg_path):
             old = read_json(cfg_path)
             if (old["script"], old["script_args"]) != (cfg["script"], cfg["script_args"]):
-                raise SystemExit(
+                raise BadInput(
                     f"error: results/{name} holds runs of `{shlex.join([old['script'], *old['script_args']])}`, not "
                     f"`{shlex.join([cfg['script'], *cfg['script_args']])}`; mixing them would be wrong. Use another "
                     f"--name, or delete {os.path.dirname(cfg_path)} to start over")
         if not args.dry_run:
             write_atomic(cfg_path, json.dumps(cfg, indent=1))
 
-    paper = load_paper(args.paper_tables, cfg.get("paper"))
+    paper, variant_papers = papers_for(cfg, args)
     runs_dir = os.path.join(args.results_dir, cfg["name"], "runs")
     out_base = os.path.join(args.results_dir, cfg["name"])
 
     def report():
-        s = aggregate(cfg, runs_dir, paper)
+        s = aggregate(cfg, runs_dir, paper, variant_papers)
         write_atomic(out_base + ".json", json.dumps(s, indent=1))
         write_atomic(out_base + ".md", render_md(s))
         return s
@@ -599,14 +1052,23 @@ def main(argv=None):
         todo = [(c, s) for c in (cfg["classes"] or [None]) for s in cfg["seeds"]
                 if not os.path.exists(os.path.join(runs_dir, run_key(c, s) + ".json"))]
         for c, s in todo:
-            extra = ([] if c is None else ["--normal", str(c)]) + ["--seed", str(s), "--json", os.path.relpath(
+            extra = ([] if c is None else ["--normal", normal_arg(c, cfg.get("dataset"))]) + ["--seed", str(s), "--json", os.path.relpath(
                 os.path.join(runs_dir, run_key(c, s) + ".json"), REPO)]
             print(shlex.join(["python", cfg["script"], *cfg["script_args"], *extra]))
         print(f"{len(todo)} run(s) to do")
         return 0
     os.makedirs(runs_dir, exist_ok=True)
     if not args.report:
-        n = sweep(cfg, runs_dir, args.skip_failed, args.timeout, report)
+        try:
+            if args.launcher == "local":
+                n = sweep(cfg, runs_dir, args.skip_failed, args.timeout, report, slots)
+            else:
+                n = sweep_submitit(cfg, runs_dir, args, report)
+        except KeyboardInterrupt:
+            s = report()
+            print(f"\ninterrupted: the running runs were stopped; {s['runs_ok']} finished runs are kept. Rerun the "
+                  "same command to resume", file=sys.stderr, flush=True)
+            return 130
         print(f"{n} run(s) started this time", flush=True)
     s = report()
     print(f"wrote {os.path.relpath(out_base, REPO)}.md and .json: {s['runs_ok']} runs finished, "
@@ -615,4 +1077,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BadInput as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)

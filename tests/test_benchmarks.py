@@ -24,15 +24,16 @@ a = p.parse_args()
 import time; time.sleep(a.sleep)
 with open(a.calls, "a") as f:
     f.write(f"{a.normal} {a.seed}\n")
-if a.normal is not None and int(a.normal) == a.fail_class:
+cls = None if a.normal is None else [int(v) for v in a.normal.split(",")]
+if cls is not None and cls == [a.fail_class]:
     print("Traceback (most recent call last):\nRuntimeError: fake failure for class %s" % a.normal, file=sys.stderr)
     sys.exit(3)
 if a.normal is None:   # tabular: f1 is the main metric, auroc a secondary one
     r = {"method": "fake", "dataset": a.dataset, "normal": "0", "seed": a.seed, "f1": 0.4 + 0.1 * a.seed,
          "f1_error": 0.3, "auroc": 0.9, "auroc_error": 0.8, "device": "cpu", "seconds": 1.0}
 else:
-    c = int(a.normal)
-    r = {"method": "fake", "dataset": a.dataset, "normal": str(c), "seed": a.seed,
+    c = sum(cls)
+    r = {"method": "fake", "dataset": a.dataset, "normal": a.normal, "seed": a.seed,
          "auroc": round(0.5 + 0.01 * c + 0.001 * a.seed, 4), "auroc_ae": 0.5, "device": "cpu", "seconds": 2.0}
 print("iter 1/1 loss=0.1", flush=True)
 print("RESULT " + " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
@@ -116,7 +117,7 @@ def test_fixed_failure_is_retried_and_cleared(setup):
     args = ("--script", setup["script"], "--name", "t", "--classes", "0,1", "--seeds", "0")
     assert setup["invoke"](*args, extra=["--fail-class", "1"]) == 1
     # same flags (the runner refuses to mix flags under one name); the bug is "fixed" in the script itself
-    fake = open(setup["script"]).read().replace("a.normal is not None and int(a.normal) == a.fail_class", "False")
+    fake = open(setup["script"]).read().replace("cls is not None and cls == [a.fail_class]", "False")
     open(setup["script"], "w").write(fake)
     assert setup["invoke"](*args, extra=["--fail-class", "1"]) == 0
     assert setup["n_calls"]() == 3                           # class 0 was not run again
@@ -243,3 +244,178 @@ def test_dry_run_lists_the_pending_commands_and_runs_nothing(setup, capsys):
     out = capsys.readouterr().out
     assert "--normal 1 --seed 0 --json" in out and "--normal 0 " not in out and "1 run(s) to do" in out
     assert setup["n_calls"]() == 1
+
+
+# ------------------------------------------------------------------------------------------ class groups, variants
+
+def test_class_groups_and_complements_reach_the_script_as_normal_lists(setup):
+    rc = setup["invoke"]("--script", setup["script"], "--name", "grp", "--classes", "1+0,~2", "--seeds", "0",
+                         extra=["--dataset", "mnist"])
+    assert rc == 0
+    calls = (setup["tmp"] / "calls.txt").read_text().splitlines()
+    assert calls == ["0,1 0", "0,1,3,4,5,6,7,8,9 0"]
+    runs = sorted(os.listdir(setup["results"] / "grp" / "runs"))
+    assert "c0+1_s0.json" in runs and "cnot2_s0.json" in runs
+    s = load(setup, "grp")
+    assert [r["class"] for r in s["rows"]] == ["0+1", "~2"]
+    assert s["rows"][0]["mean"] == pytest.approx(0.51)           # the fake's 0.5 + 0.01 * (0 + 1)
+
+
+def test_complement_needs_a_dataset_with_known_classes():
+    with pytest.raises(SystemExit, match="every class but one"):
+        bench.parse_classes("~3", None)
+    with pytest.raises(SystemExit, match="classes 0..9"):
+        bench.parse_classes("~12", "mnist")
+    assert bench.parse_classes("0-2,1+0,~4", "mnist") == [0, 1, 2, "0+1", "~4"]
+    assert bench.normal_arg("~4", "mnist") == "0,1,2,3,5,6,7,8,9" and bench.normal_arg("0+8", "mnist") == "0,8"
+
+
+def test_variant_paper_columns_from_the_protocol_mapping(setup):
+    tables = json.loads((setup["tmp"] / "tables.json").read_text())
+    tables["tables"]["fake/ae"] = {"paper": "Fake et al.", "table": "Table 1", "row": "AE", "where": "x.txt, line 9",
+                                   "unit": "fraction", "values": {"0": 0.40, "1": 0.45}, "average": None}
+    (setup["tmp"] / "tables.json").write_text(json.dumps(tables))
+    protocols = json.loads((setup["tmp"] / "protocols.json").read_text())
+    protocols["fake.py"]["paper_tables"]["mnist"] = {"main": "fake/table1", "auroc_ae": "fake/ae"}
+    (setup["tmp"] / "protocols.json").write_text(json.dumps(protocols))
+    setup["invoke"]("--script", setup["script"], "--protocol", "cpu", "--dataset", "mnist", "--classes", "0-1",
+                    "--seeds", "0")
+    s = load(setup, "fake_mnist_cpu")
+    r0 = s["rows"][0]
+    assert r0["variants"]["auroc_ae"]["paper"] == pytest.approx(0.40)
+    assert r0["variants"]["auroc_ae"]["diff"] == pytest.approx(0.10)
+    # the paper's average over the same classes (0 and 1 of a 3-column table): the mean of those two cells
+    assert s["average"]["paper"] == pytest.approx(0.55)
+    assert s["average"]["variant_papers"]["auroc_ae"] == {"paper": pytest.approx(0.425), "diff": pytest.approx(0.075)}
+    md = (setup["results"] / "fake_mnist_cpu.md").read_text()
+    assert "| paper auroc_ae | Δ auroc_ae |" in md and "row 'AE'" in md
+    setup["invoke"]("--readme", "--write") if (setup["tmp"] / "README.md").exists() else None
+    section = bench.render_readme_section(str(setup["results"]))
+    assert "auroc_ae 50.00 (paper 42.50, Δ +7.50)" in section
+
+
+def test_report_picks_up_a_table_mapped_after_the_runs(setup):
+    protocols = json.loads((setup["tmp"] / "protocols.json").read_text())
+    protocols["fake.py"]["paper_tables"] = {}
+    (setup["tmp"] / "protocols.json").write_text(json.dumps(protocols))
+    setup["invoke"]("--script", setup["script"], "--protocol", "cpu", "--dataset", "mnist", "--classes", "0",
+                    "--seeds", "0")
+    assert load(setup, "fake_mnist_cpu")["rows"][0]["paper"] is None
+    protocols["fake.py"]["paper_tables"] = {"mnist": "fake/table1"}
+    (setup["tmp"] / "protocols.json").write_text(json.dumps(protocols))
+    assert bench.main(["--report-all", "--results-dir", str(setup["results"]), "--protocols",
+                       str(setup["tmp"] / "protocols.json"), "--paper-tables", str(setup["tmp"] / "tables.json")]) == 0
+    assert load(setup, "fake_mnist_cpu")["rows"][0]["paper"] == pytest.approx(0.60)
+    assert setup["n_calls"]() == 1
+
+
+# ------------------------------------------------------------------------------------------ parallel runs, launchers
+
+def test_parallel_jobs_run_at_the_same_time_with_divided_threads(setup):
+    import time
+    t0 = time.time()
+    assert setup["invoke"]("--script", setup["script"], "--name", "par", "--classes", "0-3", "--seeds", "0",
+                           "--jobs", "4", "--cpu", extra=["--sleep", "1.5"]) == 0
+    assert time.time() - t0 < 5.5                           # four 1.5 s runs side by side, not 6 s one after another
+    meta = json.loads((setup["results"] / "par" / "runs" / "c0_s0.meta.json").read_text())
+    assert meta["launcher"] == "local" and meta["host"]["OMP_NUM_THREADS"].isdigit()
+
+
+@pytest.mark.parametrize("flags,message", [(["--jobs", "0"], "--jobs must be at least 1"),
+                                           (["--per-gpu", "0"], "--per-gpu must be at least 1"),
+                                           (["--threads", "0"], "--threads must be at least 1"),
+                                           (["--gpus", "7"], "GPU 7 is not visible"),
+                                           (["--launcher", "slurm", "--slurm-time", "soon"], "--slurm-time")])
+def test_bad_runner_input_is_an_error_before_any_run(setup, flags, message, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")        # one visible GPU: --gpus 7 is absent
+    with pytest.raises(SystemExit, match=message) as e:
+        setup["invoke"]("--script", setup["script"], "--name", "bad", "--classes", "0", "--seeds", "0", *flags)
+    assert e.value.code == 2 and str(e.value).startswith("error: ")
+    assert setup["n_calls"]() == 0 and not (setup["results"] / "bad").exists()
+
+
+def test_slurm_launcher_without_submitit_says_how_to_install_it(setup, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)      # import submitit -> ImportError
+    with pytest.raises(SystemExit, match="pip install -r benchmarks/requirements.txt") as e:
+        setup["invoke"]("--script", setup["script"], "--name", "bad", "--classes", "0", "--seeds", "0",
+                        "--launcher", "slurm")
+    assert e.value.code == 2 and setup["n_calls"]() == 0
+
+
+def test_bad_input_exit_status_2_from_the_command_line(tmp_path):
+    import subprocess
+    out = subprocess.run([sys.executable, os.path.join(bench.HERE, "run.py"), "--script", "toll.py", "--name", "x",
+                          "--classes", "0", "--jobs", "0", "--results-dir", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error: --jobs must be at least 1")
+    assert "Traceback" not in out.stderr
+
+
+def test_interrupted_parallel_sweep_keeps_finished_runs_and_resumes(setup):
+    import signal
+    import subprocess
+    import time
+    cmd = [sys.executable, os.path.join(bench.HERE, "run.py"), "--script", setup["script"], "--name", "intr",
+           "--classes", "0-3", "--seeds", "0", "--jobs", "2", "--cpu", "--results-dir", str(setup["results"]),
+           "--paper-tables", str(setup["tmp"] / "tables.json"), "--protocols", str(setup["tmp"] / "protocols.json"),
+           "--", "--calls", str(setup["tmp"] / "calls.txt")]
+    runs = setup["results"] / "intr" / "runs"
+    # classes 0 and 1 are quick, 2 and 3 sleep long: interrupt once the quick ones are done
+    fake = open(setup["script"]).read().replace("time.sleep(a.sleep)",
+                                                 "time.sleep(60 if a.normal in ('2', '3') else 0)")
+    open(setup["script"], "w").write(fake)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((runs / "c0_s0.json").exists() and (runs / "c1_s0.json").exists()
+                                          and (runs / "c2_s0.log").exists() and (runs / "c3_s0.log").exists()):
+        time.sleep(0.1)
+    time.sleep(0.5)                                          # the slow runs are inside their sleep
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Rerun the same command to resume" in err
+    assert sorted(p.name for p in runs.glob("*.json") if not p.name.endswith("meta.json")) == ["c0_s0.json", "c1_s0.json"]
+    assert not list(runs.glob("*.failed"))                  # stopped runs are not failures
+    open(setup["script"], "w").write(fake.replace("time.sleep(60 if a.normal in ('2', '3') else 0)", "pass"))
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    calls = (setup["tmp"] / "calls.txt").read_text().splitlines()
+    assert sorted(calls[:2]) == ["0 0", "1 0"] and sorted(calls[2:]) == ["2 0", "3 0"]   # stopped runs ran again only
+    assert load(setup, "intr")["runs_ok"] == 4
+
+
+def test_submitit_local_executor_runs_the_same_sweep(setup):
+    pytest.importorskip("submitit")
+    args = ("--script", setup["script"], "--classes", "0-1", "--seeds", "0")
+    assert setup["invoke"](*args, "--name", "loc") == 0
+    assert setup["invoke"](*args, "--name", "sub", "--launcher", "submitit-local") == 0
+    a, b = load(setup, "loc"), load(setup, "sub")
+    assert [r["values"] for r in a["rows"]] == [r["values"] for r in b["rows"]] and b["runs_ok"] == 2
+    meta = json.loads((setup["results"] / "sub" / "runs" / "c0_s0.meta.json").read_text())
+    assert meta["launcher"].startswith("submitit")
+    assert not list((setup["results"] / "sub" / "runs").glob("*.submitted"))
+    md_a, md_b = ((setup["results"] / f"{n}.md").read_text().split("## Failed")[0] for n in ("loc", "sub"))
+    rows = lambda md: [ln.split("|")[1:5] for ln in md.splitlines() if ln.startswith("| 0 |") or ln.startswith("| 1 |")]
+    assert rows(md_a) == rows(md_b)                        # the same report
+
+
+def test_real_script_gives_the_same_result_sequential_parallel_and_through_submitit(tmp_path):
+    """Determinism across launchers (issue 20): cance.py on the offline digits set, two classes, one thread per
+    run; every RESULT key but the timings is equal whether the runs went one after another, two at a time, or
+    through submitit's local executor."""
+    results = tmp_path / "results"
+    base = ["--script", "cance.py", "--classes", "0,1", "--seeds", "0", "--threads", "1", "--cpu",
+            "--results-dir", str(results), "--paper-tables", str(tmp_path / "none.json"),
+            "--protocols", str(tmp_path / "none.json")]
+    flags = ["--", "--dataset", "digits", "--iters", "3"]
+    launchers = {"seq": ["--jobs", "1"], "par": ["--jobs", "2"]}
+    if __import__("importlib").util.find_spec("submitit"):
+        launchers["sub"] = ["--launcher", "submitit-local"]
+    for name, extra in launchers.items():
+        assert bench.main([*base, "--name", name, *extra, *flags]) == 0
+    timing = {"seconds", "train_samples_per_s", "score_samples_per_s", "nce_seconds"}
+    for c in (0, 1):
+        got = {name: {k: v for k, v in json.loads((results / name / "runs" / f"c{c}_s0.json").read_text()).items()
+                      if k not in timing} for name in launchers}
+        assert got["seq"]["auroc"] > 0.5
+        for name in launchers:
+            assert got[name] == got["seq"], name
