@@ -268,6 +268,8 @@ def load_paper(path, key):
         raise BadInput(f"error: {os.path.relpath(path)} has no table '{key}' (see: python benchmarks/run.py --list)")
     t = dict(tables["tables"][key])
     t["key"] = key
+    notes = tables.get("table_notes", {})
+    t["table_note"] = notes.get("/".join(key.split("/")[:3])) or notes.get("/".join(key.split("/")[:2]))
     scale = 100.0 if t.get("unit") == "percent" else 1.0
     t["per_class_01"] = {str(k): (None if v is None else v / scale) for k, v in (t.get("values") or {}).items()}
     t["average_01"] = None if t.get("average") is None else t["average"] / scale
@@ -601,7 +603,7 @@ def paper_average(t, classes):
 
 def table_info(t):
     return None if t is None else {k: t.get(k) for k in ("key", "paper", "table", "where", "row", "metric", "unit",
-                                                         "source", "note")}
+                                                         "source", "table_note", "note")}
 
 
 def aggregate(cfg, runs_dir, paper, variant_papers=None):
@@ -727,13 +729,19 @@ def render_md(s):
     L.append("")
     vpapers = s.get("variant_papers") or {}
     if paper or vpapers:
+        shown = set()
         for what, t in [(metric, paper)] + sorted(vpapers.items()):
-            if t:
-                L.append(f"Paper, `{what}`: {t['paper']}, {t['table']}" + (f", row '{t['row']}'" if t.get("row") else "")
-                         + f" ({t.get('where') or 'page/section not recorded'}), metric {t.get('metric')}"
-                         + (f"; source {t['source']}" if t.get("source") else "") + "."
-                         + (f" Note: {t['note']}" if t.get("note") else ""))
+            if not t:
+                continue
+            head = f"{t['paper']}, {t['table']}"
+            if head not in shown:
+                shown.add(head)
+                L.append(f"Paper: {head}, metric {t.get('metric')}" + (f"; source {t['source']}" if t.get("source") else "")
+                         + "." + (f" {t['table_note']}" if t.get("table_note") else ""))
                 L.append("")
+            L.append(f"- `{what}` ↔ row '{t.get('row') or t['key']}' ({t.get('where') or 'page/section not recorded'})"
+                     + (f": {t['note']}" if t.get("note") else ""))
+        L.append("")
     else:
         L += ["Paper: no reference table given (--paper).", ""]
     L += [f"Numbers in percent: ours = mean ± sample std (n-1) over seeds of `{metric}`; "

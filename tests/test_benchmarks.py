@@ -139,7 +139,7 @@ def test_markdown_table_has_paper_figure_difference_failure_and_command(setup):
     md = (setup["results"] / "t.md").read_text()
     assert "python benchmarks/run.py --script" in md and "--classes 0-2 --seeds 0,1" in md
     assert "--normal C --seed S --json" in md
-    assert "Fake et al., Table 1 (p. 3)" in md
+    assert "Paper: Fake et al., Table 1" in md and "(p. 3)" in md
     row0 = next(line for line in md.splitlines() if line.startswith("| 0 |"))
     assert "50.05 ± 0.07" in row0 and "| 60.00 |" in row0 and "| -9.95 |" in row0 and "| cpu |" in row0
     row2 = next(line for line in md.splitlines() if line.startswith("| 2 |"))
