@@ -9,14 +9,14 @@ synthetic inliers G(h) into F's contrastive learning as extra instances. G is al
 F handles like normal ones (L_CSI-S), and E/G reconstruct real images both in pixels and in F's feature
 space (L_REC), so the synthetic images stay close to the normal class.
 
-What this file reproduces: the one-class protocol (train on one class, test on the whole test split) with
-the ablation of Sec. 3.2: --variant csi (F alone: the CSI baseline), --variant g (generator without
-encoder), --variant full (default); the score M and its ensemble M_ens (Sec. 2.3); Figure 2's grid of real
-images, reconstructions and samples (--save-samples).
+What this file reproduces: the one-class protocol (train on one class, test on the whole test split,
+paper line 149) with the ablation of Sec. 3.2 / Table 1: --variant csi (F alone: the CSI baseline),
+--variant g (generator without encoder), --variant full (default); the score M (Eq. 11) and its ensemble
+M_ens (line 133); Figure 2's grid of real images, reconstructions and samples (--save-samples).
 
 Equation map
     Sec. 2.1 shifts S (rotations 0/90/180/270) ................ shift_batch()
-    Sec. 2.1 transformations T (SimCLR) ......................... augment()
+    Sec. 2.1 transformations T (CSI's order, see below) ......... augment()
     Eq. (1)-(2) L_con-SI, NT-Xent over shifted instances ........ nt_xent()
     Eq. (3) L_cls-SI, shift classification ...................... csi_loss()
     Eq. (4) L_CSI = L_con-SI + L_cls-SI ......................... csi_loss()
@@ -27,39 +27,60 @@ Equation map
     Eq. (9) L_LD (latent discriminator) ......................... loss_ld(), loss_ld_fool()
     Eq. (10) L_LREC = ||E(G(h)) - h||^2 ......................... loss_lrec()
     Alg. 1 (F every batch, generative block every N batches) .... train(), generative_step()
-    Sec. 2.3 score M and M_ens .................................. score_m(), anomaly_scores()
+    Eq. (11) score M; M_ens (line 133) .......................... score_m(), shifted_features(), anomaly_scores()
+
+What comes from CSI (Tack et al. 2020, ref. [32]; its released code alinlab/CSI) rather than this paper
+    The paper gives Eq. (11) and says M is "a simplified score function from [32]" and that M_ens applies
+    "multiple random transformations {T_r} ~ T in addition to S" (lines 125-133), without saying how the R
+    draws are combined. M_ens here is CSI's evaluation (evals/ood_pre.py, README's one-class eval command
+    `--ood_samples 10 --resize_factor 0.54 --resize_fix`): for every image and every shift S, the projection
+    features F(T_r(S(x))) of R random draws are AVERAGED first, and Eq. (11) is applied to the averaged
+    features of the test image and of every training image. The test-time draw T_r is CSI's training T with
+    the random-resized-crop area fixed at 0.54 of the image (--test-crop-scale); flips are drawn per image and
+    per shift, as in CSI's get_features. Also from CSI: the augmentation policy T (order and probabilities,
+    below), the flip before the shift, the projection head's output as the score's feature space (CSI's
+    s_con), NT-Xent temperature 0.5, batch 32 and the epoch count (--iters).
+    What stays this paper's (Eq. 11): one nearest neighbour x~ for all shifts, M = max_x' sum_S m(S x, S x'),
+    and no shift-classifier term and no per-shift weights (CSI's s_CSI takes a separate max per shift, adds
+    the shift-classifier score and weights each term by 1/mean norm).
 
 Choices where the paper is silent (and the flag that controls each)
-    - Score space: F(x) in M is the projection head's output z, as CSI's s_con uses it.
-    - Score argmax: one nearest neighbour x~ per test image, the training image that maximises the summed
-      m over the four shifts, M(x) = max_x' sum_S m(S x, S x'). The printed formula has a single x~ and
-      drops S inside the argmax; CSI instead takes a separate maximum per shift. The single-x~ reading
-      follows the paper's M(x_test, x~) with one argument x~. No shift-classifier term, no per-shift
-      weights (the paper's M has neither; CSI's s_CSI has both).
-    - M_ens (--ensemble R): M averaged over R draws of T; each draw transforms the test images and the
-      training images (independent per-sample parameters), then applies the shifts.
+    - Score argmax: the printed arg max drops S inside (sum_S m(x_test, x')); we take the x~ that maximises
+      the same sum the score uses, sum_S m(S x_test, S x'), so M is the max over x' of one expression.
+    - T (training, CSI's CIFAR policy, models/classifier.py get_simclr_augmentation): horizontal flip p 0.5,
+      then the shift S, then colour jitter (brightness, contrast, saturation 0.4, hue 0.1) p 0.8, grayscale
+      p 0.2, random resized crop of area (0.08, 1) and aspect (3/4, 4/3). The paper's line 43 lists Gaussian
+      blur too ("following SimCLR"); CSI's CIFAR policy has none, so --blur-p defaults to 0 (SimCLR's ImageNet
+      value 0.5 turns it on; blur then comes last, as in SimCLR). Inside the jitter we apply brightness,
+      contrast, saturation, hue in this fixed order (torchvision's factors; hue as a rotation in YIQ space);
+      CSI applies contrast and an HSV step in random order. Out-of-image crops are clamped to the image
+      (CSI falls back to the whole image). On gray images (MNIST, F-MNIST) hue and saturation do nothing.
+    - Batch norm: F's forward passes that train G/E (L_CSI-S, Eq. 6; the feature term of L_REC, Eq. 8) run
+      with F frozen AND in eval mode, so synthetic and reconstructed batches never update F's running
+      statistics; those come from F's own training batches (L_CSI on real X every batch; L_JOINT on X u X~,
+      Eq. 5, F's training step). Scoring uses eval mode.
     - L_D and L_LD are the standard GAN cross-entropies; D and D' minimise them, (G, E) and E take the
       non-saturating step (targets flipped) instead of maximising them.
     - ||x - x^||^2 in Eq. (8) is the mean over pixels (with a sum over 3072 pixels lambda = 100 would
       drown the feature term); ||E(G(h)) - h||^2 in Eq. (10) is the sum over the latent's coordinates.
       Both are averaged over the batch. sim in Eq. (8) is cosine similarity of F's projection outputs.
     - X~ in Eq. (5) and (6) is a fresh batch G(h) of the same size as X; in Eq. (5) it is detached (only
-      F steps on L_JOINT). During the generator's steps F's weights are frozen but F stays in train mode
-      (batch statistics), as in every other F forward pass of training; scoring uses eval mode.
+      F steps on L_JOINT).
     - Alg. 1's generative block runs on batches 0, N, 2N, ... (0-based), so the smoke run --iters 2 runs it.
     - Architectures (--width, --gan-width, --latent-dim, --ld-width): F = CIFAR ResNet-18 (common.py);
       G and D = the "standard CNN" of the spectral-normalisation paper (Miyato et al., 2018, Table 3), D
       with spectral norm, G with BN; E mirrors G (strided convolutions, BN, LeakyReLU 0.2); D' = MLP with
       two hidden layers (as in adversarial autoencoders).
-    - Iterations and batch: CSI's one-class schedule, 500 epochs of batch 32 (--iters, --batch-size).
-    - T: SimCLR's order (flip, resized crop, colour jitter, grayscale, blur). Flip is applied before the
-      rotation (as in CSI's code: a flip after a 90-degree rotation would contradict the rotation label).
-      Colour jitter applies brightness, contrast, saturation, hue in this fixed order; hue is a rotation
-      in YIQ space. Blur: 10% of the side rounded up to an odd size (5x5 at 32 px), sigma ~ U(0.1, 2),
-      applied with probability --blur-p (SimCLR's 0.5; CSI's CIFAR recipe has no blur).
-    - 28x28 grayscale sets (MNIST, Fashion-MNIST) are repeated to 3 channels and zero-padded to 32x32.
+    - Optimiser: Adam, lr 2e-4, betas (0.9, 0.999) for every network (line 146), constant, no weight decay.
+      Schedule (--iters): the paper gives no epoch count and says "most of our optimization settings
+      follows [32]" (line 146); CSI's released code trains --epochs 1000 by default (common/common.py), so
+      the default is 1000 epochs of the normal training set at batch 32 (CSI's per-GPU --batch_size; its
+      README runs 4 GPUs). CSI's LARS/cosine schedule is not used: the paper names Adam.
+    - 28x28 grayscale sets (MNIST, Fashion-MNIST, digits) are repeated to 3 channels and zero-padded to 32x32.
     - Images live in [0, 1]; F and E map them to [-1, 1] inside (CSI's normalise layer); G ends in tanh,
       mapped back to [0, 1].
+    - --dataset digits (offline install check, not in the paper): widths 8 and --ensemble 2 unless given,
+      so that the default run finishes in about a minute on a CPU (printed at start-up).
 
 Run:  python csi_gen.py --dataset cifar10 --normal 0 --variant full
 """
@@ -79,18 +100,28 @@ from sklearn.metrics import roc_auc_score
 
 from common import DataError, IMAGE_DATASETS, ResNet18, load_images, one_class_split, parse_normal
 
-SHIFTS = 4                  # rotations by 0, 90, 180, 270 degrees (Sec. 2.1)
-ADAM_BETAS = (0.9, 0.999)   # Sec. 3 / Alg. 1
+SHIFTS = 4                  # rotations by 0, 90, 180, 270 degrees (Sec. 2.1, line 137)
+ADAM_BETAS = (0.9, 0.999)   # line 146
+EPOCHS = 1000               # CSI's released code, --epochs default (the paper gives none; line 146 follows [32])
+DIGITS = dict(width=8, gan_width=8, ensemble=2)   # offline install check only (not in the paper)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors in the project's shape: 'error: <what>. <what to do>', exit 2."""
+
+    def error(self, message):
+        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
+        sys.exit(2)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="CSI + adversarial-autoencoder synthetic inliers (Yu & Chiu)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="CSI + adversarial-autoencoder synthetic inliers (Yu & Chiu)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="cifar10", choices=list(IMAGE_DATASETS),
                    help="cifar10 (Sec. 3); others follow the same protocol (28x28 gray: 3 channels, zero-padded "
                         "to 32x32; cifar100 = 20 superclasses; digits = offline install check)")
     p.add_argument("--normal", default="0", help="normal class, or a comma list for multi-class normal data "
-                                                 "(Sec. 3: one class)")
+                                                 "(line 149: one class)")
     p.add_argument("--variant", default="full", choices=["csi", "g", "full"],
                    help="Sec. 3.2 ablation: csi = F alone (the CSI baseline); g = + generator without encoder "
                         "(L_D on real and G(h), L_CSI-S, L_JOINT); full = + encoder (all of Alg. 1)")
@@ -99,36 +130,56 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="random seed (CPU runs are repeatable)")
     p.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
     p.add_argument("--iters", type=int, default=None,
-                   help="training batches (Alg. 1 loop). Default: 500 epochs of the normal training set, CSI's "
-                        "one-class schedule (the paper is silent)")
+                   help=f"training batches (Alg. 1 loop). Default: {EPOCHS} epochs of the normal training set "
+                        "(CSI's code default --epochs 1000; the paper gives no epoch count, line 146 follows [32])")
     p.add_argument("--batch-size", type=int, default=32,
-                   help="real images per batch, before 4 shifts x 2 views (CSI's one-class value; paper silent)")
+                   help="real images per batch, before 4 shifts x 2 views (CSI's --batch_size 32 per GPU; paper "
+                        "silent)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate for every network, betas (0.9, "
-                                                         "0.999) (Sec. 3)")
-    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature tau (Eq. 2; CSI's value)")
-    p.add_argument("--gen-every", type=int, default=5, help="N: the generative block runs every N batches (Alg. 1)")
-    p.add_argument("--lambda-rec", type=float, default=100.0, help="lambda of L_REC (Eq. 8)")
-    p.add_argument("--width", type=int, default=64,
-                   help="F's ResNet-18 base width; 64 = the standard 512-d network (Sec. 2.1). Smaller for CPU runs")
+                                                         "0.999) (line 146)")
+    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature tau (Eq. 1; CSI's 0.5)")
+    p.add_argument("--gen-every", type=int, default=5,
+                   help="N: the generative block runs every N batches (Alg. 1; N = 5, line 146)")
+    p.add_argument("--lambda-rec", type=float, default=100.0, help="lambda of L_REC (Eq. 8; 100, line 84)")
+    p.add_argument("--width", type=int, default=None,
+                   help="F's ResNet-18 base width; 64 = the standard 512-d network (line 137). Smaller for CPU "
+                        "runs. Default 64 (digits: 8)")
     p.add_argument("--proj-dim", type=int, default=128, help="projection head output size (SimCLR/CSI: 128)")
-    p.add_argument("--gan-width", type=int, default=64,
+    p.add_argument("--gan-width", type=int, default=None,
                    help="base width of G, E and D: SN-GAN standard CNN has 64..512 channels = 64 (Miyato et al., "
-                        "Table 3). Smaller for CPU runs")
+                        "Table 3; line 146 cites [23]). Smaller for CPU runs. Default 64 (digits: 8)")
     p.add_argument("--latent-dim", type=int, default=128, help="size of h ~ N(0, I) (SN-GAN's 128; paper silent)")
     p.add_argument("--ld-width", type=int, default=1000,
                    help="hidden width of the latent discriminator D' (two layers; adversarial autoencoders' 1000; "
                         "paper silent)")
-    p.add_argument("--blur-p", type=float, default=0.5,
-                   help="probability of Gaussian blur in T (SimCLR's 0.5; CSI's CIFAR code has no blur)")
-    p.add_argument("--ensemble", type=int, default=0,
-                   help="R > 0 also reports auroc_ens, M_ens averaged over R random transformations (Sec. 2.3)")
+    p.add_argument("--blur-p", type=float, default=0.0,
+                   help="probability of Gaussian blur in T. 0 = CSI's CIFAR policy (alinlab/CSI "
+                        "get_simclr_augmentation has no blur); the paper's line 43 lists blur after SimCLR, whose "
+                        "ImageNet value is 0.5")
+    p.add_argument("--ensemble", type=int, default=None,
+                   help="R: M_ens (line 133) averages F's features over R random draws of T per image and shift, "
+                        "then scores (CSI's evaluation, --ood_samples 10 in its README); reported as auroc_ens. "
+                        "0 = single view only. Default 10 (digits: 2)")
+    p.add_argument("--test-crop-scale", type=float, default=0.54,
+                   help="area fraction of the test-time random resized crop in M_ens (CSI's README eval: "
+                        "--resize_factor 0.54 --resize_fix); the other test-time steps and probabilities are T's "
+                        "(flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p)")
     p.add_argument("--log-every", type=int, default=100, help="progress line every this many batches")
     p.add_argument("--save-samples", default=None,
                    help="PNG grid: real inliers, reconstructions G(E(x)) (full) and samples G(h), like Figure 2")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
                    help="memory format of F (speed only; not in the paper). auto: on for CPU, where it measured faster")
     p.add_argument("--json", default=None, help="also write the RESULT keys to this JSON file (atomic)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.digits_defaults = []
+    for name, paper_value in (("width", 64), ("gan_width", 64), ("ensemble", 10)):
+        if getattr(args, name) is None:
+            if args.dataset == "digits":
+                setattr(args, name, DIGITS[name])
+                args.digits_defaults.append(f"--{name.replace('_', '-')} {DIGITS[name]}")
+            else:
+                setattr(args, name, paper_value)
+    return args
 
 
 def set_seed(seed):
@@ -137,15 +188,86 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
+# ------------------------------------------------------------------------------------------ bad input
+
+def check_number(args, name, low=None, high=None, low_open=False):
+    """--name must be finite and within [low, high] (low excluded with low_open); None = not given (default)."""
+    v = getattr(args, name)
+    if v is None:
+        return
+    flag = "--" + name.replace("_", "-")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise DataError(f"{flag} must be a finite number (got {v}). Pass a plain number such as {flag} 1")
+    if (low is not None and (v < low or (low_open and v == low))) or (high is not None and v > high):
+        rng = f"{'>' if low_open else '>='} {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+        raise DataError(f"{flag} must be {rng} (got {v:g}). Pass a value in that range")
+
+
+def check_output_path(path, flag):
+    """An output path is tried BEFORE training, so that no finished run is thrown away at the end."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise DataError(f"{flag} {path} is a folder. Give a file name, e.g. {flag} {os.path.join(path, 'out.json')}")
+    if not os.path.isdir(folder):
+        raise DataError(f"{flag} {path}: the folder {folder} does not exist. Create it first, or choose another path")
+    probe = os.path.join(folder, f".write-test-{os.getpid()}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot write into {folder} ({e.strerror}). Choose a writable folder") from None
+
+
 def pick_device(name):
+    """--device auto|cpu|cuda|cuda:N -> torch.device; an unknown or absent device is an error before any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DataError(f"unknown --device '{name}'. Use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError(f"--device {name} was asked for, but torch finds no CUDA GPU on this machine. "
+                            "Use --device cpu (or auto, which picks cuda only when there is one)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"numbered 0..{torch.cuda.device_count() - 1}. Pick one of those")
+    elif device.type != "cpu":
+        raise DataError(f"--device {name} is not supported by this script. Use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def check_args(args):
+    """Every user-typed number, the device and every output path, before any data is loaded."""
+    check_number(args, "seed", 0, 2 ** 32 - 1)
+    check_number(args, "iters", 1)
+    check_number(args, "batch_size", 2)   # NT-Xent needs other instances and F has batch norm
+    check_number(args, "lr", 0, low_open=True)
+    check_number(args, "temperature", 0, low_open=True)
+    check_number(args, "gen_every", 1)
+    check_number(args, "lambda_rec", 0)
+    for name in ("width", "proj_dim", "gan_width", "latent_dim", "ld_width", "log_every"):
+        check_number(args, name, 1)
+    check_number(args, "blur_p", 0, 1)
+    check_number(args, "ensemble", 0)
+    check_number(args, "test_crop_scale", 0, 1)
+    if args.test_crop_scale == 0:
+        raise DataError("--test-crop-scale must be > 0 (got 0). Pass an area fraction in (0, 1], e.g. 0.54")
+    if args.save_samples and args.variant == "csi":
+        raise DataError("--save-samples needs a generator, and --variant csi has none. Use --variant g or full, "
+                        "or drop --save-samples")
+    check_output_path(args.json, "--json")
+    check_output_path(args.save_samples, "--save-samples")
+    return pick_device(args.device)
 
 
 def check_finite(value, where):
     if not math.isfinite(value):
-        raise FloatingPointError(f"training diverged: {where} is {value}; try a smaller --lr")
+        raise FloatingPointError(f"training diverged: {where} is {value}. Try a smaller --lr")
 
 
 # ------------------------------------------------------------------------------------------ shifts and T
@@ -159,7 +281,7 @@ def shift_batch(x):
 
 
 def random_hflip(x):
-    """Horizontal flip with p = 0.5 per sample (SimCLR's crop step; applied before the shifts, as CSI does)."""
+    """Horizontal flip with p = 0.5 per sample (CSI: before the shift, so it cannot contradict the rotation)."""
     flip = torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5
     return torch.where(flip, x.flip(3), x)
 
@@ -189,7 +311,7 @@ _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211,
 
 
 def color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8):
-    """SimCLR/CSI colour distortion with per-sample factors, applied with probability p per sample."""
+    """CSI's colour distortion strengths and probability (0.4, 0.4, 0.4, 0.1; p 0.8), per-sample factors."""
     b, dev = len(x), x.device
     factor = lambda s: 1 + (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * s
     y = (x * factor(brightness)).clamp(0, 1)
@@ -210,6 +332,7 @@ def color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8
 
 
 def random_grayscale(x, p=0.2):
+    """CSI's RandomColorGrayLayer: luma in all three channels with probability p = 0.2 per sample."""
     apply = torch.rand(len(x), 1, 1, 1, device=x.device) < p
     return torch.where(apply, gray(x).expand_as(x), x)
 
@@ -229,13 +352,14 @@ def gaussian_blur(x, p=0.5, sigma=(0.1, 2.0)):
     return torch.where(apply, y.reshape(b, c, hgt, wid), x)
 
 
-def augment(x, blur_p):
-    """T without the flip (SimCLR order): resized crop, colour jitter (0.4, 0.4, 0.4, 0.1; p 0.8),
-    grayscale (p 0.2), Gaussian blur (p blur_p). Every sample draws its own parameters."""
-    x = random_resized_crop(x)
+def augment(x, blur_p, crop_scale=(0.08, 1.0)):
+    """T after the flip and the shift, in CSI's order (get_simclr_augmentation): colour jitter (p 0.8),
+    grayscale (p 0.2), random resized crop (area ~ U(crop_scale)); then Gaussian blur with p = blur_p
+    (off by default, as in CSI). Every sample draws its own parameters."""
     x = color_jitter(x)
     x = random_grayscale(x)
-    return gaussian_blur(x, blur_p)
+    x = random_resized_crop(x, crop_scale)
+    return gaussian_blur(x, blur_p) if blur_p > 0 else x
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -409,6 +533,18 @@ def set_requires_grad(net, flag):
         q.requires_grad_(flag)
 
 
+def freeze(net):
+    """F as a fixed scorer while G/E learn: no gradients to its weights, and eval-mode batch norm, so the
+    synthetic or reconstructed batch neither normalises with its own statistics nor moves F's running ones."""
+    set_requires_grad(net, False)
+    net.eval()
+
+
+def unfreeze(net):
+    set_requires_grad(net, True)
+    net.train()
+
+
 def step(opts, loss, *names):
     """One optimisation step of the named networks on loss (their gradients only)."""
     for n in names:
@@ -426,7 +562,7 @@ def generative_step(nets, opts, x, args, it):
     out = {}
     randn = lambda: torch.randn(b, args.latent_dim, device=dev)
 
-    # (a) D against (G, E) on L_D (Eq. 7): real x, synthetic G(h), reconstructed G(E(x))
+    # Alg. 1, lines 109-111: D against (G, E) on L_D (Eq. 7): real x, synthetic G(h), reconstructed G(E(x))
     x_syn = g(randn())
     x_rec = g(nets["E"](x)) if full else None
     l_d = loss_d(d, x, x_syn, x_rec)
@@ -437,15 +573,15 @@ def generative_step(nets, opts, x, args, it):
     set_requires_grad(d, True)
     out.update(l_d=l_d.item(), l_gan=l_fool.item())
 
-    # (b) G on L_CSI-S = L_CSI(X~) (Eq. 6), F frozen
-    set_requires_grad(f, False)
+    # Alg. 1, line 112: G on L_CSI-S = L_CSI(X~) (Eq. 6), F frozen (eval-mode BN)
+    freeze(f)
     l_csi_s = csi_loss(f, g(randn()), args.temperature, args.blur_p)[0]
     step(opts, l_csi_s, "G")
     out["l_csi_s"] = l_csi_s.item()
 
     if full:
         e, d_lat = nets["E"], nets["D_lat"]
-        # (c) D' against E on L_LD (Eq. 9)
+        # Alg. 1, line 113: D' against E on L_LD (Eq. 9)
         h_enc = e(x)
         l_ld = loss_ld(d_lat, randn(), h_enc)
         step(opts, l_ld, "D_lat")
@@ -453,18 +589,18 @@ def generative_step(nets, opts, x, args, it):
         l_ld_fool = loss_ld_fool(d_lat, h_enc)
         step(opts, l_ld_fool, "E")
         set_requires_grad(d_lat, True)
-        # (d) G and E on L_REC (Eq. 8), F frozen
+        # Alg. 1, lines 114-115: G and E on L_REC (Eq. 8), F frozen (eval-mode BN)
         l_rec, pixel, sim = loss_rec(f, x, g(e(x)), args.lambda_rec, args.blur_p)
         step(opts, l_rec, "G", "E")
-        # (e) E on L_LREC (Eq. 10)
+        # Alg. 1, line 116: E on L_LREC (Eq. 10)
         h = randn()
         l_lrec = loss_lrec(h, e(g(h).detach()))
         step(opts, l_lrec, "E")
         out.update(l_ld=l_ld.item(), l_e_fool=l_ld_fool.item(), l_rec=l_rec.item(), pixel=pixel.item(),
                    sim=sim.item(), l_lrec=l_lrec.item())
-    set_requires_grad(f, True)
+    unfreeze(f)
 
-    # (f) F on L_JOINT = L_CSI(X u X~) (Eq. 5), X~ a fresh detached batch G(h)
+    # Alg. 1, line 117: F on L_JOINT = L_CSI(X u X~) (Eq. 5), X~ a fresh detached batch G(h); F trains here
     with torch.no_grad():
         x_syn = g(randn())
     l_joint = csi_loss(f, torch.cat([x, x_syn]), args.temperature, args.blur_p)[0]
@@ -479,11 +615,12 @@ def train(nets, opts, x_train, args, log=print):
     """Alg. 1: every batch F steps on L_CSI(X); on batches 0, N, 2N, ... the generative block follows."""
     n, t0, gen = len(x_train), time.time(), {}
     for it in range(args.iters):
+        args.progress = f"training, batch {it + 1}/{args.iters}"
         xb = x_train[torch.randint(n, (args.batch_size,), device=x_train.device)]
-        l_csi, l_con, l_cls = csi_loss(nets["F"], xb, args.temperature, args.blur_p)     # Eq. (4) on X
+        l_csi, l_con, l_cls = csi_loss(nets["F"], xb, args.temperature, args.blur_p)     # Alg. 1, line 107
         step(opts, l_csi, "F")
         check_finite(l_csi.item(), f"L_CSI at iteration {it + 1}")
-        if args.variant != "csi" and it % args.gen_every == 0:
+        if args.variant != "csi" and it % args.gen_every == 0:                           # Alg. 1, line 108
             gen = generative_step(nets, opts, xb, args, it + 1)
         if (it + 1) % args.log_every == 0 or it + 1 == args.iters:
             extra = "".join(f" {k}={v:.4f}" for k, v in gen.items())
@@ -495,24 +632,33 @@ def train(nets, opts, x_train, args, log=print):
 # ------------------------------------------------------------------------------------------ score
 
 @torch.no_grad()
-def shifted_features(net, x, blur_p=None, chunk=256):
-    """z(S(x)) for every shift: (N, 3, 32, 32) -> (4, N, d), in eval mode. With blur_p set, one random
-    draw of T per image first (for M_ens)."""
+def shifted_features(net, x, views=0, blur_p=0.0, crop_scale=0.54, chunk=256):
+    """F(S(x)) for every shift S: (N, 3, 32, 32) -> (4, N, d), in eval mode.
+    views = 0: one plain view per shift (Eq. 11 as printed).
+    views = R > 0 (M_ens, CSI's get_features): R random test-time draws per image and shift -- flip (drawn
+    per image and per shift, before the rotation), then T with the crop area fixed at crop_scale -- and the
+    R feature vectors are AVERAGED, so the score sees one mean feature per image and shift."""
+    was_training = net.training
     net.eval()
     out = []
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
-        if blur_p is not None:
-            xb = augment(random_hflip(xb), blur_p)
-        xs, _ = shift_batch(xb)
-        out.append(net(xs)[0].view(SHIFTS, len(xb), -1))
-    net.train()
+        if views == 0:
+            feats = net(shift_batch(xb)[0])[0]                                      # (4b, d)
+        else:
+            feats = 0
+            for _ in range(views):
+                xs = torch.cat([torch.rot90(random_hflip(xb), k, dims=(2, 3)) for k in range(SHIFTS)])
+                feats = feats + net(augment(xs, blur_p, (crop_scale, crop_scale)))[0]
+            feats = feats / views                                                   # mean over the R draws
+        out.append(feats.view(SHIFTS, len(xb), -1))
+    net.train(was_training)
     return torch.cat(out, 1)
 
 
 @torch.no_grad()
 def score_m(test_feats, train_feats, chunk=1024):
-    """Sec. 2.3: M(x) = max_x' sum_S m(S x, S x'), m(a, b) = sim(F(a), F(b)) * ||F(a)||, over the training
+    """Eq. (11): M(x) = max_x' sum_S m(S x, S x'), m(a, b) = sim(F(a), F(b)) * ||F(a)||, over the training
     set. test_feats (4, Nt, d), train_feats (4, N, d). sim * ||F(a)|| = <F(a), F(b)/||F(b)||>, so for each
     chunk of test images the sum over S is one batched matrix product. Returns (M, index of x~)."""
     bank = F.normalize(train_feats, dim=2)                                        # (4, N, d)
@@ -525,14 +671,14 @@ def score_m(test_feats, train_feats, chunk=1024):
     return torch.cat(scores), torch.cat(nn_idx)
 
 
-def anomaly_scores(net, x_train, x_test, ensemble=0, blur_p=0.5):
-    """Anomaly score = -M (M is a normality score). With ensemble R > 0 also -M_ens: M averaged over R
-    random draws of T applied to test and training images before the shifts."""
+def anomaly_scores(net, x_train, x_test, ensemble=0, blur_p=0.0, crop_scale=0.54):
+    """Anomaly score = -M (M is a normality score), single view; with ensemble R > 0 also -M_ens, Eq. (11)
+    on features averaged over R test-time draws of T (CSI's evaluation)."""
     m, _ = score_m(shifted_features(net, x_test), shifted_features(net, x_train))
     m_ens = None
     if ensemble > 0:
-        m_ens = sum(score_m(shifted_features(net, x_test, blur_p), shifted_features(net, x_train, blur_p))[0]
-                    for _ in range(ensemble)) / ensemble
+        m_ens, _ = score_m(shifted_features(net, x_test, ensemble, blur_p, crop_scale),
+                           shifted_features(net, x_train, ensemble, blur_p, crop_scale))
         m_ens = -m_ens.cpu().numpy()
     return -m.cpu().numpy(), m_ens
 
@@ -548,19 +694,21 @@ def to_32x32_rgb(x):
 
 
 @torch.no_grad()
-def save_samples(nets, x_train, args, path):
-    """Figure 2: row block 1 real inliers, 2 their reconstructions G(E(x)) (full only), 3 samples G(h)."""
+def save_samples(nets, x_train, args, path, n=8):
+    """Figure 2 as a grid: row 1 real inliers x, row 2 their reconstructions G(E(x)) (full only), row 3
+    samples G(h), h ~ N(0, I). Saved with torchvision.utils.save_image."""
     import torchvision.utils
+    modes = {k: v.training for k, v in nets.items()}
     for net in nets.values():
         net.eval()
-    x = x_train[:8]
+    x = x_train[:n]
     rows = [x]
     if args.variant == "full":
         rows.append(nets["G"](nets["E"](x)))
-    rows.append(nets["G"](torch.randn(8, args.latent_dim, device=x.device)))
-    torchvision.utils.save_image(torch.cat(rows).float().cpu(), path, nrow=8, padding=2)
-    for net in nets.values():
-        net.train()
+    rows.append(nets["G"](torch.randn(n, args.latent_dim, device=x.device)))
+    torchvision.utils.save_image(torch.cat(rows).float().cpu(), path, nrow=n, padding=2)
+    for k, net in nets.items():
+        net.train(modes[k])
 
 
 def build(args, device, channels_last):
@@ -572,49 +720,39 @@ def build(args, device, channels_last):
     nets = {k: v.to(device) for k, v in nets.items()}
     if channels_last:   # F dominates the cost; G, E, D stay in the default format
         nets["F"] = nets["F"].to(memory_format=torch.channels_last)
+    # line 146: Adam, lr 2e-4, betas (0.9, 0.999), for every network
     opts = {k: torch.optim.Adam(v.parameters(), lr=args.lr, betas=ADAM_BETAS) for k, v in nets.items()}
     return nets, opts
 
 
-def validate(args):
-    for name in ("batch_size", "gen_every", "width", "proj_dim", "gan_width", "latent_dim", "ld_width", "log_every"):
-        if getattr(args, name) < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
-    if args.iters is not None and args.iters < 1:
-        raise DataError(f"--iters must be at least 1 (got {args.iters})")
-    if args.batch_size < 2:
-        raise DataError("--batch-size must be at least 2: NT-Xent needs other instances and F has batch norm")
-    if args.lr <= 0 or args.temperature <= 0 or args.lambda_rec < 0 or not 0 <= args.blur_p <= 1:
-        raise DataError("need --lr > 0, --temperature > 0, --lambda-rec >= 0 and 0 <= --blur-p <= 1")
-    if args.ensemble < 0:
-        raise DataError(f"--ensemble must be >= 0 (got {args.ensemble})")
-    if args.save_samples and args.variant == "csi":
-        raise DataError("--save-samples needs a generator: use --variant g or full")
-
-
 def run(args, log=print):
     t_start = time.time()
-    validate(args)
+    device = check_args(args)
     set_seed(args.seed)
-    device = pick_device(args.device)
     x_tr, y_tr, x_te, y_te = load_images(args.dataset, args.data_root)
     normal = parse_normal(args.normal, IMAGE_DATASETS[args.dataset][0])
     split = one_class_split(x_tr, y_tr, x_te, y_te, normal, seed=args.seed)
     x_train = to_32x32_rgb(split["train"]).to(device)
     x_test, y_test = to_32x32_rgb(split["test"][0]).to(device), split["test"][1]
     if args.iters is None:
-        args.iters = 500 * math.ceil(len(x_train) / args.batch_size)
+        args.iters = EPOCHS * math.ceil(len(x_train) / args.batch_size)
+    if args.digits_defaults:
+        log(f"csi_gen: digits is an offline install check: using {', '.join(args.digits_defaults)} "
+            "(paper-scale defaults: widths 64, --ensemble 10)", flush=True)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu")
     nets, opts = build(args, device, channels_last)
     log(f"csi_gen: variant={args.variant} dataset={args.dataset} normal={','.join(map(str, normal))} "
         f"train={len(x_train)} test={len(x_test)} (anomalies {int(y_test.sum())}) iters={args.iters} "
         f"batch={args.batch_size} lr={args.lr:g} tau={args.temperature:g} N={args.gen_every} "
-        f"width={args.width} gan_width={args.gan_width} device={device}", flush=True)
+        f"width={args.width} gan_width={args.gan_width} blur_p={args.blur_p:g} ensemble={args.ensemble} "
+        f"device={device}", flush=True)
     train_time = train(nets, opts, x_train, args, log)
     if args.save_samples:
         save_samples(nets, x_train, args, args.save_samples)
+        log(f"csi_gen: sample grid written to {args.save_samples}", flush=True)
+    args.progress = f"scoring (training finished after {args.iters} batches)"
     ts = time.time()
-    scores, scores_ens = anomaly_scores(nets["F"], x_train, x_test, args.ensemble, args.blur_p)
+    scores, scores_ens = anomaly_scores(nets["F"], x_train, x_test, args.ensemble, args.blur_p, args.test_crop_scale)
     score_time = time.time() - ts
     labels = y_test.numpy()
     result = {"method": "csi_gen", "dataset": args.dataset, "normal": ",".join(map(str, normal)), "seed": args.seed,
@@ -622,7 +760,8 @@ def run(args, log=print):
     if scores_ens is not None:
         result["auroc_ens"] = round(roc_auc_score(labels, scores_ens), 4)
     result.update({"variant": args.variant, "iters": args.iters, "batch_size": args.batch_size,
-                   "width": args.width, "gan_width": args.gan_width, "ensemble": args.ensemble,
+                   "width": args.width, "gan_width": args.gan_width, "blur_p": args.blur_p,
+                   "ensemble": args.ensemble, "test_crop_scale": args.test_crop_scale,
                    "device": device.type, "seconds": round(time.time() - t_start, 1),
                    "train_samples_per_s": round(args.iters * args.batch_size / max(train_time, 1e-9), 1),
                    "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
@@ -637,11 +776,15 @@ def run(args, log=print):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.progress = "start-up (no training step taken yet)"
     try:
         return run(args)
     except (DataError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted during {args.progress}; no result was written", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
