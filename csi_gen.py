@@ -632,7 +632,7 @@ def train(nets, opts, x_train, args, log=print):
 # ------------------------------------------------------------------------------------------ score
 
 @torch.no_grad()
-def shifted_features(net, x, views=0, blur_p=0.0, crop_scale=0.54, chunk=256):
+def shifted_features(net, x, views=0, blur_p=0.0, crop_scale=0.54, chunk=64):
     """F(S(x)) for every shift S: (N, 3, 32, 32) -> (4, N, d), in eval mode.
     views = 0: one plain view per shift (Eq. 11 as printed).
     views = R > 0 (M_ens, CSI's get_features): R random test-time draws per image and shift -- flip (drawn
