@@ -12,7 +12,8 @@ space (L_REC), so the synthetic images stay close to the normal class.
 What this file reproduces: the one-class protocol (train on one class, test on the whole test split,
 paper line 149) with the ablation of Sec. 3.2 / Table 1: --variant csi (F alone: the CSI baseline),
 --variant g (generator without encoder), --variant full (default); the score M (Eq. 11) and its ensemble
-M_ens (line 133); Figure 2's grid of real images, reconstructions and samples (--save-samples).
+M_ens (line 133); Figure 2's grid of real inliers and outliers with their reconstructions G(E(x)), and
+samples G(h) (--save-samples).
 
 Equation map
     Sec. 2.1 shifts S (rotations 0/90/180/270) ................ shift_batch()
@@ -166,7 +167,8 @@ def parse_args(argv=None):
                         "(flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p)")
     p.add_argument("--log-every", type=int, default=100, help="progress line every this many batches")
     p.add_argument("--save-samples", default=None,
-                   help="PNG grid: real inliers, reconstructions G(E(x)) (full) and samples G(h), like Figure 2")
+                   help="PNG grid like Figure 2: real inliers, their reconstructions G(E(x)), real outliers (test split) "
+                        "and their reconstructions (full only), samples G(h)")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
                    help="memory format of F (speed only; not in the paper). auto: on for CPU, where it measured faster")
     p.add_argument("--json", default=None, help="also write the RESULT keys to this JSON file (atomic)")
@@ -694,21 +696,25 @@ def to_32x32_rgb(x):
 
 
 @torch.no_grad()
-def save_samples(nets, x_train, args, path, n=8):
-    """Figure 2 as a grid: row 1 real inliers x, row 2 their reconstructions G(E(x)) (full only), row 3
-    samples G(h), h ~ N(0, I). Saved with torchvision.utils.save_image."""
+def save_samples(nets, x_train, args, path, x_outliers=None, n=8):
+    """Figure 2 as one grid of n columns, saved with torchvision.utils.save_image. Rows: real inliers x;
+    their reconstructions G(E(x)) (Fig. 2a); real outliers from the test split and their reconstructions
+    (Fig. 2b); samples G(h), h ~ N(0, I). Without an encoder (--variant g): inliers and samples only."""
     import torchvision.utils
     modes = {k: v.training for k, v in nets.items()}
     for net in nets.values():
         net.eval()
-    x = x_train[:n]
+    g, x = nets["G"], x_train[:n]
     rows = [x]
     if args.variant == "full":
-        rows.append(nets["G"](nets["E"](x)))
-    rows.append(nets["G"](torch.randn(n, args.latent_dim, device=x.device)))
+        rows.append(g(nets["E"](x)))
+        if x_outliers is not None and len(x_outliers) >= n:
+            rows += [x_outliers[:n], g(nets["E"](x_outliers[:n]))]
+    rows.append(g(torch.randn(n, args.latent_dim, device=x.device)))
     torchvision.utils.save_image(torch.cat(rows).float().cpu(), path, nrow=n, padding=2)
     for k, net in nets.items():
         net.train(modes[k])
+    return len(rows)
 
 
 def build(args, device, channels_last):
@@ -748,8 +754,8 @@ def run(args, log=print):
         f"device={device}", flush=True)
     train_time = train(nets, opts, x_train, args, log)
     if args.save_samples:
-        save_samples(nets, x_train, args, args.save_samples)
-        log(f"csi_gen: sample grid written to {args.save_samples}", flush=True)
+        rows = save_samples(nets, x_train, args, args.save_samples, x_test[y_test.to(device) == 1])
+        log(f"csi_gen: sample grid ({rows} rows, Figure 2) written to {args.save_samples}", flush=True)
     args.progress = f"scoring (training finished after {args.iters} batches)"
     ts = time.time()
     scores, scores_ens = anomaly_scores(nets["F"], x_train, x_test, args.ensemble, args.blur_p, args.test_crop_scale)

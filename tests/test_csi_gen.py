@@ -302,6 +302,9 @@ def test_full_variant_two_iterations_subprocess(tiny_root, tmp_path):
     assert 0 <= float(r["auroc_ens"]) <= 1 and float(r["train_samples_per_s"]) > 0
     assert read_json(js)["auroc"] == float(r["auroc"]) and png.stat().st_size > 0
     assert "l_rec=" in p.stdout and "l_joint=" in p.stdout and "iter 2/2" in p.stdout
+    # Figure 2 grid: inliers, G(E(inliers)), outliers, G(E(outliers)), G(h); 8 columns of 32 px, padding 2
+    from PIL import Image
+    assert "sample grid (5 rows" in p.stdout and Image.open(png).size == (8 * 34 + 2, 5 * 34 + 2)
 
 
 @pytest.mark.parametrize("variant", ["csi", "g"])
