@@ -2,12 +2,16 @@
 on generated data, bad input, and a learning test."""
 import math
 import os
+import sys
 
 import pytest
 import torch
 
 import toll
 from conftest import read_json, run_script
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import toll_figures  # noqa: E402  (the linear autoencoder of Fig. 2, reused for Theorem 1)
 
 
 @pytest.fixture(autouse=True)
@@ -86,24 +90,21 @@ def test_cifar_convolutions_are_bias_free_except_the_last_of_each_half():
 
 
 def test_theorem1_linear_encoder_follows_closed_form_under_norm_loss():
-    """Theorem 1: for a linear encoder z = Wx trained on the latent-norm term alone, L = ½ E||Wx||², the
-    gradient flow dW/dt = -W Σ has the solution W(t) = W(0) U exp(-Λt) Uᵀ with Σ = U Λ Uᵀ. Small-step
-    gradient descent (t = steps × step) must follow it; directions of small variance decay slowest."""
+    """Theorem 1: for a linear encoder z = Wx trained on the latent-norm term alone, Eq. (5) L = 1/2 E||Wx||^2,
+    the gradient flow dW/dt = -W S (Lemma 1, Eq. 6) has the solution W(t) = W(0) U exp(-Lambda t) U^T with
+    S = U Lambda U^T (Eq. 7). Small-step gradient descent (t = steps x step) of the linear autoencoder that
+    benchmarks/toll_figures.py uses for Fig. 2, with weights (rec 0, norm 1), must follow it."""
     g = torch.Generator().manual_seed(0)
     d, k, n = 5, 3, 500
     X = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.diag(torch.tensor([2.0, 1.0, 0.5, 0.2, 0.05], dtype=torch.float64))
     W0 = torch.randn(k, d, generator=g, dtype=torch.float64)
-    W = W0.clone().requires_grad_(True)
     step, steps = 2e-3, 600
-    for _ in range(steps):
-        loss = 0.5 * (X @ W.T).norm(dim=1).pow(2).mean()
-        (grad,) = torch.autograd.grad(loss, W)
-        with torch.no_grad():
-            W -= step * grad
+    W, _ = toll_figures.fit_linear_ae(X, rec_weight=0.0, norm_weight=1.0, steps=steps, step=step, W1=W0,
+                                      W2=torch.zeros(d, k, dtype=torch.float64))   # Eq. (5): 1/2 ||z||^2
     lam, U = torch.linalg.eigh(X.T @ X / n)
     t = step * steps
-    W_theory = W0 @ U @ torch.diag(torch.exp(-lam * t)) @ U.T
-    assert torch.allclose(W.detach(), W_theory, rtol=0, atol=2e-3 * W0.abs().max())
+    W_theory = W0 @ U @ torch.diag(torch.exp(-lam * t)) @ U.T                   # Eq. (7)
+    assert torch.allclose(W, W_theory, rtol=0, atol=2e-3 * W0.abs().max())
     assert not torch.allclose(W0, W_theory, atol=0.1)  # the dynamics did move W
 
 
