@@ -175,6 +175,50 @@ def load_omniglot(root=None, size=28):
     return x, torch.tensor(labels, dtype=torch.int64)
 
 
+MNIST_C_URL = "https://zenodo.org/record/3239543 (mnist_c.zip; code: github.com/google-research/mnist-c)"
+
+
+def _mnist_c_array(path, what):
+    """One MNIST-C .npy file -> uint8 (N, 28, 28) images or int64 (N,) labels; DataError naming the file."""
+    if not os.path.exists(path):
+        raise DataError(f"MNIST-C file '{path}' was not found. MNIST-C is not downloaded automatically: get "
+                        f"{MNIST_C_URL}, unzip it into the data root (it creates ROOT/mnist_c/<corruption>/"
+                        f"{{train,test}}_{{images,labels}}.npy) and pass --data-root ROOT")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"MNIST-C file '{path}' is not a readable .npy array ({type(e).__name__}: {e}). "
+                        f"Download it again from {MNIST_C_URL}") from None
+    if what == "images":
+        if a.ndim == 4 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if a.ndim != 3 or a.shape[1:] != (28, 28):
+            raise DataError(f"MNIST-C file '{path}' holds an array of shape {a.shape}; expected (N, 28, 28, 1) "
+                            f"images. Download it again from {MNIST_C_URL}")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))
+    if a.ndim != 1:
+        raise DataError(f"MNIST-C file '{path}' holds an array of shape {a.shape}; expected (N,) labels")
+    return torch.from_numpy(a.astype(np.int64))
+
+
+def load_mnist_c(corruptions, root=None):
+    """MNIST-C (Mu & Gilmer, 2019) in its public layout ``ROOT/mnist_c/<corruption>/{train,test}_{images,labels}.npy``
+    (``identity`` = the original MNIST). The protocol of CANCE's Table 3 (after Lee & Lee, 2023): every image of
+    MNIST's training split (``identity/train_images.npy``) is normal training data; the test set is MNIST's test
+    split (``identity/test_images.npy``, label 0) plus the test images of each corruption in ``corruptions``
+    (label 1). Never downloaded (the archive is large): a missing file is a DataError saying where to get it.
+    Returns (x_train, x_test, y_test, source): float32 N×1×28×28 in [0, 1], int64 anomaly labels, and int64
+    source indices (0 = identity, k = corruptions[k - 1])."""
+    base = os.path.join(data_root(root), "mnist_c")
+    x_train = _mnist_c_array(os.path.join(base, "identity", "train_images.npy"), "images")
+    parts = [_mnist_c_array(os.path.join(base, "identity", "test_images.npy"), "images")]
+    for c in corruptions:
+        parts.append(_mnist_c_array(os.path.join(base, c, "test_images.npy"), "images"))
+    source = torch.cat([torch.full((len(p),), k, dtype=torch.int64) for k, p in enumerate(parts)])
+    to_float = lambda x: x.unsqueeze(1).float().div_(255.0)                        # (N, 1, 28, 28)
+    return to_float(x_train), to_float(torch.cat(parts)), (source > 0).long(), source
+
+
 # ------------------------------------------------------------------------------------------ tabular
 
 _TABULAR_URLS = {

@@ -13,7 +13,8 @@ import torchvision
 from sklearn.metrics import roc_auc_score
 
 import cance
-from conftest import read_json, run_script
+from common import DataError, load_mnist_c
+from conftest import class_images, read_json, run_script
 
 
 @pytest.fixture(autouse=True)
@@ -39,12 +40,25 @@ def test_eq12_covariance_loss_matches_hand_computation():
     assert cance.covariance_loss(torch.randn(10, 1)).item() == 0.0
 
 
-def test_eq11_ae_loss_is_mean_squared_error_plus_lambda_cov():
+def test_eq11_ae_loss_is_squared_error_plus_lambda_cov_summed_or_averaged_over_the_input():
     x, x_rec = torch.zeros(3, 2), torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     z = torch.tensor([[1.0, 2.0], [3.0, 0.0], [5.0, 4.0]])
-    loss, error, cov = cance.ae_loss(x, x_rec, z, lam=0.5)
-    assert error.item() == pytest.approx((1 + 4 + 1 + 1) / 6)
-    assert cov.item() == pytest.approx(4.0) and loss.item() == pytest.approx(7 / 6 + 0.5 * 4.0)
+    # Eq. (11) as written: E_x ||x - x'||^2 = (1 + 4 + 2) / 3 rows
+    loss, error, cov = cance.ae_loss(x, x_rec, z, lam=0.5, reduce="sum")
+    assert error.item() == pytest.approx((1 + 4 + 1 + 1) / 3)
+    assert cov.item() == pytest.approx(4.0) and loss.item() == pytest.approx(7 / 3 + 0.5 * 4.0)
+    # line 322's "mean squared error": also divided by d0 = 2
+    loss, error, cov = cance.ae_loss(x, x_rec, z, lam=0.5, reduce="mean")
+    assert error.item() == pytest.approx((1 + 4 + 1 + 1) / 6) and loss.item() == pytest.approx(7 / 6 + 0.5 * 4.0)
+    # the validation loss uses the same reduction
+    ae = cance.TabularAE(4, 2)
+    xv = torch.randn(10, 4)
+    for reduce, denom in (("sum", 10), ("mean", 40)):
+        with torch.no_grad():
+            ae.eval()
+            rec, _ = ae(xv)
+        assert cance.validation_loss(ae, xv, 0.0, reduce)[1] == pytest.approx(float(((rec - xv) ** 2).sum()) / denom,
+                                                                             rel=1e-5)
 
 
 def test_composite_features_error_and_cosine_dissimilarity_by_hand():
@@ -109,6 +123,15 @@ def test_noise_L_K_then_inverse_is_identity_and_K_is_at_least_one():
     torch.testing.assert_close(noise.L_K_inverse(noise.L_K(z, K), K), z)
     fixed = cance.NoiseDistribution(torch.zeros(3, dtype=torch.float64), cov, learn_k=False)
     assert torch.equal(fixed.K(), torch.ones(3)) and not fixed.psi.requires_grad
+
+
+def test_k_init_sets_the_starting_K_through_the_softplus():
+    cov = torch.eye(3, dtype=torch.float64)
+    default = cance.NoiseDistribution(torch.zeros(3, dtype=torch.float64), cov, learn_k=True)
+    assert default.K().tolist() == pytest.approx([1 + math.log(2)] * 3)          # psi = 0, Sec. 3.4
+    near_one = cance.NoiseDistribution(torch.zeros(3, dtype=torch.float64), cov, learn_k=True, k_init=1.01)
+    assert near_one.K().tolist() == pytest.approx([1.01] * 3, rel=1e-6)
+    assert cance.parse_args([]).k_init == pytest.approx(1 + math.log(2))
 
 
 def test_noise_samples_and_log_density_are_those_of_N_mu_K_sigma_K():
@@ -190,6 +213,63 @@ def test_conv_ae_shapes_and_batchnorm_directly_before_the_latent():
         assert isinstance(ae.encoder[-1], nn.BatchNorm1d) and not ae.encoder[-1].affine
 
 
+def test_proposition1_augmented_marginal_dominates_the_noise_on_0_to_mode_on_sampled_data():
+    """Proposition 1 (Appendix D): on [0, m_z] the reconstruction-feature marginal of p_m = (p_0 + p_t) / 2 has a
+    density no less than the noise marginal N(mu_z, sigma_z^2). Checked on sampled log-normal features pushed
+    through augment() (histogram densities) and in closed form, for p_t centred at m_z (Appendix D, the default)
+    and at mu_z (--trunc-loc mean); without the augmentation the data alone fall below the noise near 0."""
+    torch.manual_seed(0)
+    n, latent = 400_000, 1
+    z_e, z_c = torch.exp(-3.0 + 0.6 * torch.randn(n)), torch.exp(-1.5 + 0.4 * torch.randn(n))   # skewed, as in Sec. 3.4
+    z = torch.stack([torch.randn(n), z_e, z_c], 1)
+    mean, std = z[:, 1:].mean(0), z[:, 1:].std(0)
+    mode = cance.lognormal_mode(mean, std ** 2)                                 # Appendix C
+    assert (mode < mean).all()
+    for loc in (mode, mean):
+        out = cance.augment(z, latent, loc, std, mode)                           # Eq. (8)
+        for j in range(2):
+            edges = torch.linspace(0, float(mode[j]), 21)
+            width = float(edges[1] - edges[0])
+            density = torch.histc(out[:, latent + j], bins=20, min=0, max=float(mode[j])) / (n * width)
+            centres = 0.5 * (edges[1:] + edges[:-1])
+            noise = torch.distributions.Normal(mean[j].double(), std[j].double()).log_prob(centres.double()).exp()
+            assert (density.double() >= 0.97 * noise).all(), (j, density, noise)
+            # closed form: (p_0 + p_t) / 2 >= p_t / 2 >= the noise density on the whole interval
+            grid = torch.linspace(0, float(mode[j]), 200).double()
+            half_pt = 0.5 * cance.truncated_normal_pdf(grid, float(loc[j]), float(std[j]), 0.0, float(mode[j]))
+            p_noise = torch.distributions.Normal(mean[j].double(), std[j].double()).log_prob(grid).exp()
+            assert (half_pt >= p_noise * (1 - 1e-9)).all()
+    # without the augmentation (p = 0) the data marginal near 0 is below the noise's: the proposition needs Eq. (8)
+    plain = cance.augment(z, latent, mode, std, mode, p=0.0)
+    low = torch.histc(plain[:, latent], bins=20, min=0, max=float(mode[0]))[0] / (n * float(mode[0]) / 20)
+    assert low < torch.distributions.Normal(mean[0], std[0]).log_prob(torch.tensor(0.0)).exp()
+
+
+def test_nce_model_selection_returns_the_step_with_the_lowest_validation_loss():
+    """Appendix E, line 417: 20 training points and a high rate make T_theta overfit, so the validation loss of
+    Eq. (9) rises late; the returned model must be the best logged checkpoint, not the last iterate."""
+    torch.manual_seed(0)
+    z_train, z_val = torch.randn(20, 2), torch.randn(2000, 2)
+    moments = cance.RunningMoments(2)
+    moments.update(z_train)
+    args = cance.parse_args(["--batch-size", "20", "--lr", "1e-2", "--seed", "0"])
+    args.nce_iters = 400
+    lines = []
+    T, noise, step = cance.train_nce("cnce", z_train, moments, args, learn_k=False, z_val=z_val,
+                                     log=lambda text, **k: lines.append(text))
+    logged = [(int(t.split()[2].split("/")[0]), float(t.split("val_loss=")[1].split()[0]))
+              for t in lines if "val_loss=" in t]
+    best_step, best_val = min(logged, key=lambda r: r[1])
+    assert step == best_step < args.nce_iters and logged[-1][1] > best_val + 0.01
+    assert f"selected step {step} of 400" in lines[-1]
+    g = torch.Generator().manual_seed(args.seed + 1)                              # the same fixed validation draws
+    v_val = noise.sample_v(args.nu * len(z_val), generator=g)
+    assert cance.nce_validation_loss(T, noise, z_val, v_val, args.nu) == pytest.approx(best_val, abs=1e-4)
+    args.nce_select = "last"
+    _, _, last = cance.train_nce("cnce", z_train, moments, args, learn_k=False, z_val=z_val, log=lambda *a, **k: None)
+    assert last == args.nce_iters
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 def test_end_to_end_mnist_two_iterations_subprocess(tiny_root, tmp_path):
@@ -251,20 +331,193 @@ def test_seed_makes_cpu_runs_repeatable(tiny_root):
         assert a[key] == b[key]
 
 
+def test_end_to_end_cifar10_nine_normal_classes_table5(tiny_root, torchvision_md5):
+    """Table 5's CIFAR-10 column (9 normal classes vs 1) by construction: the loading path, the 9-class split
+    (only class 9 is anomalous) and the paper's CIFAR-10 latent and lambda."""
+    r = cance.main(["--dataset", "cifar10", "--normal", "0,1,2,3,4,5,6,7,8", "--data-root", tiny_root,
+                    "--iters", "2", "--batch-size", "8"])
+    assert r["normal"] == "0,1,2,3,4,5,6,7,8" and r["latent"] == 64 and 0 <= r["auroc"] <= 1
+
+
+def test_digits_runs_with_its_defaults_and_says_which_batch_it_picked(capsys):
+    r = cance.main(["--dataset", "digits", "--normal", "3", "--iters", "2"])
+    assert r["batch_size"] == 64 and 0 <= r["auroc"] <= 1
+    assert "batch=64" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ MNIST-C (Table 3)
+
+def write_mnist_c(root, corruptions=("fog", "shear"), n_train=300, n_test=100):
+    """Generated files in MNIST-C's public layout: mnist_c/<corruption>/{train,test}_{images,labels}.npy,
+    uint8 (N, 28, 28, 1) images. identity = the clean set; 'fog' brightens, 'shear' rolls the images."""
+    x_tr, y_tr = class_images(n_train, 28, 1, 10, seed=70)
+    x_te, y_te = class_images(n_test, 28, 1, 10, seed=71)
+    sets = {"identity": (x_tr, x_te)}
+    for c in corruptions:
+        make = (lambda x: np.clip(x.astype(int) + 120, 0, 255).astype(np.uint8)) if c == "fog" else \
+            (lambda x: np.roll(x, 7, axis=2))
+        sets[c] = (make(x_tr), make(x_te))
+    for name, (a, b) in sets.items():
+        folder = os.path.join(root, "mnist_c", name)
+        os.makedirs(folder, exist_ok=True)
+        for split, x, y in (("train", a, y_tr), ("test", b, y_te)):
+            np.save(os.path.join(folder, f"{split}_images.npy"), x)
+            np.save(os.path.join(folder, f"{split}_labels.npy"), y)
+    return x_tr, x_te
+
+
+def test_mnist_c_loader_reads_the_public_layout(tmp_path):
+    x_tr, x_te = write_mnist_c(str(tmp_path))
+    x_train, x_test, y_test, source = load_mnist_c(["fog", "shear"], str(tmp_path))
+    assert x_train.shape == (300, 1, 28, 28) and x_test.shape == (300, 1, 28, 28)
+    assert x_train.dtype == torch.float32 and 0 <= x_train.min() and x_train.max() <= 1
+    torch.testing.assert_close(x_train[:, 0], torch.from_numpy(x_tr[..., 0]).float() / 255)       # identity train
+    assert y_test.tolist() == [0] * 100 + [1] * 200 and source.tolist() == [0] * 100 + [1] * 100 + [2] * 100
+    torch.testing.assert_close(x_test[:100, 0], torch.from_numpy(x_te[..., 0]).float() / 255)     # identity test
+    assert (x_test[100:200] >= x_test[:100]).all()                                                 # fog brightens
+
+
+def test_mnist_c_missing_or_malformed_files_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="zenodo.org/record/3239543") as e:
+        load_mnist_c(["fog"], str(tmp_path))
+    assert os.path.join("mnist_c", "identity", "train_images.npy") in str(e.value)
+    write_mnist_c(str(tmp_path), corruptions=("fog",))
+    with pytest.raises(DataError, match=r"shear.test_images\.npy' was not found"):
+        load_mnist_c(["fog", "shear"], str(tmp_path))
+    np.save(os.path.join(str(tmp_path), "mnist_c", "fog", "test_images.npy"), np.zeros((5, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match=r"shape \(5, 32, 32, 3\)"):
+        load_mnist_c(["fog"], str(tmp_path))
+    with open(os.path.join(str(tmp_path), "mnist_c", "fog", "test_images.npy"), "wb") as f:
+        f.write(b"\x93NUMPY truncated")
+    with pytest.raises(DataError, match="not a readable .npy"):
+        load_mnist_c(["fog"], str(tmp_path))
+
+
+def test_end_to_end_mnist_c_table3_on_generated_files(tmp_path):
+    write_mnist_c(str(tmp_path))
+    r = cance.main(["--dataset", "mnist-c", "--corruption", "fog,shear", "--data-root", str(tmp_path),
+                    "--iters", "2", "--batch-size", "16"])
+    assert r["latent"] == 10 and r["corruption"] == "fog,shear" and 0 <= r["auroc"] <= 1   # Sec. 4: latent 10
+
+
+# ------------------------------------------------------------------------------------------ bad input (issue 18)
+
+def tabular_root(tmp_path, X):
+    import scipy.io
+    os.makedirs(tmp_path / "tabular", exist_ok=True)
+    y = np.zeros(len(X))
+    y[:10] = 1
+    scipy.io.savemat(str(tmp_path / "tabular" / "thyroid.mat"), {"X": X, "y": y.reshape(-1, 1)})
+    return str(tmp_path)
+
+
+EVERY_CLASS = ",".join(map(str, range(10)))
+
+
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "omniglot"], "invalid choice"),
     (["--dataset", "mnist", "--normal", "10"], "out of range"),
     (["--dataset", "mnist", "--normal", "1;2"], "comma list"),
-    (["--dataset", "mnist", "--batch-size", "1"], "at least 2"),
-    (["--dataset", "mnist", "--iters", "0"], "at least 1"),
-    (["--dataset", "mnist", "--latent", "0"], "--latent >= 1"),
-    (["--dataset", "thyroid", "--normal", "2"], "fixed for tabular"),
+    (["--dataset", "mnist", "--normal", "a"], "comma list"),
+    (["--dataset", "mnist", "--normal", ""], "comma list"),
+    (["--dataset", "mnist", "--normal", "1,1"], "twice"),
+    (["--dataset", "mnist", "--normal", EVERY_CLASS], "every class"),
+    (["--dataset", "fashion-mnist", "--normal", EVERY_CLASS], "every class"),
+    (["--dataset", "mnist", "--batch-size", "1"], "--batch-size must be >= 2"),
+    (["--dataset", "mnist", "--batch-size", "0"], "--batch-size must be >= 2"),
+    (["--dataset", "mnist", "--iters", "0"], "--iters must be >= 1"),
+    (["--dataset", "mnist", "--iters", "-3"], "--iters must be >= 1"),
+    (["--dataset", "mnist", "--latent", "0"], "--latent must be >= 1"),
+    (["--dataset", "mnist", "--nu", "0"], "--nu must be >= 1"),
+    (["--dataset", "mnist", "--lam", "-1"], "--lam must be >= 0"),
+    (["--dataset", "mnist", "--k-init", "1"], "--k-init must be > 1"),
+    (["--dataset", "mnist", "--k-init", "nan"], "--k-init must be a finite number"),
+    (["--dataset", "mnist", "--image-size", "8"], "--image-size must be >= 32"),
+    (["--dataset", "mnist", "--lr", "nan"], "--lr must be a finite number"),
+    (["--dataset", "mnist", "--lr", "inf"], "--lr must be a finite number"),
+    (["--dataset", "mnist", "--lr", "0"], "--lr must be > 0"),
+    (["--dataset", "mnist", "--lr", "-1"], "--lr must be > 0"),
+    (["--dataset", "mnist", "--seed", "-5"], "--seed must be in [0, "),
+    (["--dataset", "mnist", "--seed", str(2 ** 32)], "--seed must be in [0, "),
+    (["--dataset", "mnist", "--device", "tpu"], "unknown --device 'tpu'"),
+    (["--dataset", "mnist", "--device", "mps"], "--device mps is not supported"),
+    (["--dataset", "mnist", "--device", "nonsense:x"], "unknown --device"),
+    (["--dataset", "mnist", "--json", "/no/such/dir/out.json"], "does not exist"),
+    (["--dataset", "mnist", "--json", "/proc/x.json"], "cannot write into"),
+    (["--dataset", "thyroid", "--normal", "2"], "fixed for thyroid"),
     (["--dataset", "thyroid", "--features", "resnet18-pca"], "image datasets"),
+    (["--dataset", "mnist-c", "--corruption", "nope"], "--corruption 'nope'"),
+    (["--dataset", "mnist-c", "--normal", "3"], "fixed for mnist-c"),
 ])
-def test_bad_input_is_a_clear_error(tiny_root, capsys, args, message):
+def test_bad_input_is_a_clear_error_before_any_data_is_read(tmp_path, capsys, args, message):
+    """Every check runs before the data: the data root here is EMPTY, so a check that ran after loading would
+    report missing data instead of the expected message."""
     with pytest.raises(SystemExit) as e:
-        cance.main(args + ["--data-root", tiny_root])
-    assert e.value.code == 2 and message in capsys.readouterr().err
+        cance.main(args + ["--data-root", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err and "iter" not in out
+
+
+def test_bad_input_device_cuda_without_a_gpu(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for device in ("cuda", "cuda:7"):
+        with pytest.raises(SystemExit) as e:
+            cance.main(["--device", device, "--data-root", str(tmp_path)])
+        assert e.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_bad_input_json_pointing_at_a_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--json", str(tmp_path), "--data-root", str(tmp_path)])
+    assert e.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_tabular_file_with_nan_is_a_clear_error(tmp_path, capsys):
+    X = np.random.default_rng(0).normal(size=(100, 6))
+    X[17, 4] = np.nan
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--dataset", "thyroid", "--data-root", tabular_root(tmp_path, X), "--iters", "2"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and "NaN/inf" in err and "row 17, column 4" in err and "iter" not in out
+
+
+def test_tabular_file_with_only_constant_columns_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--dataset", "thyroid", "--data-root", tabular_root(tmp_path, np.ones((100, 6))), "--iters", "2"])
+    assert e.value.code == 2 and "every column" in capsys.readouterr().err
+
+
+def test_tabular_constant_column_is_reported_and_kept_finite(tmp_path, capsys):
+    """The real ODDS Arrhythmia file has 17 constant columns, so one constant column is not an error: it is
+    reported, and z-scoring keeps it at 0 (std 1, GOAD's norm_data) instead of dividing by ~0."""
+    X = np.random.default_rng(0).normal(size=(200, 6))
+    X[:, 2] = 5.0
+    X[:10, 3] = 0.0                                     # the anomalies' column 3 is constant-free; train rows vary
+    r = cance.main(["--dataset", "thyroid", "--data-root", tabular_root(tmp_path, X), "--iters", "2"])
+    assert "1 of 6 columns are constant" in capsys.readouterr().out and 0 <= r["f1"] <= 1
+    x_train, (x_test, _) = cance.tabular_split(torch.tensor(X, dtype=torch.float32), torch.tensor([1] * 10 + [0] * 190), 0)
+    assert (x_train[:, 2] == 0).all() and (x_test[:, 2] == 0).all()
+
+
+def test_ctrl_c_says_how_far_it_got_and_exits_130(tiny_root, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    real = cance.ae_loss
+    monkeypatch.setattr(cance, "ae_loss", interrupted)
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--dataset", "thyroid", "--data-root", tiny_root, "--iters", "5", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "interrupted during AE stage 1, iteration 2/5" in err and "Traceback" not in err
+    assert not out.exists() and not os.path.exists(str(out) + ".tmp")
 
 
 def test_missing_data_offline_exits_with_one_paragraph(tmp_path, capsys):
@@ -307,7 +560,7 @@ def test_learning_cnce_beats_reconstruction_error_on_unusual_latents():
     labels = np.r_[np.zeros(300), np.ones(300)]
     args = cance.parse_args(["--batch-size", "128", "--lr", "3e-3"])
     args.nce_iters = 300
-    T, noise = cance.train_nce("cnce", z_train, moments, args, learn_k=False, log=lambda *a, **k: None)
+    T, noise, _ = cance.train_nce("cnce", z_train, moments, args, learn_k=False, log=lambda *a, **k: None)
     auroc_cnce = roc_auc_score(labels, cance.anomaly_score(T, noise, z_test, args.nu))
     auroc_error = roc_auc_score(labels, z_test[:, 3].numpy())
     assert auroc_error < 0.65 and auroc_cnce > 0.95
