@@ -1,5 +1,6 @@
-"""Tests for itad.py: the equations of Alg. 1-5 against hand computations, the batched augmentation,
-two-iteration runs of both models on generated data, bad input, and a fast learning check."""
+"""Tests for itad.py: Alg. 1-5 and Eq. 22-29 against hand computations (each test names the line it checks),
+Table IV shapes, the batched AMDIM augmentation, the BatchNorm statistics of the scoring step, runs of both
+models on generated data, bad input (issue 18), Ctrl-C, repeatability, and a no-collapse learning test."""
 import math
 import os
 import sys
@@ -12,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import itad  # noqa: E402
 from conftest import read_json, run_script  # noqa: E402
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """The test machine's cores are shared: one intra-op thread is several times faster there."""
@@ -21,74 +23,62 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-TINY = ["--batch-size", "16", "--width", "4", "--z-dim", "8", "--ndf", "4", "--nrkhs", "8", "--ndepth", "1"]
+TINY = ["--batch-size", "16", "--ndf", "4", "--nrkhs", "8", "--ndepth", "1", "--mc-samples", "1"]
 
 
-def test_alg1_clipped_similarity_matches_hand_computation():
+def ns(**kw):
+    base = dict(model="base", mi="nce", c2=20.0, q=1, entropy_reduce="sum", beta=20.0, mc_samples=1)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+# ------------------------------------------------------------------------------------------ Alg. 1
+
+def test_alg1_line12_soft_clip_matches_hand_computation():
     a = torch.tensor([[1.0, 2.0]])
     b = torch.tensor([[3.0, 4.0], [0.0, -1.0]])
-    s = itad.clipped_similarity(a, b, c1=2.0, c2=20.0)
-    # s = a b^T = [11, -2]; s' = 20 tanh(s / 40)
+    s = itad.soft_clip(itad.similarity(a, b), c1=2.0, c2=20.0)
+    # line 11: s = a b^T = [11, -2]; line 12: s' = 20 tanh(s / (2 * 20))
     assert torch.allclose(s, torch.tensor([[20 * math.tanh(11 / 40), 20 * math.tanh(-2 / 40)]]))
-    big = itad.clipped_similarity(100 * a, 100 * b, c1=1.0, c2=20.0)
-    assert big.abs().max() <= 20.0                          # soft clipping bounds every logit by c2
+    assert itad.soft_clip(torch.tensor([1e4]), 1.0, 20.0).abs().max() <= 20.0   # bounded by c2
 
 
-def test_eq18_nce_loss_excludes_self_pairs_matches_hand_computation():
-    # 2 images, 4 views: rows 0,1 are image 0, rows 2,3 image 1
+def test_alg1_lines13_17_nce_excludes_self_pairs_matches_hand_computation():
+    # 2 images, 4 views: rows 0,1 are image 0 (the paper's 2k-1, 2k), rows 2,3 image 1
     s = torch.tensor([[9.0, 1.0, 0.5, -1.0],
                       [1.0, 7.0, 0.0, 2.0],
                       [0.5, 0.0, 5.0, 3.0],
                       [-1.0, 2.0, 3.0, 8.0]])
     expected = 0.0
     for i, partner in ((0, 1), (1, 0), (2, 3), (3, 2)):
-        others = [k for k in range(4) if k != i]              # k != i: the self-pair is not a negative
+        others = [k for k in range(4) if k != i]              # line 16: sum over k != i
         expected += -(s[i, partner] - torch.logsumexp(s[i, others], 0)).item()
-    expected /= 4                                             # (1/2N) sum over the 2N views
+    expected /= 4                                             # line 17: (1/2N) sum over both directions
     assert itad.nce_loss(s).item() == pytest.approx(expected, abs=1e-6)
     s2 = s.clone()
-    s2.diagonal().fill_(-50.0)                                # the diagonal must not matter
+    s2.diagonal().fill_(-50.0)                                # the self-pairs must not matter
     assert itad.nce_loss(s2).item() == pytest.approx(expected, abs=1e-6)
+    assert itad.nce_loss(s + 3.0).item() == pytest.approx(expected, abs=1e-6)   # line 14: the max shift
 
 
-def test_alg3_global_local_nce_uses_other_views_local_maps():
-    s = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
-    expected = (-(2.0 - math.log(math.exp(2) + 1)) - (3.0 - math.log(math.exp(1) + math.exp(3)))) / 2
-    assert itad.nce_loss_global_local(s).item() == pytest.approx(expected, abs=1e-6)
-
-
-def test_alg3_global_local_similarity_sums_over_positions():
-    g = torch.tensor([[1.0, -1.0]])
-    l = torch.arange(8.0).view(1, 2, 2, 2)                    # channel 0: 0..3, channel 1: 4..7
-    s = itad.global_local_similarity(g, l, c1=1.0, c2=20.0)
-    raw = (0 + 1 + 2 + 3) - (4 + 5 + 6 + 7)                   # sum_p g^T l[p] = -16
-    assert s.item() == pytest.approx(20 * math.tanh(raw / 20), abs=1e-5)
-
-
-def test_eq19_entropy_bound_l1_l2_matches_hand_computation():
+def test_alg1_line18_entropy_bound_sum_and_mean_match_hand_computation():
     z = torch.tensor([[3.0, -4.0], [0.0, 1.0]])
-    assert itad.entropy_bound(z, 1).item() == pytest.approx((7 + 1) / 2)      # Laplace: L1, mean over views
-    assert itad.entropy_bound(z, 2).item() == pytest.approx((5 + 1) / 2)      # Gaussian: L2
-    maps = torch.tensor([[[[1.0, -2.0]], [[0.0, 3.0]]]])                      # (1, 2, 1, 2): flattened
-    assert itad.entropy_bound(maps, 1).item() == pytest.approx(6.0)
-    # --entropy-reduce mean: ||z||_q / d^(1/q): L1 -> mean |z_j|, L2 -> RMS
-    assert itad.entropy_bound(z, 1, "mean").item() == pytest.approx((7 / 2 + 1 / 2) / 2)
+    assert itad.entropy_bound(z, 1, "sum").item() == pytest.approx((7 + 1) / 2)      # (1/2N) sum_k ||z_k||_1
+    assert itad.entropy_bound(z, 2, "sum").item() == pytest.approx((5 + 1) / 2)      # q = 2
+    maps = torch.tensor([[[[1.0, -2.0]], [[0.0, 3.0]]]])                             # (1, 2, 1, 2): flattened
+    assert itad.entropy_bound(maps, 1, "sum").item() == pytest.approx(6.0)
+    assert itad.entropy_bound(z, 1, "mean").item() == pytest.approx((7 / 2 + 1 / 2) / 2)   # per dimension
     assert itad.entropy_bound(z, 2, "mean").item() == pytest.approx((5 / math.sqrt(2) + 1 / math.sqrt(2)) / 2)
-    assert itad.entropy_bound(maps, 1, "mean").item() == pytest.approx(6.0 / 4)
 
 
-@pytest.mark.parametrize("kind", ["affine", "fixed", "none"])
-def test_code_norm_options_build_the_last_layer(kind):
-    base = itad.BaseModel(width=4, z_dim=8, code_norm=kind)
-    ext = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=1, code_norm=kind)
-    for last in (base.head[-1], ext.top[-1], ext.phi.bn):
-        if kind == "none":
-            assert isinstance(last, torch.nn.Identity)
-        else:
-            assert isinstance(last, torch.nn.modules.batchnorm._BatchNorm) and last.affine == (kind == "affine")
-    z = base.eval()(torch.rand(3, 3, 32, 32))
-    g, l = ext.eval()(torch.rand(3, 3, 32, 32))
-    assert z.shape == (3, 8) and g.shape == (3, 8) and l.shape == (3, 8, 7, 7)
+def test_alg1_line19_base_loss_is_nce_plus_beta_entropy():
+    torch.manual_seed(0)
+    z = torch.randn(6, 4)
+    loss, mi, ent = itad.base_loss(z, ns(beta=3.0), c1=2.0)
+    s = 20 * torch.tanh(z @ z.t() / 40)
+    assert mi.item() == pytest.approx(itad.nce_loss(s).item(), abs=1e-6)
+    assert ent.item() == pytest.approx(z.abs().sum(1).mean().item(), abs=1e-5)
+    assert loss.item() == pytest.approx(mi.item() + 3.0 * ent.item(), abs=1e-5)
 
 
 def test_eq28_jsd_matches_hand_computation():
@@ -96,73 +86,184 @@ def test_eq28_jsd_matches_hand_computation():
                       [1.0, 0.0, 0.5, 0.0],
                       [-1.0, 0.5, 0.0, 3.0],
                       [2.0, 0.0, 3.0, 0.0]])
-    pos = itad.pair_partner_mask(4, "cpu")
     sp = lambda t: math.log1p(math.exp(t))
     e_pos = sum(-sp(-s[i, j].item()) for i, j in ((0, 1), (1, 0), (2, 3), (3, 2))) / 4
     neg = [(i, j) for i in range(4) for j in range(4) if i != j and j != i ^ 1]
     e_neg = sum(sp(s[i, j].item()) for i, j in neg) / len(neg)
-    assert itad.jsd_loss(s, pos).item() == pytest.approx(-(e_pos - e_neg), abs=1e-6)
+    assert itad.jsd_loss(s).item() == pytest.approx(-(e_pos - e_neg), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ Alg. 3 / 4
+
+def test_alg3_line8_similarity_sums_over_both_position_sets():
+    a = torch.arange(4.0).view(1, 2, 2, 1)                    # (1, d=2, 2 positions): channel 0: 0,1; 1: 2,3
+    b = torch.tensor([[[[1.0, -1.0, 2.0]], [[0.5, 0.0, 1.0]]]])  # (1, d=2, 3 positions)
+    by_hand = sum(a[0, :, p1, 0] @ b[0, :, 0, p2] for p1 in range(2) for p2 in range(3))
+    assert itad.similarity(a, b).item() == pytest.approx(by_hand.item())
+    g = torch.tensor([[1.0, -1.0]])                           # a global code: n1 = 1
+    assert itad.similarity(g, b).item() == pytest.approx((1 - 1 + 2) - (0.5 + 0 + 1))
+
+
+def test_alg4_line14_global_local_nce_over_all_2n_views_with_k_not_i():
+    torch.manual_seed(0)
+    n2, d = 4, 3
+    g, l = torch.randn(n2, d), torch.randn(n2, d, 2, 2)
+    args = ns(beta=0.0)
+    _, mi, _ = itad.extension_loss(g, l, args, c1=1.0)
+    s_gg = 20 * torch.tanh(g @ g.t() / 20)
+    s_gl = 20 * torch.tanh(g @ l.sum((2, 3)).t() / 20)       # (2N, 2N): every global code vs every local map
+    total = 0.0
+    for s in (s_gg, s_gl):                                    # Alg. 4 lines 13-14
+        for i in range(n2):
+            partner = i ^ 1                                   # (2k-1, 2k) and (2k, 2k-1)
+            others = [k for k in range(n2) if k != i]         # Alg. 3 line 12: k != i, the other view included
+            total += -(s[i, partner] - torch.logsumexp(s[i, others], 0)).item() / n2
+    assert mi.item() == pytest.approx(total, abs=1e-5)
+
+
+def test_alg4_line15_entropy_counts_global_and_local_codes():
+    g, l = torch.ones(2, 3), -torch.ones(2, 3, 2, 2)
+    _, _, ent = itad.extension_loss(g, l, ns(), c1=1.0)
+    assert ent.item() == pytest.approx(3 + 12)                # ||g||_1 + ||l||_1 per view, mean over views
+
+
+# ------------------------------------------------------------------------------------------ scores
+
+def test_alg2_eq23_base_score_is_clipped_squared_norm():
+    torch.manual_seed(0)
+    model = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=1).eval()
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        z = model(itad.to_minus1_1(x)).double()
+        expected = 20 * torch.tanh((z * z).sum(1) / (math.sqrt(8) * 20))
+        got = itad.normal_scores(model, x, ns(), math.sqrt(8), "ori")
+    assert torch.allclose(torch.as_tensor(got), expected, atol=1e-8)
+
+
+class FixedCodes(torch.nn.Module):
+    """A stand-in encoder that returns given codes, so the scores can be checked by hand."""
+
+    def __init__(self, *codes):
+        super().__init__()
+        self.codes = codes
+
+    def forward(self, x):
+        return self.codes if len(self.codes) > 1 else self.codes[0]
+
+
+def test_alg5_line12_extension_score_clips_the_sum_of_both_similarities():
+    g = torch.tensor([[2.0, 1.0], [3.0, -1.0]])
+    l = torch.tensor([[1.0, 1.0], [0.5, 2.0]]).view(2, 2, 1, 1).repeat(1, 1, 2, 2)  # 4 positions, same vector
+    x = torch.zeros(2, 3, 32, 32)
+    got = itad.normal_scores(FixedCodes(g, l), x, ns(model="extension"), 2.0, "ori")
+    # Alg. 5 lines 9-11: s_gvg = g.g = [5, 10]; s_gvl = g . sum_p l_p = 4 * [3, -0.5] = [12, -2]; s = [17, 8]
+    expected = [20 * math.tanh(17 / 40), 20 * math.tanh(8 / 40)]                  # line 12: one clip, on the sum
+    per_term = [20 * math.tanh(5 / 40) + 20 * math.tanh(12 / 40), 20 * math.tanh(10 / 40) + 20 * math.tanh(-2 / 40)]
+    assert got.tolist() == pytest.approx(expected, abs=1e-9)
+    assert got.tolist() != pytest.approx(per_term, abs=1e-3)      # clipping each term gives other values
+
+
+def test_eq22_eq29_pair_scores_use_the_global_code_of_two_views():
+    torch.manual_seed(0)
+    model = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=1, local=True).eval()
+    xa, xb = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        got = itad.pair_score(model, xa, xb, ns(model="extension"), 2.0)
+        ga, gb = model(xa)[0].double(), model(xb)[0].double()
+    assert torch.allclose(got, 20 * torch.tanh((ga * gb).sum(1) / 40))
+    torch.manual_seed(1)
+    x = torch.rand(4, 3, 32, 32)
+    mc = itad.normal_scores(model, x, ns(model="extension", mc_samples=3), 2.0, "mc")
+    assert mc.shape == (4,) and len(set(mc.round(6).tolist())) == 4
+
+
+def test_bn_statistics_train_and_test_switch_and_restore():
+    torch.manual_seed(0)
+    model = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=1)
+    model(torch.randn(16, 3, 32, 32))                         # training statistics
+    saved = itad.set_bn_statistics(model, None, "train")
+    x = torch.rand(40, 3, 32, 32)                             # the "test" images
+    itad.set_bn_statistics(model, x, "test", chunk=20)
+    assert not model.training
+    seen = []
+    model.norm.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        model(itad.to_minus1_1(x))
+    h = seen[0].flatten(1)                                    # (40, 8): the code before its BatchNorm
+    assert torch.allclose(model.norm.running_mean, h.mean(0), atol=1e-6)      # these images' mean
+    within = (h[:20].var(0) + h[20:].var(0)) / 2              # mean of the two passes' (unbiased) variances
+    assert torch.allclose(model.norm.running_var, within, rtol=1e-4, atol=1e-9)
+    itad.set_bn_statistics(model, None, "train", saved)
+    assert torch.equal(model.norm.running_mean, saved[0][0]) and model.norm.momentum == 0.1
+
+
+# ------------------------------------------------------------------------------------------ Table IV, augmentation
+
+def test_table4_encoder_shapes_local_5x5_by_default():
+    x = torch.rand(2, 3, 32, 32)
+    g, l = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=2, local=True)(x)
+    assert g.shape == (2, 8) and l.shape == (2, 8, 5, 5)
+    _, l7 = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=2, local=True, local_size=7)(x)
+    assert l7.shape == (2, 8, 7, 7)
+    base = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=2)
+    assert base(x).shape == (2, 8) and base.phi is None
+    assert len(base.block1) == 2 and isinstance(base.norm, torch.nn.BatchNorm2d) and base.norm.affine
+
+
+def test_table4_sizes_are_the_defaults_and_digits_gets_sizes_that_fit():
+    args = itad.parse_args([])
+    assert args.model == "base" and args.encoder == "amdim" and args.beta == 20.0 and args.lr == 2e-4
+    assert args.epochs == 400 and args.local_size == 5 and args.c2 == 20.0
+    itad.fill_defaults(args, 6000, lambda *a, **k: None)
+    assert (args.ndf, args.nrkhs, args.ndepth, args.mc_samples, args.batch_size) == (128, 1024, 10, 100, 200)
+    assert args.iters == 400 * 30
+    lines = []
+    small = itad.parse_args(["--dataset", "digits"])
+    itad.fill_defaults(small, 122, lambda *a, **k: lines.append(a[0]))
+    assert small.batch_size == 122 and small.ndf == itad.DIGITS["ndf"]
+    assert any("--batch-size 122" in line for line in lines)
 
 
 def test_augmentation_draws_different_parameters_per_sample():
     torch.manual_seed(0)
     n = 64
     prm = itad.draw_augmentation(n, "cpu")
-    crops = torch.stack([prm[k] for k in ("w", "h", "cx", "cy")], 1)
-    assert crops.unique(dim=0).shape[0] == n                  # every sample has its own crop box
-    assert prm["w"].unique().numel() > n // 2 and prm["h"].unique().numel() > n // 2
-    assert 0 < (prm["flip"] < 0).sum() < n                    # some flipped, some not
+    assert prm["dx"].min() >= -4 and prm["dx"].max() <= 4 and prm["dx"].unique().numel() > 5
+    assert 0 < prm["flip"].sum() < n and 0 < prm["gray"].sum() < n
     jittered = prm["brightness"] != 1.0
     assert 0 < jittered.sum() < n and prm["brightness"][jittered].unique().numel() == int(jittered.sum())
-    assert 0 < prm["gray"].sum() < n
     x = torch.rand(1, 3, 32, 32).expand(n, -1, -1, -1).contiguous()   # one image repeated
     y = itad.augment(x, prm)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
-    flat = y.flatten(1)
-    assert torch.cdist(flat, flat).fill_diagonal_(1.0).min() > 1e-3   # every sample got its own transform
+    distinct = y.flatten(1).round(decimals=4).unique(dim=0).shape[0]
+    assert distinct > 0.8 * n                                 # (a few draw "no shift, no jitter" alike)
 
 
-def test_augmentation_identity_parameters_leave_image_unchanged():
+def test_augmentation_identity_flip_and_translation_with_reflect_padding():
     x = torch.rand(2, 3, 32, 32)
     one, zero = torch.ones(2), torch.zeros(2)
-    prm = dict(w=one, h=one, cx=zero, cy=zero, flip=one, brightness=one, contrast=one, saturation=one,
-               hue=zero, gray=torch.zeros(2, dtype=torch.bool))
+    prm = dict(flip=torch.zeros(2, dtype=torch.bool), dx=zero.long(), dy=zero.long(), brightness=one,
+               contrast=one, saturation=one, hue=zero, gray=torch.zeros(2, dtype=torch.bool))
     assert torch.allclose(itad.augment(x, prm), x, atol=1e-5)
-    prm["flip"] = -one
-    assert torch.allclose(itad.augment(x, prm), x.flip(-1), atol=1e-5)
+    assert torch.allclose(itad.augment(x, dict(prm, flip=torch.ones(2, dtype=torch.bool))), x.flip(-1), atol=1e-5)
+    shifted = itad.augment(x, dict(prm, dx=torch.tensor([3, 0]), dy=torch.tensor([0, -2])))
+    assert torch.allclose(shifted[0, :, :, 3:], x[0, :, :, :-3], atol=1e-5)            # moved right by 3
+    assert torch.allclose(shifted[0, :, :, :3], x[0, :, :, 1:4].flip(-1), atol=1e-5)   # reflect padding
+    assert torch.allclose(shifted[1, :, :-2], x[1, :, 2:], atol=1e-5)                  # moved up by 2
 
 
-def test_eq23_self_score_is_clipped_squared_norm():
+def test_alg1_lines3_6_two_views_share_the_flip_and_differ_otherwise():
     torch.manual_seed(0)
-    args = types.SimpleNamespace(model="base", c2=20.0)
-    model = itad.BaseModel(width=4, z_dim=8).eval()
-    x = torch.rand(5, 3, 32, 32)
-    with torch.no_grad():
-        z = model(itad.to_minus1_1(x))
-        expected = 20 * torch.tanh((z * z).sum(1) / (math.sqrt(8) * 20))
-        got = itad.normal_scores(model, x, args, math.sqrt(8), "self")
-    assert torch.allclose(torch.as_tensor(got), expected, atol=1e-5)
+    x = torch.rand(8, 3, 32, 32)
+    x[:, :, :, :16] = 0                                       # left half dark: a flip is visible
+    v = itad.two_views(x)
+    assert v.shape == (16, 3, 32, 32) and v.min() >= -1 and v.max() <= 1
+    left_dark = (v[:, :, :, :12] + 1).abs().mean((1, 2, 3)) < (v[:, :, :, 20:] + 1).abs().mean((1, 2, 3))
+    assert torch.equal(left_dark[0::2], left_dark[1::2])      # both views of an image flipped alike
+    assert (v[0::2] - v[1::2]).abs().amax((1, 2, 3)).min() > 0
 
 
-def test_eq24_extension_score_is_gg_plus_gl():
-    torch.manual_seed(0)
-    args = types.SimpleNamespace(model="extension", c2=20.0)
-    model = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=1).eval()
-    x = torch.rand(3, 3, 32, 32)
-    with torch.no_grad():
-        g, l = model(itad.to_minus1_1(x))
-        assert g.shape == (3, 8) and l.shape == (3, 8, 7, 7)
-        c1 = math.sqrt(8)
-        expected = (itad.clipped_similarity(g, g, c1, 20).diagonal()
-                    + itad.global_local_similarity(g, l, c1, 20).diagonal())
-        got = itad.normal_scores(model, x, args, c1, "self")
-    assert torch.allclose(torch.as_tensor(got), expected, atol=1e-4)
-
-
-def test_table4_encoder_local_size_5():
-    g, l = itad.AmdimEncoder(ndf=4, nrkhs=8, ndepth=2, local_size=5)(torch.rand(2, 3, 32, 32))
-    assert g.shape == (2, 8) and l.shape == (2, 8, 5, 5)
-
+# ------------------------------------------------------------------------------------------ runs
 
 def test_base_two_iterations_as_a_user_runs_it(tiny_root, tmp_path):
     out = tmp_path / "r.json"
@@ -170,37 +271,77 @@ def test_base_two_iterations_as_a_user_runs_it(tiny_root, tmp_path):
                       "--json", out, *TINY)
     assert "iter 2/2" in p.stdout
     assert r["method"] == "itad" and r["model"] == "base" and r["normal"] == "3"
-    assert 0 <= float(r["auroc"]) <= 1 and "auroc_rand" in r
+    for key in ("auroc", "auroc_rand", "auroc_mc", "auroc_trainbn"):
+        assert 0 <= float(r[key]) <= 1
     j = read_json(out)
     assert j["auroc"] == float(r["auroc"]) and j["iters"] == 2
 
 
-def test_extension_two_iterations_jsd_l2_mc_score(tiny_root):
+def test_extension_two_iterations_jsd_l2_train_bn_stats(tiny_root):
     r = itad.main(["--dataset", "fashion-mnist", "--normal", "0,1", "--data-root", tiny_root, "--iters", "2",
-                   "--model", "extension", "--mi", "jsd", "--entropy", "l2", "--score", "mc", "--mc-samples", "2",
-                   "--code-norm", "none", "--entropy-reduce", "mean", *TINY])
-    assert r["model"] == "extension" and r["score"] == "mc" and r["normal"] == "0,1"
-    assert 0 <= r["auroc"] <= 1 and 0 <= r["auroc_self"] <= 1 and 0 <= r["auroc_rand"] <= 1
+                   "--model", "extension", "--mi", "jsd", "--entropy", "l2", "--bn-stats", "train",
+                   "--entropy-reduce", "mean", *TINY])
+    assert r["model"] == "extension" and r["normal"] == "0,1" and r["bn_stats"] == "train"
+    assert 0 <= r["auroc"] <= 1 and 0 <= r["auroc_mc"] <= 1 and 0 <= r["auroc_testbn"] <= 1
 
 
-def test_cifar10_extension_two_iterations_beta0(tiny_root, torchvision_md5):
+def test_cifar10_extension_local7_beta0_and_resnet_base(tiny_root, torchvision_md5):
     r = itad.main(["--dataset", "cifar10", "--normal", "2", "--data-root", tiny_root, "--iters", "2",
-                   "--model", "extension", "--beta", "0", "--local-size", "5", *TINY])
+                   "--model", "extension", "--beta", "0", "--local-size", "7", *TINY])
     assert r["dataset"] == "cifar10" and r["beta"] == 0.0 and 0 <= r["auroc"] <= 1
+    r = itad.main(["--dataset", "cifar10", "--normal", "2", "--data-root", tiny_root, "--iters", "2",
+                   "--encoder", "resnet18", "--width", "4", "--mc-samples", "0", *TINY[:-2]])
+    assert "auroc_mc" not in r and 0 <= r["auroc"] <= 1
 
+
+def test_digits_runs_with_its_defaults():
+    r = itad.main(["--dataset", "digits", "--normal", "3", "--iters", "2", "--mc-samples", "1"])
+    assert r["batch_size"] == 122 and 0 <= r["auroc"] <= 1
+
+
+def test_cpu_runs_are_repeatable(tiny_root):
+    argv = ["--dataset", "mnist", "--data-root", tiny_root, "--iters", "3", *TINY]
+    assert itad.main(argv) | {"seconds": 0, "train_samples_per_s": 0, "score_samples_per_s": 0} == \
+        itad.main(argv) | {"seconds": 0, "train_samples_per_s": 0, "score_samples_per_s": 0}
+
+
+# ------------------------------------------------------------------------------------------ issue 18
 
 @pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--beta", "-1"], "--beta must be >= 0"),
+    (["--beta", "inf"], "--beta must be a finite number"),
+    (["--c2", "0"], "--c2 must be > 0"),
+    (["--seed", "-5"], "--seed must be in [0, 4.29497e+09]"),
+    (["--iters", "0"], "--iters must be >= 1"),
+    (["--epochs", "-3"], "--epochs must be >= 1"),
+    (["--batch-size", "1"], "--batch-size must be >= 2"),
+    (["--mc-samples", "-1"], "--mc-samples must be >= 0"),
+    (["--ndf", "0"], "--ndf must be >= 1"),
+    (["--device", "tpu"], "unknown --device 'tpu'"),
+    (["--json", "/no/such/dir/out.json"], "does not exist"),
+    (["--model", "extension", "--encoder", "resnet18"], "needs the Table IV encoder"),
     (["--normal", "10"], "out of range"),
     (["--normal", "a,b"], "comma list"),
-    (["--batch-size", "1"], "at least 2"),
+    (["--normal", "1,1"], "twice"),
+    (["--normal", "0,1,2,3,4,5,6,7,8,9"], "every class"),
     (["--batch-size", "5000"], "exceeds"),
-    (["--iters", "0"], "at least 1"),
-    (["--mc-samples", "0"], "at least 1"),
+    (["--dataset", "imagenet"], "invalid choice"),
 ])
-def test_bad_input_exits_with_message(tiny_root, capsys, args, message):
+def test_bad_input_is_an_error_line_before_training(tiny_root, capsys, args, message):
     with pytest.raises(SystemExit) as e:
         itad.main(["--dataset", "mnist", "--data-root", tiny_root, *args])
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr()
+    assert e.value.code == 2 and err.err.startswith("error: ") and message in err.err, err.err
+    assert "iter " not in err.out                             # no training step ran
+
+
+def test_cuda_without_a_gpu_is_an_error(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        itad.main(["--device", "cuda"])
+    assert e.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_missing_data_offline_is_a_clear_error_without_traceback(tmp_path):
@@ -208,20 +349,46 @@ def test_missing_data_offline_is_a_clear_error_without_traceback(tmp_path):
     assert "MNIST/raw" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_unknown_dataset_is_rejected(capsys):
+def test_ctrl_c_says_how_far_it_got_and_exits_130(tiny_root, capsys, monkeypatch):
+    def interrupted(model, x, args, c1, log=print):
+        args.progress = "training, iteration 7/9"
+        raise KeyboardInterrupt
+    monkeypatch.setattr(itad, "train", interrupted)
     with pytest.raises(SystemExit) as e:
-        itad.main(["--dataset", "imagenet"])
-    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+        itad.main(["--dataset", "mnist", "--data-root", tiny_root, *TINY])
+    assert e.value.code == 130 and "interrupted during training, iteration 7/9" in capsys.readouterr().err
 
 
-def test_cpu_runs_are_repeatable(tiny_root):
-    argv = ["--dataset", "mnist", "--data-root", tiny_root, "--iters", "2", *TINY]
-    assert itad.main(argv)["auroc"] == itad.main(argv)["auroc"]
+def test_nan_in_training_stops_with_a_message(tiny_root, capsys):
+    with pytest.raises(SystemExit) as e:
+        itad.main(["--dataset", "mnist", "--data-root", tiny_root, "--iters", "3", "--lr", "1e30", *TINY])
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err
 
 
-def test_learning_separates_an_easy_anomaly_set(tiny_root):
-    """Generated data: class c is a bright blob at a class-specific place; class 0 is normal. Paper defaults
-    (beta = 20, L1, InfoNCE, self score) with a tiny ResNet; AUROC 0.88 when written (seed 0, 120 steps)."""
-    r = itad.main(["--dataset", "mnist", "--normal", "0", "--data-root", tiny_root, "--iters", "120",
-                   "--batch-size", "32", "--width", "8", "--z-dim", "16", "--seed", "0"])
-    assert r["auroc"] > 0.8, r
+# ------------------------------------------------------------------------------------------ learning
+
+EASY = ["--dataset", "mnist", "--normal", "0", "--iters", "150", "--batch-size", "32", "--ndf", "8", "--nrkhs", "64",
+        "--ndepth", "1", "--mc-samples", "0", "--seed", "0"]
+CHANCE = math.log(2 * 32 - 1)                                 # InfoNCE at chance with 2N = 64 views
+
+
+def test_beta0_nce_learns_and_normal_codes_are_larger_on_an_easy_set(tiny_root):
+    """Generated data (class c = a bright blob at a class-specific place), class 0 normal, beta = 0: the InfoNCE
+    term learns and the Eq. 23 score ranks the normal class first. When written (seed 0, 150 steps): NCE 3.56
+    against 4.14 at chance, z_spread 0.034, AUROC 0.999 (test BN statistics), 1.0 (training statistics)."""
+    r = itad.main([*EASY, "--data-root", tiny_root, "--beta", "0"])
+    assert r["nce_end"] < CHANCE - 0.3, r
+    assert r["z_spread"] > 0.02 and r["znorm_normal"] > r["znorm_anomaly"], r
+    assert r["auroc"] > 0.9, r
+
+
+@pytest.mark.xfail(strict=True, reason="known failure, see itad.py's docstring: at the paper's beta = 20 the entropy "
+                                       "term collapses the code (NCE at chance, code dimensions switched off through "
+                                       "BatchNorm's eps) in every reading measured. Strict: a change that fixes it "
+                                       "must update this test and the docstring.")
+def test_default_beta_does_not_collapse_on_an_easy_set(tiny_root):
+    """The same set and budget at the default beta = 20. When written (seed 0, 150 steps): NCE 4.14 (chance 4.14),
+    z_spread 0.007, dims_alive 0.0, AUROC 0.59."""
+    r = itad.main([*EASY, "--data-root", tiny_root])
+    assert r["beta"] == 20.0
+    assert r["nce_end"] < CHANCE - 0.3 and r["z_spread"] > 0.02 and r["dims_alive"] > 0.05, r
