@@ -205,6 +205,21 @@ def test_tabular_split_is_half_the_normal_rows_for_training(tiny_root):
     assert x_train.mean(0).abs().max() < 1e-5                 # z-scored with the training rows
 
 
+def test_drocc_split_tests_every_anomaly_against_as_many_normal_rows(tiny_root):
+    X, y = cance.load_tabular("thyroid", tiny_root)          # generated: 600 rows, 30 anomalies
+    x_train, (x_test, y_test) = cance.tabular_split(X, y, seed=0, protocol="drocc")
+    assert len(x_test) == 60 and int(y_test.sum()) == 30 and len(x_train) == 540   # process_odds.py's sizes
+    assert x_train.mean(0).abs().max() < 1e-5
+
+
+def test_f1_drocc_rule_is_the_normal_class_f1_at_80_percent_predicted_normal():
+    labels = np.array([0] * 5 + [1] * 5)                      # balanced, as the drocc split is
+    perfect = np.arange(10.0)                                  # anomalies score highest
+    # 8 predicted normal, 5 of them normal: precision 5/8, recall 1 -> F1 = 2 * 0.625 / 1.625
+    assert cance.f1_drocc_rule(perfect, labels) == pytest.approx(2 * 0.625 / 1.625)
+    assert cance.f1_at_ratio(perfect, labels) == 1.0
+
+
 def test_conv_ae_shapes_and_batchnorm_directly_before_the_latent():
     for channels, side in ((1, 28), (3, 32)):
         ae = cance.ConvAE(channels, side, latent=5)
@@ -294,7 +309,7 @@ def test_end_to_end_fashion_mnist_nine_normal_classes(tiny_root):
 @pytest.mark.parametrize("dataset,latent", [("thyroid", 3), ("arrhythmia", 8), ("abalone", 3)])
 def test_end_to_end_tabular_f1_for_all_four_variants(tiny_root, dataset, latent):
     r = cance.main(["--dataset", dataset, "--data-root", tiny_root, "--iters", "2"])
-    for key in ("f1", "f1_error", "f1_latnce", "f1_cnce", "auroc", "auroc_error"):
+    for key in ("f1", "f1_error", "f1_latnce", "f1_cnce", "f1_drocc_rule", "auroc", "auroc_error"):
         assert 0 <= r[key] <= 1
     assert r["latent"] == latent and r["lam"] == 0.3
 
