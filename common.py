@@ -151,19 +151,34 @@ def load_omniglot(root=None, size=28):
         paths = [(os.path.join(ds.target_folder, ds._characters[c], f), c) for f, c in ds._flat_character_images]
         images = [np.asarray(Image.open(p).convert("L")) for p, _ in paths]
         labels = [c for _, c in paths]
+        if not images:
+            raise ValueError("no images in omniglot-py")                 # an empty extracted folder: try the zips
     except Exception:
-        images, labels, chars = [], [], {}
+        images, labels, chars, found = [], [], {}, []
         for sub in ("", "omniglot_subsets"):
             for k in (1, 2):
                 zpath = os.path.join(root, sub, f"images_background_small{k}.zip")
                 if not os.path.exists(zpath):
                     continue
-                with zipfile.ZipFile(zpath) as z:
-                    for n in sorted(z.namelist()):
-                        if n.endswith(".png"):
-                            with z.open(n) as f:
-                                images.append(np.asarray(Image.open(f).convert("L")))
-                            labels.append(chars.setdefault(os.path.dirname(n), len(chars)))
+                found.append(zpath)
+                try:
+                    with zipfile.ZipFile(zpath) as z:
+                        for n in sorted(z.namelist()):
+                            if n.endswith(".png"):
+                                with z.open(n) as f:
+                                    images.append(np.asarray(Image.open(f).convert("L")))
+                                labels.append(chars.setdefault(os.path.dirname(n), len(chars)))
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:   # PIL's errors are OSErrors
+                    raise DataError(f"'{zpath}' is not a readable zip archive of Omniglot PNGs ({type(e).__name__}: "
+                                    f"{e}). Download it again (github.com/brendenlake/omniglot, python/"
+                                    f"images_background_small{k}.zip)") from None
+        folders = [d for d in (os.path.join(root, "omniglot_subsets"), os.path.join(root, "omniglot-py"))
+                   if os.path.isdir(d)]
+        if not images and (found or folders):
+            raise DataError(f"no Omniglot images (.png) in {', '.join(found or folders)}. Put the official "
+                            "images_background_small1.zip / images_background_small2.zip (github.com/brendenlake/"
+                            "omniglot, python/) into ROOT/omniglot_subsets, or torchvision's "
+                            "omniglot-py/images_background.zip into ROOT, and pass --data-root ROOT") from None
         if not images:
             raise _missing("omniglot", root, "omniglot-py/images_background.zip (torchvision) or "
                            "images_background_small1.zip / images_background_small2.zip (in ROOT or "

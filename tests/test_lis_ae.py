@@ -1,7 +1,14 @@
 """lis_ae.py: Eq. (1) by hand, phase 2 touching only the latent layer, the Sec. 4.2 linear example, the
 Sec. 5 negative-set protocols end to end on generated data (every --negative mode), the batched
-augmentation, bad input, and a learning test where LIS-AE beats its own phase-1 AE."""
+augmentation, bad input, and a learning test where LIS-AE beats its own phase-1 AE.
+
+Guards of issue 14 (a saturated tanh latent made phase 2 a no-op, so LIS-AE = AE): after a short phase 1
+with the script's defaults the latent codes vary across inputs and are not saturated (a); phase 2 moves Z
+and raises the negatives' error while the positives' stays (b); phase 2 leaves E and D bit-identical and
+Z changed (c). test_guards_catch_the_saturating_configuration runs the same checks on the old
+configuration (--latent-norm none) and asserts that they fail there."""
 import os
+import zipfile
 
 import pytest
 import torch
@@ -59,7 +66,7 @@ def test_linsep_bce_reads_the_latent_preactivation_and_matches_hand_computation(
     u_pos, u_neg = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])   # logits 2 (label 1), -1 (label 0)
     expected = (torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log1p(torch.exp(torch.tensor(-1.0)))) / 2
     assert torch.isclose(lis_ae.linsep_loss(clf, u_pos, u_neg), expected)
-    model = lis_ae.build_model(1, 28, 4, 3)
+    model = lis_ae.build_model(1, 28, 4, 3, latent_norm="none")
     x = torch.rand(2, 1, 28, 28)
     _, u = model(x)
     assert torch.equal(u, model.latent(model.encoder(x)))         # pre-activation of Z, before tanh
@@ -77,7 +84,7 @@ def test_architecture_shapes_and_latent_in_minus1_1(channels, side, latent):
 
 def test_alg1_phase2_changes_only_the_latent_layer():
     torch.manual_seed(0)
-    model = lis_ae.build_model(1, 28, 4, 4)
+    model = lis_ae.build_model(1, 28, 4, 4, latent_norm="none")     # phase 2 alone, on an untrained model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pos, neg = torch.rand(32, 1, 28, 28) * 0.3, torch.rand(32, 1, 28, 28)
     lis_ae.train_phase2(model, pos, neg, iters=3, batch_size=8, lr=1e-2, beta=1.0, gamma=20.0, log=quiet)
@@ -93,13 +100,109 @@ def test_saturated_tanh_blocks_phase2_and_linear_latent_does_not():
     pos, neg = torch.rand(32, 1, 28, 28) * 0.3, torch.rand(32, 1, 28, 28)
     for act, moves in (("tanh", False), ("linear", True)):
         torch.manual_seed(0)
-        model = lis_ae.build_model(1, 28, 4, 4, act)
+        model = lis_ae.build_model(1, 28, 4, 4, act, latent_norm="none")
         assert isinstance(model.act, nn.Tanh if act == "tanh" else nn.Identity)
         with torch.no_grad():                                        # saturate: large pre-activations
             model.latent.bias.copy_(torch.tensor([30.0, -30.0, 30.0, -30.0]))
         before = model.latent.weight.clone()
         lis_ae.train_phase2(model, pos, neg, iters=3, batch_size=8, lr=1e-2, beta=1.0, gamma=20.0, log=quiet)
         assert (not torch.equal(before, model.latent.weight)) == moves, act
+
+
+# ------------------------------------------------------------------------------------------ issue 14 guards
+
+GUARD_STEPS = 30      # phase 1 and phase 2 each; the saturating configuration is fully saturated by then
+
+
+def shape_latent(tiny_root, **model_kw):
+    """The script's two phases with its default model (width 32, latent 32, Adam 1e-3) and the given options, on
+    the tiny MNIST: positives = classes 0-4, negatives = classes 5-9. Returns what the guards inspect."""
+    from common import load_images
+    x, y, _, _ = load_images("mnist", tiny_root)
+    pos, neg = x[y < 5], x[y >= 5]
+    torch.manual_seed(0)
+    model = lis_ae.build_model(1, 28, 32, 32, **model_kw)
+    lis_ae.train_phase1(model, pos, GUARD_STEPS, 32, 1e-3, log=quiet)
+    z = lis_ae.latent_codes(model, pos)                             # (200, 32) codes of the positives
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    err = lambda v: float(lis_ae.anomaly_scores(model, v).mean())
+    pos0, neg0 = err(pos), err(neg)
+    lis_ae.train_phase2(model, pos, neg, GUARD_STEPS, 32, 1e-3, beta=1.0, gamma=2 * neg0, log=quiet)
+    return dict(z=z, before=before, after=model.state_dict(), pos=(pos0, err(pos)), neg=(neg0, err(neg)))
+
+
+@pytest.fixture(scope="module")
+def shaped(tiny_root):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield shape_latent(tiny_root)                                   # the script's defaults
+    torch.set_num_threads(n)
+
+
+def codes_vary(z):
+    """Guard (a): per-unit std of z across inputs above 0.1 for every unit; under 10% of |z| > 0.99."""
+    return float(z.std(0).min()) > 0.1 and lis_ae.saturated_fraction(z) < 0.1
+
+
+def shaping_works(r):
+    """Guard (b): Z moved, the negatives' mean error rose by >= 5%, the positives' changed by < 5%."""
+    (p0, p1), (n0, n1) = r["pos"], r["neg"]
+    moved = not torch.equal(r["before"]["latent.weight"], r["after"]["latent.weight"])
+    return moved and n1 > 1.05 * n0 and abs(p1 - p0) < 0.05 * p0
+
+
+def only_z_changed(r):
+    """Guard (c), Alg. 1 FreezeEncoder()/FreezeDecoder(): E and D bit-identical, Z's weight changed."""
+    same = all(torch.equal(r["before"][k], r["after"][k]) for k in r["after"] if k.startswith(("encoder.", "decoder.")))
+    dz = float((r["after"]["latent.weight"] - r["before"]["latent.weight"]).abs().max())
+    return same and dz > 1e-4
+
+
+def test_guard_a_latent_codes_vary_across_inputs_after_a_short_phase1(shaped):
+    assert float(shaped["z"].std(0).min()) > 0.1, "some latent unit is constant across inputs"
+    assert lis_ae.saturated_fraction(shaped["z"]) < 0.1, "the tanh latent is saturated"
+    assert codes_vary(shaped["z"])
+
+
+def test_guard_b_phase2_raises_the_negatives_error_and_keeps_the_positives(shaped):
+    (p0, p1), (n0, n1) = shaped["pos"], shaped["neg"]
+    assert not torch.equal(shaped["before"]["latent.weight"], shaped["after"]["latent.weight"]), \
+        "phase 2 did not change Z (zero gradient through a saturated tanh?)"
+    assert n1 > 1.05 * n0, (n0, n1)                                 # Eq. (1) pulls the negatives' error up
+    assert abs(p1 - p0) < 0.05 * p0, (p0, p1)                       # and keeps the positives'
+    assert shaping_works(shaped)
+
+
+def test_guard_c_phase2_leaves_encoder_and_decoder_bit_identical(shaped):
+    assert {k.split(".")[0] for k in shaped["after"]} == {"encoder", "latent", "decoder"}   # norm folded into Z
+    for k in shaped["after"]:
+        if k.startswith(("encoder.", "decoder.")):
+            assert torch.equal(shaped["before"][k], shaped["after"][k]), k
+    assert only_z_changed(shaped), "Z did not change in phase 2: only frozen weights, nothing trained"
+
+
+def test_guards_catch_the_saturating_configuration(tiny_root):
+    """The old configuration (--latent-norm none: no standardisation of Z's pre-activation) saturates the tanh:
+    each of the three guards above must reject it, otherwise they could not catch the bug coming back."""
+    old = shape_latent(tiny_root, latent_norm="none")
+    assert lis_ae.saturated_fraction(old["z"]) > 0.9
+    assert not codes_vary(old["z"]) and not shaping_works(old) and not only_z_changed(old)
+
+
+def test_fold_latent_norm_keeps_the_outputs_and_leaves_a_plain_linear_tanh_layer():
+    torch.manual_seed(0)
+    model = lis_ae.build_model(1, 28, 4, 3)
+    x = torch.rand(16, 1, 28, 28)
+    model.train()
+    model(x)                                                        # running statistics move away from (0, 1)
+    model(x * 0.5)
+    model.eval()
+    x_hat, u = model(x)
+    lis_ae.fold_latent_norm(model)
+    assert isinstance(model.norm, nn.Identity) and isinstance(model.latent, nn.Linear)
+    x_hat2, u2 = model(x)
+    assert torch.allclose(u, u2, atol=1e-5) and torch.allclose(x_hat, x_hat2, atol=1e-6)
+    assert torch.allclose(u2, model.latent(model.encoder(x)))       # Z = linear + tanh, nothing else
 
 
 def test_linsep_phase1_trains_the_classifier_on_negatives():
@@ -141,11 +244,28 @@ def test_sec5_negative_classes_and_test_classes():
     assert lis_ae.negative_classes("next-class", [0, 9], 10)[0] == [1]       # skips normal classes
     assert lis_ae.negative_classes("split", [2], 10) == ([5, 6, 7, 8, 9], [0, 1, 2, 3, 4])
     assert lis_ae.negative_classes("split", [7, 8], 10) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
-    assert lis_ae.negative_classes("supervised", [1], 10) == ([0, 2, 3, 4, 5, 6, 7, 8, 9], list(range(10)))
+    # supervised upper bound (Table 2's Sup. rows; Table 4's "Sup. (0-4)", line 316): D- = the test anomalies,
+    # which are the normal half's other classes; tested on the normal half, like split
+    assert lis_ae.negative_classes("supervised", [1], 10) == ([0, 2, 3, 4], [0, 1, 2, 3, 4])
+    assert lis_ae.negative_classes("supervised", [6, 7], 10) == ([5, 8, 9], [5, 6, 7, 8, 9])
     for mode in ("none", "omniglot", "fashion-mnist"):
         assert lis_ae.negative_classes(mode, [1], 10) == ([], list(range(10)))
+        assert lis_ae.negative_classes(mode, [1], 10, test_half=True) == ([], [0, 1, 2, 3, 4])   # Table 3
+    assert lis_ae.negative_classes("next-class", [3], 10, test_half=True) == ([4], [0, 1, 2, 3])
+    for mode in ("split", "supervised"):
+        with pytest.raises(lis_ae.DataError, match="one half"):
+            lis_ae.negative_classes(mode, [1, 6], 10)
     with pytest.raises(lis_ae.DataError, match="one half"):
-        lis_ae.negative_classes("split", [1, 6], 10)
+        lis_ae.negative_classes("omniglot", [4, 5], 10, test_half=True)
+
+
+@pytest.mark.parametrize("mode,normal", [("next-class", [0, 1, 2, 3, 4, 5, 6, 7, 9]),   # only class 8 left: it is D-
+                                         ("split", [0, 1, 2, 3, 4]), ("supervised", [5, 6, 7, 8, 9]),
+                                         ("next-class", [0, 1, 2, 3])])
+def test_a_protocol_that_leaves_no_anomaly_class_is_an_error(mode, normal):
+    test_half = normal == [0, 1, 2, 3]                              # D- = class 4, the half's last other class
+    with pytest.raises(lis_ae.DataError, match="leaves no anomaly class"):
+        lis_ae.negative_classes(mode, normal, 10, test_half)
 
 
 def test_augment_negatives_is_batched_per_sample_and_keeps_range():
@@ -170,11 +290,13 @@ def test_end_to_end_two_iterations_each_negative_mode(tiny_root, capsys, negativ
                      *TINY, *extra])
     out = capsys.readouterr().out
     assert r["variant"] == variant and r["negative"] == negative and 0 <= r["auroc"] <= 1
+    assert ("auroc_linsep" in r) == (variant == "linsep-lis-ae") and r.get("auroc_linsep", r["auroc"]) == r["auroc"]
     assert "phase1 iter 2/2" in out and ("phase2 iter 2/2" in out) == (negative != "none")
     if excluded:
         assert excluded not in r["test_classes"].split(",") and f"excluded from test: [{excluded}]" in out
     if negative == "supervised":
-        assert "UPPER BOUND" in out
+        assert "UPPER BOUND" in out and r["test_classes"] == "0,1,2,3,4"
+    assert f"latent_saturated={r['latent_saturated']}" in out and " sat=" in out   # the log shows saturation
 
 
 def test_end_to_end_subprocess_cross_dataset_two_class_normal_json_and_recon(tiny_root, tmp_path):
@@ -191,10 +313,17 @@ def test_end_to_end_subprocess_cross_dataset_two_class_normal_json_and_recon(tin
 
 
 @pytest.mark.parametrize("dataset,negative,test_classes", [
-    ("cifar10", "split", "5,6,7,8,9"), ("svhn", "cifar10", "0,1,2,3,4,5,6,7,8,9"), ("svhn", "split", "5,6,7,8,9")])
+    ("cifar10", "split", "5,6,7,8,9"), ("svhn", "cifar10", "0,1,2,3,4,5,6,7,8,9"), ("svhn", "split", "5,6,7,8,9"),
+    ("cifar10", "supervised", "5,6,7,8,9")])
 def test_end_to_end_svhn_cifar10_two_iterations(tiny_root, torchvision_md5, dataset, negative, test_classes):
     r = lis_ae.main(["--dataset", dataset, "--normal", "6", "--negative", negative, "--data-root", tiny_root, *TINY])
     assert r["test_classes"] == test_classes and r["latent"] == 4 and 0 <= r["auroc"] <= 1
+
+
+def test_table3_test_half_with_a_cross_dataset_negative_set(tiny_root):
+    r = lis_ae.main(["--dataset", "fashion-mnist", "--normal", "7", "--negative", "mnist", "--test-half",
+                     "--data-root", tiny_root, *TINY])
+    assert r["test_classes"] == "5,6,7,8,9" and r["negative"] == "mnist"
 
 
 def test_defaults_follow_the_paper_protocol_per_dataset(tiny_root, capsys):
@@ -219,13 +348,69 @@ def test_seed_makes_cpu_runs_repeatable(tiny_root):
     (["--dataset", "mnist", "--negative", "cifar10"], "same shape"),
     (["--dataset", "cifar10", "--negative", "omniglot"], "1x28x28"),
     (["--dataset", "cifar10", "--normal", "1,7"], "one half"),
-    (["--dataset", "mnist", "--latent", "0"], "--latent must be at least 1"),
+    (["--dataset", "mnist", "--latent", "0"], "--latent must be >= 1 (got 0)"),
+    (["--dataset", "mnist", "--width", "-2"], "--width must be >= 1"),
+    (["--dataset", "mnist", "--gamma-scale", "0"], "--gamma-scale must be > 0"),
+    (["--dataset", "mnist", "--gamma", "nan"], "--gamma must be a finite number"),
+    (["--dataset", "mnist", "--gamma", "inf"], "--gamma must be a finite number"),
+    (["--dataset", "mnist", "--batch-size", "1"], "--batch-size must be >= 2"),
     (["--dataset", "mnist", "--negative", "none", "--linsep"], "--linsep needs"),
+    (["--dataset", "fashion-mnist", "--normal", "0,1,2,3,4,5,6,7,9"], "leaves no anomaly class"),
+    (["--dataset", "mnist", "--negative", "split", "--normal", "0,1,2,3,4"], "leaves no anomaly class"),
+    (["--dataset", "mnist", "--test-half", "--normal", "4,5"], "one half"),
+    (["--dataset", "mnist", "--save-recon", "/no/such/dir/r.png"], "does not exist"),
 ])
-def test_bad_input_is_a_clear_error(tiny_root, torchvision_md5, capsys, args, message):
+def test_bad_input_is_a_clear_error(tiny_root, torchvision_md5, capsys, monkeypatch, args, message):
+    monkeypatch.setattr(lis_ae, "train_phase1", None)              # no case may reach training
     with pytest.raises(SystemExit) as e:
         lis_ae.main([*args, "--data-root", tiny_root, "--iters", "1"])
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def omniglot_root(tmp_path, tiny_root, what):
+    """A data root with the tiny MNIST and a broken Omniglot: an empty folder, a zip without images, a damaged zip."""
+    root = tmp_path / what
+    (root / "omniglot_subsets").mkdir(parents=True)
+    os.symlink(os.path.join(tiny_root, "MNIST"), root / "MNIST")
+    z = root / "omniglot_subsets" / "images_background_small1.zip"
+    if what == "no-png":
+        with zipfile.ZipFile(z, "w") as f:
+            f.writestr("images_background_small1/readme.txt", "no images here")
+    elif what == "damaged":
+        z.write_bytes(b"PK\x03\x04 this is not a whole zip archive")
+    return str(root)
+
+
+@pytest.mark.parametrize("what,message", [("empty", "no Omniglot images"), ("no-png", "no Omniglot images"),
+                                          ("damaged", "not a readable zip archive")])
+def test_omniglot_folder_without_images_is_a_clear_error(tmp_path, tiny_root, capsys, monkeypatch, what, message):
+    monkeypatch.setattr(lis_ae, "train_phase1", None)
+    with pytest.raises(SystemExit) as e:
+        lis_ae.main(["--dataset", "mnist", "--data-root", omniglot_root(tmp_path, tiny_root, what), "--iters", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and "omniglot_subsets" in err
+
+
+def test_ctrl_c_reports_how_far_training_got_and_exits_130(tiny_root, capsys, monkeypatch):
+    calls, real = [], lis_ae.reconstruction_error
+
+    def interrupt_on_third_call(x_hat, x):                         # a Ctrl-C during phase-1 iteration 3
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(x_hat, x)
+
+    monkeypatch.setattr(lis_ae, "reconstruction_error", interrupt_on_third_call)
+    with pytest.raises(SystemExit) as e:
+        lis_ae.main(["--dataset", "mnist", "--normal", "2", "--data-root", tiny_root, *TINY[2:], "--iters", "5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "interrupted during phase 1, iteration 3/5" in err and "Traceback" not in err
+
+
+def test_digits_runs_with_its_defaults(capsys):
+    r = lis_ae.main(["--dataset", "digits", "--normal", "3", "--iters", "2", "--width", "4"])
+    assert r["batch_size"] == 64 and "digits (offline install check): batch 64" in capsys.readouterr().out
 
 
 def test_unknown_dataset_and_missing_data_exit_without_traceback(tmp_path, capsys):
@@ -238,10 +423,14 @@ def test_unknown_dataset_and_missing_data_exit_without_traceback(tmp_path, capsy
     assert e.value.code == 2 and err.startswith("error: mnist was not found") and str(tmp_path) in err
 
 
-def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys):
-    with pytest.raises(SystemExit):
-        lis_ae.main(["--dataset", "mnist", "--data-root", tiny_root, *TINY, "--gamma", "inf"])
-    assert "Eq. (1) loss at phase-2 iteration 1" in capsys.readouterr().err
+def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys, monkeypatch):
+    real = lis_ae.latent_shaping_loss
+    nan_loss = lambda *a: (real(*a)[0] * float("nan"),) + real(*a)[1:]   # phase 2 diverges at its first step
+    monkeypatch.setattr(lis_ae, "latent_shaping_loss", nan_loss)
+    with pytest.raises(SystemExit) as e:
+        lis_ae.main(["--dataset", "mnist", "--data-root", tiny_root, *TINY])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Eq. (1) loss at phase-2 iteration 1 is nan" in err
 
 
 # ------------------------------------------------------------------------------------------ learning
