@@ -118,18 +118,69 @@ def _digits():
     return x[~test], y[~test], x[test], y[test]
 
 
+_IDX_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_TV_FILES = {  # the files torchvision checks by md5 before reading them
+    "cifar10": ["cifar-10-batches-py/" + f for f in ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch",
+                                                                                              "batches.meta"]],
+    "cifar100": ["cifar-100-python/" + f for f in ("train", "test", "meta")],
+    "svhn": ["train_32x32.mat", "test_32x32.mat"],
+}
+
+
+def _check_idx_files(name, root):
+    """A present but truncated or corrupt MNIST/Fashion-MNIST IDX file -> DataError naming it (torchvision would
+    fail on it with a shape error that reads like a missing dataset)."""
+    folder = os.path.join(root, _IDX_FOLDER[name], "raw")
+    for prefix in ("train", "t10k"):
+        for kind, magic, dims in (("images-idx3", 2051, 3), ("labels-idx1", 2049, 1)):
+            path = os.path.join(folder, f"{prefix}-{kind}-ubyte")
+            if not os.path.exists(path):
+                continue
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(4 + 4 * dims)
+            if len(head) < 4 + 4 * dims:
+                why = f"it has {size} bytes, fewer than an IDX header"
+            else:
+                m, *shape = (int.from_bytes(head[i:i + 4], "big") for i in range(0, len(head), 4))
+                expected = 4 + 4 * dims + int(np.prod(shape))
+                if m != magic:
+                    why = f"its magic number is {m}, not {magic}: it is not an IDX {kind[-4:]} file"
+                elif size != expected:
+                    why = (f"its header announces {shape[0]} items ({expected} bytes) but the file has {size} bytes "
+                           "(truncated or corrupt)")
+                else:
+                    continue
+            raise DataError(f"{name} file '{path}' is unusable: {why}. Delete it (and its .gz) so that torchvision "
+                            "downloads it again, or copy a complete original there")
+
+
+def _corrupt_torchvision_files(name, root):
+    """For md5-checked datasets: the expected files that are present (if all are, they failed torchvision's md5)."""
+    paths = [os.path.join(root, f) for f in _TV_FILES.get(name, [])]
+    return paths if paths and all(os.path.exists(p) for p in paths) else []
+
+
 def load_images(name, root=None):
     """Return (x_train, y_train, x_test, y_test): float32 N×C×H×W in [0, 1] and int64 class labels."""
     if name not in IMAGE_DATASETS:
-        raise DataError(f"unknown image dataset '{name}'; choose one of {', '.join(IMAGE_DATASETS)}")
+        raise DataError(f"unknown image dataset '{name}'. Choose one of {', '.join(IMAGE_DATASETS)}")
     if name == "digits":
         return _digits()
     root = data_root(root)
+    if name in _IDX_FOLDER:
+        _check_idx_files(name, root)
     out = []
     for train in (True, False):
         try:
             ds = _torchvision_split(name, root, train)
         except Exception as e:  # torchvision raises RuntimeError / URLError / OSError when files are absent
+            present = _corrupt_torchvision_files(name, root)
+            if present:
+                raise DataError(f"{name}: the files are in '{root}' ({', '.join(os.path.relpath(p, root) for p in present)}) "
+                                "but torchvision rejects them: their md5 does not match the originals (truncated or "
+                                "corrupt copy?). Replace them with the original files, or delete them so that "
+                                "torchvision downloads them again") from None
             why = "downloads disabled by AD_OFFLINE" if _offline() else f"{type(e).__name__}: {str(e).splitlines()[0]}"
             raise _missing(name, root, _IMAGE_FILES[name], why) from None
         x, y = _images_and_labels(name, ds, train)
@@ -279,7 +330,7 @@ def load_tabular(name, root=None):
         normal, all other rows dropped (the protocol of DROCC/GOAD-style tabular benchmarks).
     """
     if name not in TABULAR_DATASETS:
-        raise DataError(f"unknown tabular dataset '{name}'; choose one of {', '.join(TABULAR_DATASETS)}")
+        raise DataError(f"unknown tabular dataset '{name}'. Choose one of {', '.join(TABULAR_DATASETS)}")
     path = _find_or_download(name, data_root(root))
     try:
         if path.endswith(".mat"):
@@ -305,7 +356,9 @@ def load_tabular(name, root=None):
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"could not read {name} from '{path}': {type(e).__name__}: {e}") from None
+        raise DataError(f"could not read {name} from '{path}' ({type(e).__name__}: {e}). The file is corrupt or "
+                        "not the expected format: replace it with the original, or delete it so it is downloaded "
+                        "again") from None
     return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
 
 
@@ -316,14 +369,17 @@ def parse_normal(text, n_classes):
     try:
         classes = [int(t) for t in str(text).split(",")]
     except ValueError:
-        raise DataError(f"--normal must be a class index or a comma list like 0,1 (got '{text}')") from None
+        raise DataError(f"--normal must be a class index or a comma list like 0,1 (got '{text}'). "
+                        f"Pass e.g. --normal 3 or --normal 0,1 (classes 0..{n_classes - 1})") from None
     bad = [c for c in classes if not 0 <= c < n_classes]
     if bad:
-        raise DataError(f"--normal class {bad[0]} is out of range: this dataset has classes 0..{n_classes - 1}")
+        raise DataError(f"--normal class {bad[0]} is out of range: this dataset has classes 0..{n_classes - 1}. "
+                        "Pick classes in that range")
     if len(set(classes)) != len(classes):
-        raise DataError(f"--normal lists a class twice ('{text}')")
+        raise DataError(f"--normal lists a class twice ('{text}'). Name each normal class once")
     if len(classes) == n_classes:
-        raise DataError("--normal names every class: nothing would be left as an anomaly")
+        raise DataError("--normal names every class: nothing would be left as an anomaly. Leave at least one "
+                        "class out of --normal")
     return sorted(classes)
 
 
@@ -338,13 +394,15 @@ def one_class_split(x_train, y_train, x_test, y_test, normal, val_size=0, seed=0
     (normal and anomalous, labelled like the test set) is removed first, for papers that select models on it.
     Returns dict(train=x, val=(x, y) or None, test=(x, y))."""
     if val_size < 0 or val_size >= len(x_train):
-        raise DataError(f"validation size {val_size} is impossible for a train split of {len(x_train)} samples")
+        raise DataError(f"validation size {val_size} is impossible for a train split of {len(x_train)} samples. "
+                        f"Pass --val-size between 0 and {len(x_train) - 1}")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(x_train), generator=g)
     val_idx, rest = perm[:val_size], perm[val_size:]
     rest = rest[torch.isin(y_train[rest], torch.as_tensor(normal))].sort().values
     if len(rest) == 0:
-        raise DataError(f"no training samples of normal class(es) {normal} are left")
+        raise DataError(f"no training samples of normal class(es) {normal} are left after the validation hold-out. "
+                        "Pass a smaller --val-size")
     val = (x_train[val_idx], is_anomaly(y_train[val_idx], normal)) if val_size else None
     return {"train": x_train[rest], "val": val, "test": (x_test, is_anomaly(y_test, normal))}
 
