@@ -63,17 +63,29 @@ class and reading shared by the NCE variants, this 2-core CPU; AUROC in %, paper
       Arrhythmia 4 points (clamp 51.2 -> GOAD's std 1: 55.5); min-max instead of z-scoring moves Thyroid to
       64.3 and Abalone from 49.7 to 62.8; flagging the whole data set's anomaly ratio instead of the test
       set's lowers every F1 (Thyroid 48.5, Abalone 30.9). NCE validation selection picks the last or a late
-      step at 500 iterations (Arrhythmia's CNCE: 300-450). None of these reaches Table 6 (Abalone 83, Thyroid 77): the split does. Table 6
-      quotes its baselines from Goyal et al. 2020 (DROCC) and Fu et al. 2024, and DROCC's released
-      preparation (process_odds.py, process_abalone.py) tests every anomaly against AS MANY normal rows,
-      not half the normal rows; its released F1 (drocc_trainer.py) is the normal class's at 80% predicted
-      normal. --tabular-split drocc (default) is that split; RESULT f1 stays the anomaly class's F1 at the
-      test anomaly ratio (1/2 there), f1_drocc_rule is DROCC's released metric (at most 0.769 on this split).
-      --tabular-split goad keeps the GOAD/DAGMM split. Scaling stays the z-scoring of both (no min-max).
-      On the drocc split (cpu protocol, ten seeds) f1 / f1_drocc_rule are: Thyroid 91.2 / 76.1 (Table 6: 77),
-      Abalone 84.1 / 76.5 (83), Arrhythmia 73.0 / 73.0 (59). The paper's Thyroid matches DROCC's metric (whose
-      ceiling here is 76.9), its Abalone is above that ceiling and matches f1: the text does not say which
-      F1 it computed.
+      step at 500 iterations (Arrhythmia's CNCE: 300-450). None of these reaches Table 6 (Abalone 83,
+      Thyroid 77). (These five-seed probes and the class 3/5/8 table above came from a throwaway harness that
+      shares one AE per class and reading between the NCE variants; `python cance.py --dataset D --normal C
+      --iters 500 --error-reduce sum|mean --seed S` reproduces each cell with its own AE.)
+    - Tabular protocol of Table 6: NOT determined by the text. Line 180 says only that the preparation follows
+      "Zong et al. 2018, Goyal et al. 2020, Fu et al. 2024" (DAGMM, DROCC, DPAD), and the caption (line 238)
+      quotes the baselines from Fu et al. (Abalone, Arrhythmia) and Goyal et al. (Thyroid). Two preparations
+      are implemented: goad (DAGMM/GOAD: a random half of the normal rows trains; the other half plus every
+      anomaly tests; F1 of the anomaly class with the top r = test anomaly proportion flagged) and drocc (the
+      split of DROCC's released process_odds.py: every anomaly against as many normal rows). Table 6's own
+      entries decide between them as far as they can: on the balanced drocc split a random scorer's anomaly
+      F1 is 0.5 and DROCC's released metric (normal-class F1 at 80% predicted normal, f1_drocc_rule) lies in
+      [0.4615, 0.769] whatever the scores, yet Table 6 prints DAGMM 0.20 (Abalone) and DROCC 0.32 (Arrhythmia)
+      below both, and DROCC 0.78 (Thyroid) and CANCE 0.83 (Abalone) above the latter's ceiling. On the goad
+      split every printed entry is attainable (chance F1 about 0.05 on Thyroid, 0.26 on Arrhythmia, 0.03 on
+      Abalone), and DROCC's own README says its data are divided "as presented in previous works: DAGMM and
+      GOAD". So goad is the default (--tabular-split goad) and its f1 is the number reported against Table 6;
+      drocc is kept as an option because its f1 and f1_drocc_rule were measured: on it (cpu protocol, ten
+      seeds, results cance_<set>_cpu_drocc) f1 / f1_drocc_rule are Thyroid 91.2 / 76.1, Abalone 84.1 / 76.5,
+      Arrhythmia 73.0 / 73.0 -- far above Table 6 on Thyroid and Arrhythmia, where the paper itself calls
+      CANCE "not competitive" (line 236), so that split does not reproduce the paper's claims either.
+      On the tabular sets the ablation does not run the paper's way (drocc split: Thyroid LatNCE > CNCE >
+      CANCE in f1 and AUROC; see the committed tables), a measured negative result.
     - MNIST cpu sweep with these readings (--iters 500, one seed, ten classes): CANCE 97.40, CNCE 97.11,
       Error 94.98, LatNCE 82.47 (Table 7: 97.7, 97.0, 95.1, 84.1); the old mean reading gave 97.10, 96.60,
       94.69, 73.12.
@@ -109,9 +121,9 @@ Choices where the paper is silent (or where this file had to decide)
     - --features resnet18-pca: grey images are repeated to 3 channels, resized to --image-size (224) and
       ImageNet-normalised; PCA from scikit-learn without whitening; z_e, z_c compare the 512-d embedding with
       its PCA reconstruction.
-    - Tabular protocol: --tabular-split drocc (above) or goad (a random half of the normal rows trains, the
-      test set is the other half plus all anomalies); F1 flags the top r of test scores as anomalies, r = the
-      test set's anomaly proportion (DAGMM/GOAD's rule). Z-scoring as GOAD's norm_data: a column with zero
+    - Tabular protocol: --tabular-split goad (default: a random half of the normal rows trains, the test set
+      is the other half plus all anomalies) or drocc (above); F1 flags the top r of test scores as anomalies,
+      r = the test set's anomaly proportion (DAGMM/GOAD's rule); f1_drocc_rule is reported on the drocc split. Z-scoring as GOAD's norm_data: a column with zero
       training std keeps std 1 (the ODDS Arrhythmia file has 17 constant columns and 25 constant on the
       normal rows; the earlier clamp at 1e-6 blew anomalies' values in them up by ~1e6). A file with NaN/inf
       or only constant columns is an error. Latent sizes: thyroid 3, abalone 3, arrhythmia 8; lambda 0.3 (chosen).
@@ -225,11 +237,11 @@ def parse_args(argv=None):
     p.add_argument("--nce-select", default="val", choices=["val", "last"],
                    help="NCE model selection: val = lowest Eq. (9) loss on the 20%% validation features "
                         "(Appendix E, line 417); last = the last iterate")
-    p.add_argument("--tabular-split", default="drocc", choices=["drocc", "goad"],
-                   help="tabular test set (Sec. 4 follows DAGMM/DROCC/DPAD's preparation; Table 6's baselines are "
-                        "DROCC's and DPAD's): drocc = every anomaly + as many random normal rows (Goyal et al. "
-                        "2020's process_odds.py / process_abalone.py), the other normal rows train; goad = half the "
-                        "normal rows train, the other half + every anomaly test")
+    p.add_argument("--tabular-split", default="goad", choices=["goad", "drocc"],
+                   help="tabular split (line 180 cites DAGMM/DROCC/DPAD's preparation without saying which): "
+                        "goad = half the normal rows train, the other half + every anomaly test (DAGMM/GOAD; the "
+                        "one under which every Table 6 entry is attainable, see the docstring); drocc = every "
+                        "anomaly + as many random normal rows test (DROCC's released process_odds.py)")
     p.add_argument("--features", default="ae", choices=["ae", "resnet18-pca"],
                    help="ae: the composite-feature autoencoder (Sec. 3); resnet18-pca: ImageNet ResNet-18 "
                         "embeddings with PCA to --latent dimensions (Sec. 4, pretrained variant; Tables 4, 5, 9)")
@@ -939,8 +951,9 @@ def run(args, log=print):
     if tabular:
         f1 = {name: round(float(f1_at_ratio(s, labels)), 4) for name, s in scores.items()}
         result.update({"f1": f1["cance"], "f1_error": f1["error"], "f1_latnce": f1["latnce"], "f1_cnce": f1["cnce"],
-                       "f1_drocc_rule": round(float(f1_drocc_rule(scores["cance"], labels)), 4),
                        "tabular_split": args.tabular_split})
+        if args.tabular_split == "drocc":      # DROCC's released metric is defined for its balanced split
+            result["f1_drocc_rule"] = round(float(f1_drocc_rule(scores["cance"], labels)), 4)
     result.update({"auroc": auroc["cance"], "auroc_error": auroc["error"], "auroc_latnce": auroc["latnce"],
                    "auroc_cnce": auroc["cnce"], "features": args.features, "latent": args.latent, "lam": args.lam,
                    "error_reduce": args.error_reduce, "k_init": round(args.k_init, 4), "trunc_loc": args.trunc_loc,

@@ -952,7 +952,24 @@ def list_known(args):
         print(f"  {key}: {t.get('paper', '')[:40]} {t.get('table')} [{state}]")
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
+    """Ctrl-C, and also SIGTERM (kill) and a SIGINT sent to a sweep started in the background (where the shell
+    ignores SIGINT), stop a sweep the same way: running children stopped, finished runs kept, exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+
+
+def _main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, p = parse_args(argv)
     if args.list:
@@ -982,7 +999,7 @@ def main(argv=None):
         names = sorted(os.path.basename(os.path.dirname(c))
                        for c in glob.glob(os.path.join(args.results_dir, "*", "config.json")))
         for name in names:
-            main(["--name", name, "--report", "--results-dir", args.results_dir, "--protocols", args.protocols,
+            _main(["--name", name, "--report", "--results-dir", args.results_dir, "--protocols", args.protocols,
                   "--paper-tables", args.paper_tables])
         return 0
     cfg_path = None

@@ -419,3 +419,28 @@ def test_real_script_gives_the_same_result_sequential_parallel_and_through_submi
         assert got["seq"]["auroc"] > 0.5
         for name in launchers:
             assert got[name] == got["seq"], name
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_a_background_sweep_stops_it_like_ctrl_c(setup, signame):
+    import signal
+    import subprocess
+    import time
+    fake = open(setup["script"]).read().replace("time.sleep(a.sleep)", "time.sleep(60 if a.normal == '1' else 0)")
+    open(setup["script"], "w").write(fake)
+    cmd = [sys.executable, os.path.join(bench.HERE, "run.py"), "--script", setup["script"], "--name", "term",
+           "--classes", "0-1", "--seeds", "0", "--results-dir", str(setup["results"]),
+           "--paper-tables", str(setup["tmp"] / "tables.json"), "--protocols", str(setup["tmp"] / "protocols.json"),
+           "--", "--calls", str(setup["tmp"] / "calls.txt")]
+    # started the way `nohup ... &` starts it from a script: SIGINT ignored
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    runs = setup["results"] / "term" / "runs"
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((runs / "c0_s0.json").exists() and (runs / "c1_s0.log").exists()):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(getattr(signal, signame))               # SIGINT works although a shell would ignore it
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert (runs / "c0_s0.json").exists() and not list(runs.glob("*.failed"))

@@ -309,9 +309,62 @@ def test_end_to_end_fashion_mnist_nine_normal_classes(tiny_root):
 @pytest.mark.parametrize("dataset,latent", [("thyroid", 3), ("arrhythmia", 8), ("abalone", 3)])
 def test_end_to_end_tabular_f1_for_all_four_variants(tiny_root, dataset, latent):
     r = cance.main(["--dataset", dataset, "--data-root", tiny_root, "--iters", "2"])
-    for key in ("f1", "f1_error", "f1_latnce", "f1_cnce", "f1_drocc_rule", "auroc", "auroc_error"):
+    for key in ("f1", "f1_error", "f1_latnce", "f1_cnce", "auroc", "auroc_error"):
         assert 0 <= r[key] <= 1
     assert r["latent"] == latent and r["lam"] == 0.3
+    assert r["tabular_split"] == "goad" and "f1_drocc_rule" not in r   # the default split (docstring: Table 6)
+
+
+def test_drocc_split_reports_drocc_s_metric_too(tiny_root):
+    r = cance.main(["--dataset", "thyroid", "--data-root", tiny_root, "--iters", "2", "--tabular-split", "drocc"])
+    assert r["tabular_split"] == "drocc" and 0.4615 - 1e-4 <= r["f1_drocc_rule"] <= 0.7693
+
+
+def _toy_nce_setup():
+    torch.manual_seed(0)
+    z = torch.cat([torch.randn(1500, 3), torch.randn(1500, 2).abs() * 0.5 + 0.2], 1)   # latent 3 + (z_e, z_c)
+    moments = cance.RunningMoments(5)
+    moments.update(z)
+    args = cance.parse_args(["--batch-size", "128", "--lr", "1e-2"])
+    args.nce_iters, args.progress = 60, ""
+    return z, moments, args
+
+
+def test_eq10_psi_step_moves_k_only_when_k_is_learned():
+    """Eq. (10): CANCE's noise scale K = 1 + softplus(psi) is trained (adversarially to T_theta); LatNCE/CNCE keep
+    K = I. Fails if the psi step is dropped or K is frozen."""
+    z, moments, args = _toy_nce_setup()
+    quiet = lambda *a, **k: None
+    _, noise, _ = cance.train_nce("cance", z, moments, args, learn_k=True, augment_latent=3, log=quiet)
+    k = noise.K().detach()
+    assert (k >= 1).all() and (k - args.k_init).abs().max() > 1e-3          # moved away from its start
+    _, noise0, _ = cance.train_nce("cnce", z, moments, args, learn_k=False, log=quiet)
+    assert torch.equal(noise0.K().detach(), torch.ones(5))
+
+
+def test_eq8_augmentation_runs_in_the_cance_phase_only(tiny_root, monkeypatch):
+    """run(): Eq. (8) augments (z_e, z_c) of CANCE's training batches (latent = d), never LatNCE's or CNCE's;
+    CANCE learns K. Fails if run() trains CANCE without the augmentation or without the K step."""
+    calls, real, real_train = [], cance.augment, cance.train_nce
+
+    def spy_augment(z, latent, *a, **k):
+        calls.append((phase[0], latent))
+        return real(z, latent, *a, **k)
+
+    phase, learned = [None], {}
+
+    def spy_train(name, *a, **k):
+        phase[0] = name
+        T, noise, step = real_train(name, *a, **k)
+        learned[name] = noise.learn_k
+        return T, noise, step
+
+    monkeypatch.setattr(cance, "augment", spy_augment)
+    monkeypatch.setattr(cance, "train_nce", spy_train)
+    r = cance.main(["--dataset", "mnist", "--normal", "0", "--data-root", tiny_root, "--iters", "3",
+                    "--batch-size", "8", "--latent", "3"])
+    assert calls and {p for p, _ in calls} == {"cance"} and {lat for _, lat in calls} == {3}
+    assert learned == {"latnce": False, "cnce": False, "cance": True} and r["k_mean"] >= 1
 
 
 def test_end_to_end_cifar10_two_iterations_uses_the_papers_latent_and_lambda(tiny_root, torchvision_md5):
