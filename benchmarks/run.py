@@ -988,12 +988,12 @@ def _main(argv=None):
     # everything about where runs go is checked before anything is written or started
     slots = make_slots(args) if not (args.report or args.dry_run) and args.launcher == "local" else None
     if args.launcher != "local" and not (args.report or args.dry_run):
+        slurm_minutes(args.slurm_time)          # the user's own typo first, then what the machine lacks
         try:
             import submitit  # noqa: F401
         except ImportError:
             raise BadInput(f"error: --launcher {args.launcher} needs the package submitit, which is not installed. "
                            "Run: pip install -r benchmarks/requirements.txt") from None
-        slurm_minutes(args.slurm_time)
 
     if args.report_all:
         names = sorted(os.path.basename(os.path.dirname(c))
