@@ -62,6 +62,33 @@ def test_norm_flag_reaches_the_training_loss_and_the_score(tiny_root, monkeypatc
     assert any(g for _, g in seen) and any(not g for _, g in seen)   # training (grad) and scoring (no grad) calls
 
 
+def test_beta_reaches_loss_and_score_and_shrinks_the_normal_codes(tiny_root, monkeypatch):
+    """The mechanism of Eq. (2)/(3): the beta given on the command line multiplies ||z|| in every training
+    batch and in every score, and training with it collapses the normal codes' norm (Sec. 3: targeted
+    collapse) compared with beta = 0 on the same data, seed and steps. Fails if beta is dropped anywhere."""
+    def trained(beta):
+        seen = []
+        real = toll.toll_score
+
+        def spy(x, x_hat, z, b, p=2.0):
+            out = real(x, x_hat, z, b, p)
+            seen.append((b, x_hat.requires_grad, out[2].mean().item(), (out[0] - out[1]).abs().max().item()))
+            return out
+
+        monkeypatch.setattr(toll, "toll_score", spy)
+        toll.main(["--dataset", "arrhythmia", "--data-root", tiny_root, "--iters", "80", "--eval-every", "40",
+                   "--beta", str(beta), "--seed", "0"])
+        monkeypatch.setattr(toll, "toll_score", real)
+        return seen
+
+    with_norm, plain = trained(10), trained(0)
+    assert {b for b, *_ in with_norm} == {10.0} and {b for b, *_ in plain} == {0.0}
+    assert any(g for _, g, *_ in with_norm) and any(not g for _, g, *_ in with_norm)   # loss and score both
+    assert all(d > 0 for *_, d in with_norm) and all(d == 0 for *_, d in plain)         # score != rec alone
+    last_train = lambda seen: [r for _, g, r, _ in seen if g][-1]
+    assert last_train(with_norm) < 0.5 * last_train(plain), (last_train(with_norm), last_train(plain))
+
+
 def test_beta_zero_is_the_plain_autoencoder_score():
     x, x_hat, z = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 3)
     assert torch.allclose(toll.toll_score(x, x_hat, z, 0.0)[0], (x - x_hat).norm(dim=1))
