@@ -179,8 +179,9 @@ def check_number(args, name, low=None, high=None, low_open=False):
     if isinstance(v, float) and not math.isfinite(v):
         raise DataError(f"{flag} must be a finite number (got {v}). Pass a plain number such as {flag} 1")
     if (low is not None and (v < low or (low_open and v == low))) or (high is not None and v > high):
-        rng = f"{'>' if low_open else '>='} {low:g}" if high is None else f"in [{low:g}, {high:g}]"
-        raise DataError(f"{flag} must be {rng} (got {v:g}). Pass a value in that range")
+        fmt = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"      # 4294967295, not 4.29497e+09
+        rng = f"{'>' if low_open else '>='} {fmt(low)}" if high is None else f"in [{fmt(low)}, {fmt(high)}]"
+        raise DataError(f"{flag} must be {rng} (got {fmt(v)}). Pass a value in that range")
 
 
 def check_output_path(path, flag):

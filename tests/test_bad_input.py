@@ -122,6 +122,8 @@ def test_the_same_mistake_gets_the_same_words_in_every_script(roots, capsys, mon
                 importlib.import_module(script).main(merge(BASE, flags))
             words.add(capsys.readouterr().err.strip())
         assert len(words) == 1, (case, words)
+        if case == "seed":                                   # the range in plain digits, not 4.29497e+09
+            assert "[0, 4294967295] (got -5)" in words.pop()
 
 
 def test_truncated_data_file_is_named_in_the_message(roots, capsys, monkeypatch):
