@@ -198,9 +198,9 @@ def fig4(out_png, out_md, results):
     lines = ["# toll.py, Fig. 4: AUROC vs beta, MNIST normal class 8", "",
              "Protocol `cpu_fig4` (benchmarks/protocols.json): the `cpu` cuts (60 batches of 64, validation on 1,000 "
              "held-out labelled samples every 30 batches, best of 2 checkpoints tested, full test set), seeds "
-             f"{','.join(map(str, FIG4_SEEDS))}, one sweep per beta:", "",
+             f"{','.join(map(str, FIG4_SEEDS))} (column n: how many of them have run), one sweep per beta:", "",
              "```", "python benchmarks/run.py --script toll.py --protocol cpu_fig4 --dataset mnist --classes 8 "
-             "--name toll_mnist_fig4_beta<B> -- --data-root /work/shared/data --beta <B>",
+             "--name toll_mnist_fig4_beta<B> -- --beta <B> --data-root ../shared/data",
              "python benchmarks/toll_figures.py fig4", "```", "",
              "Numbers in percent: mean ± sample std (n-1) over seeds. Paper: Fig. 4 (line 300) draws 3-seed means "
              "but prints no numbers; the only printed class-8 figures are Table 7's (10 seeds, full Sec. 4.1 "
@@ -224,7 +224,8 @@ def fig4(out_png, out_md, results):
     done = [(b, mean_std(v)) for b, v in table.items() if v]
     if done:
         ax.errorbar([b for b, _ in done], [100 * m for _, (m, _) in done], yerr=[100 * s for _, (_, s) in done],
-                    fmt="o-", capsize=4, label=f"toll.py, cpu protocol, mean ± std of {len(FIG4_SEEDS)} seeds")
+                    fmt="o-", capsize=4, label="toll.py, cpu protocol, mean ± std over seeds "
+                                               f"({'/'.join(sorted({str(len(v)) for v in table.values() if v}))} per point)")
     ax.errorbar(list(paper), [paper[b]["values"]["8"] for b in paper], yerr=[paper[b]["std"]["8"] for b in paper],
                 fmt="s", color="C3", capsize=4, label="paper, Table 7 (10 seeds, full protocol)")
     ax.set_xscale("symlog", linthresh=1)
