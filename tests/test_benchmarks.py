@@ -20,6 +20,7 @@ p.add_argument("--fail-class", type=int, default=None)
 p.add_argument("--no-json", action="store_true")
 p.add_argument("--calls", required=True)
 p.add_argument("--sleep", type=float, default=0)
+p.add_argument("--offset", type=float, default=0)
 a = p.parse_args()
 import time; time.sleep(a.sleep)
 with open(a.calls, "a") as f:
@@ -34,7 +35,7 @@ if a.normal is None:   # tabular: f1 is the main metric, auroc a secondary one
 else:
     c = sum(cls)
     r = {"method": "fake", "dataset": a.dataset, "normal": a.normal, "seed": a.seed,
-         "auroc": round(0.5 + 0.01 * c + 0.001 * a.seed, 4), "auroc_ae": 0.5, "device": "cpu", "seconds": 2.0}
+         "auroc": round(0.5 + 0.01 * c + 0.001 * a.seed + a.offset, 4), "auroc_ae": 0.5, "device": "cpu", "seconds": 2.0}
 print("iter 1/1 loss=0.1", flush=True)
 print("RESULT " + " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
 if a.json and not a.no_json:
@@ -181,6 +182,26 @@ def test_changed_flags_under_the_same_name_are_refused(setup):
         setup["invoke"](*args, extra=["--dataset", "fashion-mnist"])
     with pytest.raises(SystemExit):
         setup["invoke"](*args, extra=["--seed", "3"])         # the runner sets --seed itself
+
+
+def test_side_by_side_puts_an_ablation_in_one_table_with_paired_differences(setup, capsys):
+    """--side-by-side: one table of sweeps over the same classes and seeds (issue 17's ablation table), read from
+    the stored runs; the second sweep is the first + 0.02 on every run, so its paired difference is +2.00 ± 0.00
+    in 4 of 4 pairs; paper rows listed with --reference; an unknown name is an error."""
+    base = ("--script", setup["script"], "--classes", "0,1", "--seeds", "0,1")
+    setup["invoke"](*base, "--name", "a")
+    setup["invoke"](*base, "--name", "b", extra=["--offset", "0.02"])
+    out = setup["tmp"] / "ab.md"
+    common = ["--results-dir", str(setup["results"]), "--paper-tables", str(setup["tmp"] / "tables.json")]
+    assert bench.main(["--side-by-side", "a,b", "--reference", "fake/f1", "--out", str(out), *common]) == 0
+    text = out.read_text()
+    assert "| 0 | 50.05 ± 0.07 (n=2) | 52.05 ± 0.07 (n=2) |" in text       # class 0: 0.500 and 0.501 (+0.02)
+    assert "| **average over classes** | **50.55** (2 classes) | **52.55** (2 classes) |" in text
+    assert "| paired Δ vs a | – | +2.00 ± 0.00 (4 of 4 pairs higher) |" in text
+    assert "50.0 — " in text and "--side-by-side a,b" in text              # the reference row and the command
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--side-by-side", "a,nope", *common])
+    assert e.value.code == 2
 
 
 def test_report_only_rerenders_without_running(setup):
