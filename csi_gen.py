@@ -83,6 +83,19 @@ Choices where the paper is silent (and the flag that controls each)
     - --dataset digits (offline install check, not in the paper): widths 8 and --ensemble 2 unless given,
       so that the default run finishes in about a minute on a CPU (printed at start-up).
 
+Measured (Sec. 3.2's ablation at the cpu_ablation protocol of benchmarks/protocols.json: 150 batches of 32,
+widths 8, single-view M, Fashion-MNIST, ten classes, seeds 0 and 1, 2-core CPU;
+benchmarks/results/csi_gen_fashion-mnist_cpu_ablation.md):
+        variant                       seed 0   seed 1   both    paired difference to CSI (class x seed)
+        --variant csi (CSI alone)     85.42    79.46    82.44   -
+        --variant g   (CSI + G)       83.41    81.53    82.47   +0.03 +- 7.66 (higher in 8 of 20 pairs)
+        --variant full (CSI + G + E)  84.26    78.11    81.19   -1.26 +- 2.22 (higher in 6 of 20 pairs)
+    The generator did not help at this budget (0.08% of the default schedule; its samples are still coarse,
+    benchmarks/results/figures/csi_gen_fashion-mnist_cpu_ablation_full_c0.png); the paper's gains (+0.5 G, +0.8
+    full on CIFAR-10, Sec. 3.2) are at full training. M_ens at this budget, one probe (`--variant csi
+    --iters 150 --width 8 --gan-width 8 --ensemble 10 --normal 0 --seed 0` on Fashion-MNIST): 80.42, against
+    85.80 for the single-view M of the same run, so the protocol scores with M.
+
 Run:  python csi_gen.py --dataset cifar10 --normal 0 --variant full
 """
 import argparse
