@@ -236,7 +236,7 @@ def fig4(out_png, out_md, results):
     ax.set_ylabel("test AUROC (%)")
     ax.set_title("Toll Fig. 4 (reproduced): MNIST, normal class 8")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     print(f"wrote {os.path.relpath(out_png, REPO)}")

@@ -313,7 +313,7 @@ def test_cpu_runs_are_repeatable(tiny_root):
     (["--beta", "-1"], "--beta must be >= 0"),
     (["--beta", "inf"], "--beta must be a finite number"),
     (["--c2", "0"], "--c2 must be > 0"),
-    (["--seed", "-5"], "--seed must be in [0, 4.29497e+09]"),
+    (["--seed", "-5"], "--seed must be in [0, 4294967295]"),
     (["--iters", "0"], "--iters must be >= 1"),
     (["--epochs", "-3"], "--epochs must be >= 1"),
     (["--batch-size", "1"], "--batch-size must be >= 2"),
