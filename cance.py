@@ -126,10 +126,11 @@ Choices where the paper is silent (or where this file had to decide)
       its PCA reconstruction.
     - Tabular protocol: --tabular-split goad (default: a random half of the normal rows trains, the test set
       is the other half plus all anomalies) or drocc (above); F1 flags the top r of test scores as anomalies,
-      r = the test set's anomaly proportion (DAGMM/GOAD's rule); f1_drocc_rule is reported on the drocc split. Z-scoring as GOAD's norm_data: a column with zero
-      training std keeps std 1 (the ODDS Arrhythmia file has 17 constant columns and 25 constant on the
-      normal rows; the earlier clamp at 1e-6 blew anomalies' values in them up by ~1e6). A file with NaN/inf
-      or only constant columns is an error. Latent sizes: thyroid 3, abalone 3, arrhythmia 8; lambda 0.3 (chosen).
+      r = the test set's anomaly proportion (DAGMM/GOAD's rule); f1_drocc_rule is reported on the drocc
+      split. Z-scoring as GOAD's norm_data: a column with zero training std keeps std 1 (the ODDS Arrhythmia
+      file has 17 constant columns and 25 constant on the normal rows; the earlier clamp at 1e-6 blew
+      anomalies' values in them up by ~1e6). A file with NaN/inf or only constant columns is an error.
+      Latent sizes: thyroid 3, abalone 3, arrhythmia 8; lambda 0.3 (chosen).
     - MNIST-C (Table 3, after Lee & Lee 2023): training = the 60,000 MNIST training images (every class
       normal, latent 10 as Sec. 4 says); test = MNIST's test images (normal) + the test images of the 15
       corruptions (anomalies). The paper does not say whether the 15 are pooled or run one by one

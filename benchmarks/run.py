@@ -1075,6 +1075,8 @@ def _main(argv=None):
         else:
             print(text, end="")
         return 0
+    if args.out or args.reference:
+        p.error("--out and --reference go with --side-by-side")
     if args.readme:
         section = render_readme_section(args.results_dir)
         if args.write:

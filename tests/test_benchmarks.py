@@ -202,6 +202,9 @@ def test_side_by_side_puts_an_ablation_in_one_table_with_paired_differences(setu
     with pytest.raises(SystemExit) as e:
         bench.main(["--side-by-side", "a,nope", *common])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:                              # --out alone would be silently ignored
+        bench.main(["--out", str(out), *common])
+    assert e.value.code == 2
 
 
 def test_report_only_rerenders_without_running(setup):
