@@ -104,7 +104,11 @@ Deviations from the paper, and choices where it is silent (flag in brackets)
       grayscale sets, expanded to 3 channels (line 482), saturation, hue and grayscale change nothing. Inputs in
       [-1, 1] (line 314); 28x28 images zero-padded to the encoder's 32x32.
     - Encoder: Table IV = AMDIM's 32x32 encoder without BN inside (AMDIM's default use_bn 0), residual branches'
-      last conv zero-initialised (AMDIM's init), BatchNorm at the end of g and of phi(f_local) [--code-norm];
+      last conv zero-initialised (AMDIM's init), BatchNorm at the end of g and of phi(f_local) [--code-norm].
+      Where a layer widens the channels, its shortcut is a strided kxk conv (AMDIM: average pool, zero-padded
+      channels): with the zero-initialised branch, AMDIM's padding leaves all but ndf of the code's dimensions
+      zero for every input at initialisation, and the global-vs-global InfoNCE and the L1 term give them no
+      gradient, so they would never learn (Table IV prints shapes, not an initialisation);
       --encoder resnet18 (base model only, not in the paper) keeps the previous ResNet-18 option.
     - Alg. 3 line 8 sums g^T phi(l) over all f_local positions (the paper's double sum); AMDIM instead scores each
       position as its own positive. L_gvl (Alg. 4 line 14) is one Alg. 3 loss over the 2N x 2N pairs of global
@@ -223,6 +227,10 @@ def parse_args(argv=None):
     p.add_argument("--local-size", type=int, default=5, choices=[5, 7],
                    help="extension: f_local's map, 5x5 = output of the first ResBlock(4ndf, 4ndf, 3, 1) (Table "
                         "IV, line 559); 7 = the block before it (AMDIM's second local map)")
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="every K steps, the test AUROC of the Eq. 23 (24) score under both BatchNorm statistics, "
+                        "mean ||z|| and dims_alive, printed and stored as 'curve' in the JSON (Fig. 2 records it "
+                        "every 5 epochs; line 344); 0 = off. Monitoring only: the last model is tested")
     p.add_argument("--width", type=int, default=64, help="--encoder resnet18 only: ResNet width (64 = 512-d)")
     p.add_argument("--json", default=None, help="also write the RESULT keys to this JSON file (atomic)")
     return p.parse_args(argv)
@@ -292,6 +300,7 @@ def check_args(args):
     check_number(args, "beta", 0)
     check_number(args, "c2", 0, low_open=True)
     check_number(args, "mc_samples", 0)
+    check_number(args, "curve_every", 0)
     for name in ("ndf", "nrkhs", "ndepth", "width"):
         check_number(args, name, 1)
     if args.model == "extension" and args.encoder != "amdim":
@@ -374,8 +383,11 @@ def code_norm_layer(kind, n):
 
 class ConvResNxN(nn.Module):
     """AMDIM's residual layer ('ResBlock(n_in, n_out, k, stride, 1)' in Table IV): conv kxk (stride) ->
-    ReLU -> conv 1x1, plus an average-pool shortcut (zero-padded channels), or a strided conv when the layer
-    shrinks the channels. No BatchNorm inside (AMDIM's default use_bn=0)."""
+    ReLU -> conv 1x1 (zero-initialised, AMDIM's init), plus an average-pool shortcut when the channels stay, or
+    a strided kxk conv shortcut when they change. AMDIM zero-pads the average-pool shortcut when the layer widens;
+    with its zero-initialised residual branch those channels start constant, and ITAD's global-vs-global
+    contrast gives them no gradient, so they would never learn (see the docstring's deviations).
+    No BatchNorm inside (AMDIM's default use_bn=0)."""
 
     def __init__(self, n_in, n_out, k, stride):
         super().__init__()
@@ -383,14 +395,13 @@ class ConvResNxN(nn.Module):
         self.conv1 = nn.Conv2d(n_in, n_out, k, stride, 0, bias=False)
         self.conv2 = nn.Conv2d(n_out, n_out, 1, 1, 0, bias=False)
         nn.init.zeros_(self.conv2.weight)                    # AMDIM's fixup-style init of the residual branch
-        self.conv3 = nn.Conv2d(n_in, n_out, k, stride, 0, bias=True) if n_out < n_in else None
+        self.conv3 = nn.Conv2d(n_in, n_out, k, stride, 0, bias=True) if n_out != n_in else None
 
     def forward(self, x):
         h = self.conv2(F.relu(self.conv1(x)))
         if self.conv3 is not None:
             return h + self.conv3(x)
-        short = F.avg_pool2d(x, self.k, self.stride, 0)
-        return h + F.pad(short, (0, 0, 0, 0, 0, self.n_out - self.n_in))
+        return h + F.avg_pool2d(x, self.k, self.stride, 0)
 
 
 def res_block(n_in, n_out, k, stride, depth):
@@ -538,10 +549,12 @@ def check_finite(value, where):
 
 # ------------------------------------------------------------------------------------------ training
 
-def train(model, x_train, args, c1, log=print):
+def train(model, x_train, args, c1, log=print, test=None):
     """Alg. 1 (base) / Alg. 4 (extension): Adam; epochs of random minibatches of N normal images (the last
-    incomplete batch dropped), two augmented views each; --iters steps in all."""
+    incomplete batch dropped), two augmented views each; --iters steps in all. With test = (x, y) and
+    --curve-every K, the test AUROC every K steps (Fig. 2), returned as a list of curve_point() dicts."""
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    curve, every_curve = [], getattr(args, "curve_every", 0) if test is not None else 0
     n, t0, train_time = len(x_train), time.time(), 0.0
     every = max(1, args.iters // 20)
     per_epoch = n // args.batch_size
@@ -569,8 +582,15 @@ def train(model, x_train, args, c1, log=print):
         if it % every == 0 or it == args.iters:
             log(f"iter {it}/{args.iters} loss={loss_value:.4f} {args.mi}={mi.item():.4f} "
                 f"entropy={ent.item():.4f} elapsed={time.time() - t0:.1f}s", flush=True)
+        if every_curve and (it % every_curve == 0 or it == 1):
+            recent = trace[-every_curve:]
+            point = dict(iter=it, **{args.mi: round(float(np.mean([t[0] for t in recent])), 4),
+                                     "entropy": round(float(np.mean([t[1] for t in recent])), 4)},
+                         **curve_point(model, *test, args, c1))
+            curve.append(point)
+            log("curve " + " ".join(f"{k}={v}" for k, v in point.items()), flush=True)
     tail = trace[-max(1, len(trace) // 10):]                                            # last 10% of the steps
-    return train_time, float(np.mean([t[0] for t in tail])), float(np.mean([t[1] for t in tail]))
+    return train_time, float(np.mean([t[0] for t in tail])), float(np.mean([t[1] for t in tail])), curve
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -660,6 +680,43 @@ def global_codes(model, x, args, chunk=500):
     return torch.cat(codes)
 
 
+@torch.no_grad()
+def dims_alive(model, x, chunk=500):
+    """Fraction of the global code's dimensions that vary across the images x (M, 3, 32, 32) in [0, 1] before the
+    code's normalisation (variance > 1e-5, BatchNorm's eps): a dimension below it is switched off (the collapse
+    of Sec. IV-B). Not in the paper: a diagnostic."""
+    pre = []
+    hook = model.norm.register_forward_hook(lambda m, inp, out: pre.append(inp[0].flatten(1).double()))
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(x), chunk):
+        model(to_minus1_1(x[i:i + chunk]))
+    hook.remove()
+    model.train(was_training)
+    return (torch.cat(pre).var(0) > 1e-5).double().mean().item()
+
+
+def curve_point(model, x, y, args, c1):
+    """One point of AUROC over training (Fig. 2, line 344: 'the AUROC result every 5 epochs'): the Eq. 23 / 24
+    score of the test images under both BatchNorm statistics (auroc = --bn-stats, auroc_<other>bn), Fig. 3's
+    mean ||z|| of normal and anomalous test codes (under --bn-stats) and dims_alive. No random numbers are drawn,
+    and the training BatchNorm buffers are put back, so the training run is the same with or without it."""
+    saved = set_bn_statistics(model, x, "train")
+    point = {}
+    for which in (args.bn_stats, "test" if args.bn_stats == "train" else "train"):
+        set_bn_statistics(model, x, which, saved)
+        key = "auroc" if which == args.bn_stats else f"auroc_{which}bn"
+        point[key] = round(auroc(normal_scores(model, x, args, c1, "ori"), y), 4)
+        if which == args.bn_stats:
+            norms = global_codes(model, x, args).norm(dim=1)
+            point.update(znorm_normal=round(norms[y == 0].mean().item(), 4),
+                         znorm_anomaly=round(norms[y == 1].mean().item(), 4))
+    set_bn_statistics(model, x, "train", saved)
+    point["dims_alive"] = round(dims_alive(model, x), 4)
+    model.train()
+    return point
+
+
 def auroc(normal_score, is_anomaly):
     """AUROC with anomaly = 1 and the anomaly score = -normal score (Alg. 2 line 10)."""
     return roc_auc_score(is_anomaly.cpu().numpy(), -normal_score)
@@ -728,11 +785,10 @@ def run(args, log=print):
         f"({args.entropy_reduce}) beta={args.beta:g} code_norm={args.code_norm} bn_stats={args.bn_stats} "
         f"lr={args.lr:g} batch={args.batch_size} iters={args.iters} c1={c1:.4g} c2={args.c2:g} {size}"
         + (f" local={args.local_size}" if args.model == "extension" else "") + f" device={device}", flush=True)
-    train_time, mi_end, ent_end = train(model, x_train, args, c1, log)
+    train_time, mi_end, ent_end, curve = train(model, x_train, args, c1, log, test=(x_test, y_test))
     ts = time.time()
     train_stats = set_bn_statistics(model, x_test, "train")                   # eval mode, training statistics
-    bn = model.norm if isinstance(model.norm, nn.BatchNorm2d) else None      # the global code's BatchNorm
-    alive = (bn.running_var > bn.eps).float().mean().item() if bn is not None else float("nan")
+    alive = dims_alive(model, x_test)
     if args.bn_stats == "test":
         set_bn_statistics(model, x_test, "test")
     scores = normal_scores(model, x_test, args, c1, "ori")
@@ -755,12 +811,14 @@ def run(args, log=print):
                    "znorm_normal": round(norms[y_test == 0].mean().item(), 4),
                    "znorm_anomaly": round(norms[y_test == 1].mean().item(), 4),
                    "z_spread": round(z[y_test == 0].std(0).mean().item(), 4),     # per-dimension std, normal
-                   "dims_alive": round(alive, 4),        # code dims whose training variance before BN exceeds eps
+                   "dims_alive": round(alive, 4),        # code dims that vary across the test images
                    "iters": args.iters, "batch_size": args.batch_size, "device": device.type,
                    "seconds": round(time.time() - t_start, 1),
                    "train_samples_per_s": round(args.iters * args.batch_size / max(train_time, 1e-9), 1),
                    "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
     log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+    if curve:
+        result["curve"] = curve                                                  # the JSON only
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

@@ -210,6 +210,43 @@ def test_table4_encoder_shapes_local_5x5_by_default():
     assert len(base.block1) == 2 and isinstance(base.norm, torch.nn.BatchNorm2d) and base.norm.affine
 
 
+@pytest.mark.parametrize("sizes", [(16, 128, 1), (8, 64, 3)])
+@pytest.mark.parametrize("model_kind", ["base", "extension"])
+def test_every_code_dimension_varies_and_gets_a_gradient_at_init(sizes, model_kind):
+    """At initialisation every dimension of the global code (and of phi(f_local)) varies across different inputs
+    and receives a non-zero gradient from the training loss (Alg. 1 lines 11-19; Alg. 4 lines 13-16). With
+    AMDIM's zero-padded average-pool shortcut and zero-initialised residual branch, 112 of 128 dimensions at the
+    cpu sizes were exactly zero for every input, and the global-vs-global InfoNCE and the L1 term gave them no
+    gradient (sign(0) = 0), so they never learned."""
+    torch.manual_seed(0)
+    ndf, nrkhs, ndepth = sizes
+    model = itad.AmdimEncoder(ndf, nrkhs, ndepth, local=model_kind == "extension")
+    model.train()
+    x = torch.rand(32, 3, 32, 32) * 2 - 1
+    out = model(x)
+    codes = out if isinstance(out, tuple) else (out,)
+    for c in codes:
+        c.retain_grad()
+        per_dim = c.transpose(0, 1).flatten(1)                                      # (d, B * positions)
+        assert (per_dim.std(1) > 0).all(), f"{int((per_dim.std(1) == 0).sum())} constant code dimensions"
+    args = ns(beta=20.0)
+    loss = (itad.base_loss(out, args, math.sqrt(nrkhs)) if model_kind == "base"
+            else itad.extension_loss(*out, args, math.sqrt(nrkhs)))[0]
+    loss.backward()
+    for c in codes:
+        grad = c.grad.transpose(0, 1).flatten(1).abs().sum(1)
+        assert (grad > 0).all(), f"{int((grad == 0).sum())} code dimensions get no gradient"
+
+
+def test_dims_alive_counts_the_dimensions_that_vary_before_the_code_norm():
+    torch.manual_seed(0)
+    model = itad.AmdimEncoder(4, 8, 1)
+    with torch.no_grad():
+        model.top.conv3.weight[:3] = 0                                              # three dimensions constant
+        model.top.conv2.weight[:3] = 0
+    assert itad.dims_alive(model, torch.rand(20, 3, 32, 32)) == pytest.approx(5 / 8)
+
+
 def test_table4_sizes_are_the_defaults_and_digits_gets_sizes_that_fit():
     args = itad.parse_args([])
     assert args.model == "base" and args.encoder == "amdim" and args.beta == 20.0 and args.lr == 2e-4
@@ -350,7 +387,7 @@ def test_missing_data_offline_is_a_clear_error_without_traceback(tmp_path):
 
 
 def test_ctrl_c_says_how_far_it_got_and_exits_130(tiny_root, capsys, monkeypatch):
-    def interrupted(model, x, args, c1, log=print):
+    def interrupted(model, x, args, c1, log=print, **kw):
         args.progress = "training, iteration 7/9"
         raise KeyboardInterrupt
     monkeypatch.setattr(itad, "train", interrupted)
@@ -374,12 +411,13 @@ CHANCE = math.log(2 * 32 - 1)                                 # InfoNCE at chanc
 
 def test_beta0_nce_learns_and_normal_codes_are_larger_on_an_easy_set(tiny_root):
     """Generated data (class c = a bright blob at a class-specific place), class 0 normal, beta = 0: the InfoNCE
-    term learns and the Eq. 23 score ranks the normal class first. When written (seed 0, 150 steps): NCE 3.56
-    against 4.14 at chance, z_spread 0.034, AUROC 0.999 (test BN statistics), 1.0 (training statistics)."""
+    term learns and the Eq. 23 score ranks the normal class first. When written (seed 0, 150 steps): NCE 3.54
+    against 4.14 at chance, z_spread 0.29, mean ||z|| normal 6.50 / anomalous 5.28, AUROC 0.845 (test BN
+    statistics). With AMDIM's zero-padded shortcuts (7 of 8 code dimensions dead from the start) it was 0.999."""
     r = itad.main([*EASY, "--data-root", tiny_root, "--beta", "0"])
     assert r["nce_end"] < CHANCE - 0.3, r
     assert r["z_spread"] > 0.02 and r["znorm_normal"] > r["znorm_anomaly"], r
-    assert r["auroc"] > 0.9, r
+    assert r["auroc"] > 0.8, r
 
 
 @pytest.mark.xfail(strict=True, reason="known failure, see itad.py's docstring: at the paper's beta = 20 the entropy "
