@@ -11,6 +11,10 @@ Datasets (``load_images`` / ``load_tabular`` / ``load_omniglot``)
     omniglot     -- torchvision's Omniglot, or the official small background subsets as a fallback
     arrhythmia, thyroid, abalone -- tabular, from their public files (ODDS .mat / UCI .data)
 
+Your own data (``load_user_data``): ``--dataset PATH`` with PATH an ``.npz`` file (x_train = normal samples,
+x_test, y_test with 1 = anomaly, optionally x_val / y_val), a ``.csv`` file (numeric feature columns and a label
+column) or an image folder in the MVTec AD / anomalib layout (train/good/, test/good/, test/<defect>/).
+
 Where the data lives: ``--data-root`` if given, else the environment variable ``AD_DATA_ROOT``, else
 ``./data``. Files are looked for in torchvision's layout (``ROOT/MNIST/raw/...``,
 ``ROOT/cifar-10-batches-py/...``) and tabular files in ``ROOT`` or ``ROOT/tabular``. Missing files are
@@ -56,7 +60,7 @@ def _missing(what, root, expected, why):
     return DataError(
         f"{what} was not found under '{root}' and could not be downloaded ({why}). Expected {expected}. "
         f"Point --data-root (or the environment variable {ENV_ROOT}) at a folder holding these files in "
-        f"torchvision's layout, e.g. --data-root ../shared/data, or run once with network access so "
+        f"torchvision's layout, e.g. --data-root ./data, or run once with network access so "
         f"torchvision can download them there.")
 
 
@@ -360,6 +364,182 @@ def load_tabular(name, root=None):
                         "not the expected format: replace it with the original, or delete it so it is downloaded "
                         "again") from None
     return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
+
+
+# ------------------------------------------------------------------------------------------ your own data
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def is_user_dataset(name):
+    """--dataset NAME, where NAME is none of the script's built-in datasets, names a file or folder of the user's."""
+    return name.endswith((".npz", ".csv")) or os.sep in name or os.path.isdir(name)
+
+
+def fit_images(x, channels, size):
+    """(N, C, H, W) in [0, 1] -> (N, channels, size, size), the input an architecture takes: RGB -> grey by ITU-R
+    601 luma, grey -> RGB by repetition, then an antialiased resize when the side differs."""
+    if x.shape[1] == 3 and channels == 1:
+        x = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    elif x.shape[1] == 1 and channels == 3:
+        x = x.repeat(1, 3, 1, 1)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return x.contiguous()
+
+
+def _finite(x, path, key):
+    if not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise DataError(f"{path}: {key} holds NaN or inf (first at index {tuple(int(i) for i in bad)}). Remove or "
+                        "impute those values first")
+
+
+def _binary(y, path, key):
+    values = sorted(set(np.unique(y).tolist()))
+    if not set(values) <= {0, 1}:
+        raise DataError(f"{path}: {key} must hold 0 (normal) and 1 (anomaly) only, but holds {values[:6]}. Map the "
+                        "labels to 0/1 first")
+    return torch.as_tensor(np.asarray(y), dtype=torch.int64)
+
+
+def _as_nchw(x, path, key):
+    """(N, D) stays; (N, H, W) -> (N, 1, H, W); (N, H, W, C) or (N, C, H, W) with C in {1, 3} -> (N, C, H, W).
+    uint8 images are divided by 255; float images must already lie in [0, 1]."""
+    if x.ndim == 2:
+        return torch.as_tensor(x, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise DataError(f"{path}: {key} has shape {x.shape}; expected (N, D) features or images as (N, H, W), "
+                        "(N, H, W, C) or (N, C, H, W) with C = 1 or 3. Reshape it")
+    if x.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    if x.min() < 0 or x.max() > 1:
+        raise DataError(f"{path}: {key} holds images with values in [{x.min():g}, {x.max():g}]; expected uint8 or "
+                        "floats in [0, 1]. Rescale them")
+    return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+
+
+def load_npz(path):
+    """An .npz file -> dict(train=x, val=(x, y) or None, test=(x, y)): x_train holds normal samples only; y = 1
+    marks an anomaly. Features (N, D) or images (see _as_nchw); every check names the file and key."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise DataError(f"cannot read '{path}' as an .npz file ({type(e).__name__}: {e}). Write it with "
+                        "numpy.savez(path, x_train=..., x_test=..., y_test=...)") from None
+    missing = [k for k in ("x_train", "x_test", "y_test") if k not in arrays]
+    if missing or (("x_val" in arrays) != ("y_val" in arrays)):
+        raise DataError(f"'{path}' must hold x_train, x_test and y_test (and optionally x_val with y_val); it "
+                        f"holds {', '.join(sorted(arrays)) or 'nothing'}. Save it with those keys")
+    out = {}
+    for part in ("train", "val", "test"):
+        if f"x_{part}" not in arrays:
+            continue
+        x = arrays[f"x_{part}"]
+        if not np.issubdtype(x.dtype, np.number) or x.ndim < 2 or len(x) == 0:
+            raise DataError(f"'{path}': x_{part} must be a non-empty numeric array of shape (N, ...), got {x.dtype} "
+                            f"{x.shape}. Save numbers")
+        _finite(x, path, f"x_{part}")
+        x = _as_nchw(x, path, f"x_{part}")
+        if part != "train":
+            y = arrays[f"y_{part}"].reshape(-1)
+            if len(y) != len(x):
+                raise DataError(f"'{path}': x_{part} has {len(x)} samples but y_{part} has {len(y)} labels. Give one "
+                                "label per sample")
+            x = (x, _binary(y, path, f"y_{part}"))
+        out[part] = x
+    shapes = {k: tuple((v[0] if isinstance(v, tuple) else v).shape[1:]) for k, v in out.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"'{path}': the splits' sample shapes differ ({shapes}). Save every split with one shape")
+    return {"train": out["train"], "val": out.get("val"), "test": out["test"]}
+
+
+def load_csv(path, label_column="label", normal_label="0"):
+    """A .csv file with a header row -> (X float32 (N, D), y int64 (N,), 1 = anomaly): every column but the label
+    column is a numeric feature; rows whose label equals normal_label (compared as text) are normal."""
+    import csv
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read '{path}' as a CSV file ({type(e).__name__}: {e}). Check the file") from None
+    if len(rows) < 2:
+        raise DataError(f"'{path}' holds no data rows (a header row, then one row per sample). Check the file")
+    header, body = [c.strip() for c in rows[0]], rows[1:]
+    if label_column not in header:
+        raise DataError(f"'{path}' has no column '{label_column}' (columns: {', '.join(header)}). Name the label "
+                        "column with --label-column")
+    bad = [i + 2 for i, r in enumerate(body) if len(r) != len(header)]
+    if bad:
+        raise DataError(f"'{path}': line {bad[0]} has a different number of fields than the header "
+                        f"({len(header)}). Fix that line")
+    j = header.index(label_column)
+    features = [c for c in range(len(header)) if c != j]
+    X = np.empty((len(body), len(features)))
+    for k, c in enumerate(features):
+        try:
+            X[:, k] = [float(r[c]) for r in body]
+        except ValueError:
+            raise DataError(f"'{path}': column '{header[c]}' is not numeric. Encode it as numbers (e.g. one-hot) or "
+                            "drop it") from None
+    _finite(X, path, "the features")
+    y = np.array([r[j].strip() != str(normal_label) for r in body], dtype=np.int64)
+    if y.all() or not y.any():
+        raise DataError(f"'{path}': {'no' if y.all() else 'every'} row has {label_column} = {normal_label}, so there "
+                        f"are {'no normal samples' if y.all() else 'no anomalies'}. Set --normal-label to the "
+                        "normal rows' label")
+    return torch.tensor(X, dtype=torch.float32), torch.from_numpy(y)
+
+
+def load_image_folder(path, channels, size):
+    """An image folder in the MVTec AD / anomalib layout -> dict(train=x, val=None, test=(x, y)): train/good/ holds
+    the normal training images, test/good/ the normal test images, every other test/<name>/ folder anomalies.
+    Images are read with PIL (torchvision's image loader), converted to `channels` (1 grey, 3 RGB), scaled to
+    [0, 1] and resized to size x size (antialiased)."""
+    from PIL import Image, UnidentifiedImageError
+
+    def folder(*parts):
+        d = os.path.join(path, *parts)
+        files = sorted(os.path.join(d, f) for f in os.listdir(d) if not f.startswith(".")) if os.path.isdir(d) else []
+        return [f for f in files if os.path.isfile(f)]
+
+    def read(files):
+        out = []
+        for f in files:
+            if not f.lower().endswith(IMAGE_SUFFIXES):
+                raise DataError(f"'{f}' is not an image ({', '.join(IMAGE_SUFFIXES)}). Move it out of {path}")
+            try:
+                with Image.open(f) as img:
+                    a = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                raise DataError(f"'{f}' cannot be decoded as an image ({type(e).__name__}). Replace or remove it") \
+                    from None
+            x = torch.from_numpy(a).view(1, *a.shape[:2], -1).permute(0, 3, 1, 2)      # (1, C, H, W)
+            out.append(fit_images(x, channels, size))
+        return torch.cat(out)
+
+    if not os.path.isdir(path):
+        raise DataError(f"the dataset folder '{path}' does not exist. Give an .npz or .csv file, a built-in dataset "
+                        "name, or a folder with train/good/ and test/<name>/ subfolders")
+    train, good = folder("train", "good"), folder("test", "good")
+    test_dir = os.path.join(path, "test")
+    defects = sorted(d for d in (os.listdir(test_dir) if os.path.isdir(test_dir) else [])
+                     if d != "good" and os.path.isdir(os.path.join(test_dir, d)))
+    if not train:
+        raise DataError(f"'{path}' has no images in train/good/. Use the MVTec AD layout: train/good/ (normal "
+                        "training images), test/good/ (normal test images), test/<defect>/ (anomalies)")
+    if not defects or not any(folder("test", d) for d in defects):
+        raise DataError(f"'{path}' has no anomaly folder with images under test/ (a test/<defect>/ folder besides "
+                        "test/good/). Add one: the test set needs anomalies to be scored against")
+    bad = [folder("test", d) for d in defects]
+    x_test = read(good + [f for files in bad for f in files])
+    y_test = torch.cat([torch.zeros(len(good), dtype=torch.int64), torch.ones(sum(map(len, bad)), dtype=torch.int64)])
+    return {"train": read(train), "val": None, "test": (x_test, y_test)}
 
 
 # ------------------------------------------------------------------------------------------ protocol

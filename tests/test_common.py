@@ -105,3 +105,121 @@ def test_resnet18_for_32x32():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 64)
     full = common.ResNet18()
     assert full.out_dim == 512 and sum(p.numel() for p in full.parameters()) == 11168832
+
+
+# ------------------------------------------------------------------------------------------ your own data
+
+def _npz(tmp_path, name="d.npz", **arrays):
+    import numpy as np
+    path = str(tmp_path / name)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_tabular_and_image_layouts_load_as_the_scripts_expect(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    d = common.load_npz(_npz(tmp_path, x_train=rng.normal(size=(30, 20)), x_test=rng.normal(size=(10, 20)),
+                             y_test=np.r_[np.zeros(7), np.ones(3)]))
+    assert d["train"].shape == (30, 20) and d["val"] is None and d["test"][1].tolist() == [0] * 7 + [1] * 3
+    hwc = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)                   # (N, H, W, C) uint8
+    d = common.load_npz(_npz(tmp_path, x_train=hwc, x_test=hwc[:4], y_test=[0, 1, 0, 1], x_val=hwc[:2],
+                             y_val=[1, 0]))
+    assert d["train"].shape == (12, 3, 32, 32) and d["train"].max() <= 1
+    assert torch.allclose(d["train"][3, 2], torch.from_numpy(hwc[3, :, :, 2]).float() / 255)
+    assert d["val"][1].tolist() == [1, 0]
+    grey = rng.random(size=(6, 28, 28))                                                   # (N, H, W) floats
+    assert common.load_npz(_npz(tmp_path, x_train=grey, x_test=grey, y_test=[0] * 5 + [1]))["train"].shape == \
+        (6, 1, 28, 28)
+
+
+@pytest.mark.parametrize("arrays,words", [
+    (dict(x_train=[[1.0]], x_test=[[1.0]]), "it holds x_test, x_train"),
+    (dict(x_train=[[1.0]], x_test=[[1.0], [2.0]], y_test=[0]), "has 2 samples but y_test has 1"),
+    (dict(x_train=[[1.0]], x_test=[[1.0], [2.0]], y_test=[0, 2]), "0 (normal) and 1 (anomaly) only"),
+    (dict(x_train=[[1.0], [float("nan")]], x_test=[[1.0]], y_test=[1]), "x_train holds NaN or inf"),
+    (dict(x_train=[[1.0]], x_test=[[1.0, 2.0]], y_test=[1]), "shapes differ"),
+    (dict(x_train=[[[[2.0]]]], x_test=[[[[1.0]]]], y_test=[1]), "values in [2, 2]"),
+])
+def test_npz_problems_are_named(tmp_path, arrays, words):
+    with pytest.raises(common.DataError) as e:
+        common.load_npz(_npz(tmp_path, **arrays))
+    assert words in str(e.value) and "d.npz" in str(e.value)
+
+
+def test_npz_that_is_not_an_npz_is_named(tmp_path):
+    path = tmp_path / "x.npz"
+    path.write_text("hello")
+    with pytest.raises(common.DataError, match="cannot read .*x.npz"):
+        common.load_npz(str(path))
+
+
+def test_csv_features_and_labels(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,2\n")
+    X, y = common.load_csv(str(path))
+    assert X.tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]] and y.tolist() == [0, 1, 0, 1]
+    X, y = common.load_csv(str(path), label_column="a", normal_label="1")
+    assert X.shape == (4, 2) and y.tolist() == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("text,kwargs,words", [
+    ("a,b\n1,2\n", {}, "no column 'label' (columns: a, b)"),
+    ("a,label\nx,0\ny,1\n", {}, "column 'a' is not numeric"),
+    ("a,label\nnan,0\n1,1\n", {}, "the features holds NaN or inf"),
+    ("a,label\n1,0\n2,0\n", {}, "no anomalies"),
+    ("a,label\n1,0\n2\n", {}, "line 3 has a different number of fields"),
+])
+def test_csv_problems_are_named(tmp_path, text, kwargs, words):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(common.DataError) as e:
+        common.load_csv(str(path), **kwargs)
+    assert words in str(e.value) and "t.csv" in str(e.value)
+
+
+def _image_folder(root, defects=("scratch",), extra=None):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for sub, n in [("train/good", 4), ("test/good", 2)] + [(f"test/{d}", 3) for d in defects]:
+        os.makedirs(root / sub, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)).save(root / sub / f"{i}.png")
+    if extra:
+        (root / extra[0]).write_bytes(extra[1])
+    return str(root)
+
+
+def test_image_folder_in_the_mvtec_layout(tmp_path):
+    d = common.load_image_folder(_image_folder(tmp_path / "f", defects=("crack", "hole")), channels=1, size=28)
+    assert d["train"].shape == (4, 1, 28, 28) and d["test"][0].shape == (8, 1, 28, 28)
+    assert d["test"][1].tolist() == [0, 0] + [1] * 6 and 0 <= d["train"].min() and d["train"].max() <= 1
+    d = common.load_image_folder(_image_folder(tmp_path / "g"), channels=3, size=32)
+    assert d["train"].shape == (4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("defects,extra,words", [
+    ((), None, "no anomaly folder"),
+    (("scratch",), ("train/good/notes.txt", b"hi"), "notes.txt' is not an image"),
+    (("scratch",), ("test/scratch/9.png", b"not a png"), "9.png' cannot be decoded"),
+])
+def test_image_folder_problems_are_named(tmp_path, defects, extra, words):
+    with pytest.raises(common.DataError) as e:
+        common.load_image_folder(_image_folder(tmp_path / "f", defects, extra), channels=1, size=28)
+    assert words in str(e.value)
+
+
+def test_image_folder_without_train_good_is_named(tmp_path):
+    os.makedirs(tmp_path / "f" / "test" / "bad")
+    with pytest.raises(common.DataError, match="no images in train/good"):
+        common.load_image_folder(str(tmp_path / "f"), channels=1, size=28)
+
+
+def test_fit_images_converts_channels_and_side():
+    x = torch.rand(2, 3, 40, 40)
+    g = common.fit_images(x, 1, 28)
+    assert g.shape == (2, 1, 28, 28) and 0 <= g.min() and g.max() <= 1
+    assert common.fit_images(torch.rand(2, 1, 28, 28), 3, 32).shape == (2, 3, 32, 32)
+    same = torch.rand(2, 1, 28, 28)
+    assert torch.equal(common.fit_images(same, 1, 28), same)
