@@ -1,150 +1,54 @@
-"""Anomaly Detection via Autoencoder Composite Features and NCE — Yalin Liao and Austin J. Brockmeier,
-arXiv:2502.01920 (2025).
+"""Anomaly Detection via Autoencoder Composite Features and NCE. Yalin Liao, Austin J. Brockmeier, arXiv:2502.01920
+(2025).
 
-An autoencoder (AE) is trained on normal data with a loss that decorrelates its batch-normalised latent.
-Each input x is then described by a composite feature z = (z_l, z_e, z_c): the latent code z_l, the
-reconstruction error z_e and the cosine dissimilarity z_c between x and its reconstruction x'. A small
-network T_theta learns, by noise-contrastive estimation (NCE) against a Gaussian fitted to the training
-features, the log-ratio between the density of normal composite features and the noise density; adding the
-noise log-density back gives an estimate of -ln p_d(z), the anomaly score. Two additions ("CANCE") reduce
-false negatives: normal points whose reconstruction features are replaced by artificially small values
-(so the learned density keeps decreasing as the error grows), and a noise covariance whose per-axis scale
-K >= 1 is optimised adversarially against T_theta.
+Idea (Sec. 3, Fig. 1). Step 1: an autoencoder (AE) with batch normalisation before its latent and a loss that
+decorrelates the latent is trained on normal data; an input x becomes the composite feature z = (z_l, z_e, z_c):
+latent code, squared reconstruction error, cosine dissimilarity of x and its reconstruction. Step 2: a network
+T_theta learns by noise-contrastive estimation (NCE) against a Gaussian fitted to the training features the log-ratio
+of feature and noise density; adding the noise log-density back estimates -ln p_d(z), the anomaly score. CANCE adds
+normal points whose (z_e, z_c) are replaced by artificially small values (Eq. 8) and scales the noise covariance by
+a diagonal K >= 1 trained adversarially to T_theta (Eq. 7, 10).
 
-What this file reproduces: the four-way ablation of Table 1 (Error, LatNCE, CNCE, CANCE), printed by every
-run on one shared AE; the per-class MNIST ablation of Table 7 (--normal 3) and the multimodal pairs of Table 8
-(--normal 0,1 / 0,8 / 1,8); the nine-normal-classes-vs-one setting of Table 5 (--normal 0,1,2,3,4,6,7,8,9 on
-fashion-mnist or cifar10); MNIST-C of Table 3 (--dataset mnist-c: all of MNIST trains, MNIST-C's corrupted
-test images are the anomalies; the data must be downloaded by hand, see common.load_mnist_c); the ResNet-18 +
-PCA feature variant (--features resnet18-pca, Tables 4, 9); and the tabular sets of Table 6 (Thyroid,
-Arrhythmia, Abalone) with F1. The paper reports the mean +- std of five runs: run --seed 0..4.
+Reproduces the ablation Error / LatNCE / CNCE / CANCE of Tables 1, 7, 8 (every run reports all four, on one AE;
+Table 8: --normal 0,1), Table 5 (--normal 0,1,2,3,4,6,7,8,9), MNIST-C (Table 3, --dataset mnist-c), the ResNet-18 +
+PCA features of Tables 4, 5, 9 (--features resnet18-pca) and the tabular sets of Table 6 (F1).
 
-Equation map
-    Eq. (11) L = L_error + lambda * L_cov ........................ ae_loss()
-    Eq. (12) L_cov = ||off(Sigma)||_F^2 / (d(d-1)) ............... covariance_loss()
-    composite feature z = (z_l, z_e, z_c) (Sec. 3) .............. composite_features()
-    Eq. (13)-(14) batch-wise mean and covariance (Appendix B) ... RunningMoments.update()
-    Appendix C log-normal mode m_z .............................. lognormal_mode()
-    Eq. (8) augmentation of (z_e, z_c) ........................... augment()
-    noise p_nK = N(mu, K Sigma K), L_K and its inverse (Sec. 3.4)  NoiseDistribution
-    Eq. (9) NCE loss for T_theta ................................. nce_loss()
-    Eq. (10) noise update, data term through sg(L_K^-1(z)) ....... train_nce(), the psi step
-    anomaly score S_C(z) = -(T_theta(z) + ln(nu p_nK(z))) ........ anomaly_score()
-    Appendix A/E decoupled AE training, 20% validation ........... train_autoencoder()
-    Appendix E NCE model selection on the 20% validation part .... train_nce(), nce_validation_loss()
-    Proposition 1 / Appendix D (p_m dominates p_n on [0, m_z]) ... tests: truncated_normal_pdf() + augment()
-    Table 1 ablation ............................................. run()
+Python API (copy cance.py and common.py): model = fit(x_normal, ...) runs Steps 1 and 2 on (N, D) rows or (N, 1, 28,
+28) / (N, 3, 32, 32) images in [0, 1]; score(model, x) -> numpy anomaly scores (higher = more anomalous). fit calls:
+    Sec. 3.2 BN directly before the latent ........................ build_autoencoder(), ConvAE, TabularAE
+    Eq. (11) L = L_error + lambda L_cov; Eq. (12) L_cov ............ ae_loss(), covariance_loss()
+    Sec. 3.2, Appendix A two-stage training; Appendix E selection .. train_autoencoder()
+    Sec. 3.1 z = (z_l, z_e, z_c) .................................. composite_features(), ae_features()
+    Sec. 3.2 ResNet-18 + PCA instead of the AE .................... resnet18_embeddings(), pca_features()
+    Sec. 3.3 p_n = N(mu, Sigma); Eq. (13)-(14) batch-wise moments .. RunningMoments
+    Appendix C mode m_z; Eq. (8) augmentation; Proposition 1 ...... lognormal_mode(), augment(); tests
+    Sec. 3.4 p_nK = N(mu, K Sigma K), L_K, K = 1 + softplus(psi) ... NoiseDistribution
+    Eq. (9) loss of T_theta; Eq. (10) psi step; Appendix E ........ nce_loss(), train_nce()
+    Sec. 3.3 S_C(z) = -(T_theta(z) + ln nu p_nK(z)) ................ anomaly_score(), score()
 
-Readings the text leaves open, settled by measurement (issue 16; MNIST, --iters 500, seed 0, one AE per
-class and reading shared by the NCE variants, this 2-core CPU; AUROC in %, paper = Table 7)
-    - L_error: Eq. (11) writes ||x - D(E(x))||^2 (a sum over the d0 inputs), line 322 calls it "the mean
-      squared error". With lambda = 0.3 the two differ by d0 = 784 in the weight of L_cov. Default: the sum
-      (--error-reduce sum; --error-reduce mean is the other reading):
-                     LatNCE mean / sum / paper    CNCE mean / sum / paper    CANCE mean / sum / paper
-        class 3          82.8 / 78.1 / 81.2           94.1 / 95.6 / 95.6         94.8 / 96.2 / 96.7
-        class 5          46.4 / 74.8 / 76.1           94.5 / 96.9 / 96.1         95.9 / 97.4 / 97.2
-        class 8          70.5 / 82.7 / 80.6           91.8 / 93.2 / 94.6         93.4 / 93.4 / 95.6
-        mean of 3        66.6 / 78.6 / 79.3           93.5 / 95.3 / 95.4         94.7 / 95.6 / 96.5
-      Under the mean reading lambda = 0.3 dominates the loss and whitens the latent so hard that anomalies'
-      codes fall inside the normal cloud (class 5 LatNCE below chance); under the sum the largest latent
-      correlation is 0.4-0.6 instead of 0.1, and every row moves towards Table 7.
-    - K's start: psi = 0 (K_jj = 1.69, the default) vs K_jj = 1.01 (--k-init 1.01), sum reading, CANCE:
-      class 3 96.2 vs 95.6, class 5 97.4 vs 97.3, class 8 93.4 vs 93.4 (mean reading: 94.8 vs 94.1, 95.9 vs
-      95.3, 93.4 vs 92.6). K moves little in 500 steps (1.69 -> 1.64); a start at 1 leaves CANCE's noise
-      equal to CNCE's, and its AUROC 0.0-0.4 above CNCE's.
-    - p_t's location: m_z (Appendix D) vs the training mean: class 3, CANCE 96.2 vs 96.3 (sum), 94.8 vs 94.8
-      (mean): no measurable difference; the default follows Appendix D.
-    - NCE model selection on the validation features: with --iters 500 the lowest validation loss is at the
-      last checkpoint for every model and class measured (selected step 500), so it changes nothing there;
-      it matters only with the longer default phases.
-    - Tabular F1 (Table 6), where the gap came from (5 seeds, --iters 500, the GOAD split of half the normal
-      rows, F1 of CANCE / LatNCE in %, this CPU): the readings above change little (Thyroid, L_error sum
-      60.6 / 73.1, mean 59.1 / 73.8); the old z-scoring, which divided constant columns by 1e-6, cost
-      Arrhythmia 4 points (clamp 51.2 -> GOAD's std 1: 55.5); min-max instead of z-scoring moves Thyroid to
-      64.3 and Abalone from 49.7 to 62.8; flagging the whole data set's anomaly ratio instead of the test
-      set's lowers every F1 (Thyroid 48.5, Abalone 30.9). NCE validation selection picks the last or a late
-      step at 500 iterations (Arrhythmia's CNCE: 300-450). None of these reaches Table 6 (Abalone 83,
-      Thyroid 77). (These five-seed probes and the class 3/5/8 table above came from a throwaway harness that
-      shares one AE per class and reading between the NCE variants; `python cance.py --dataset D --normal C
-      --iters 500 --error-reduce sum|mean --seed S` reproduces each cell with its own AE.)
-    - Tabular protocol of Table 6: NOT determined by the text. Line 180 says only that the preparation follows
-      "Zong et al. 2018, Goyal et al. 2020, Fu et al. 2024" (DAGMM, DROCC, DPAD), and the caption (line 238)
-      quotes the baselines from Fu et al. (Abalone, Arrhythmia) and Goyal et al. (Thyroid). Two preparations
-      are implemented: goad (DAGMM/GOAD: a random half of the normal rows trains; the other half plus every
-      anomaly tests; F1 of the anomaly class with the top r = test anomaly proportion flagged) and drocc (the
-      split of DROCC's released process_odds.py: every anomaly against as many normal rows). Table 6's own
-      entries decide between them as far as they can: on the balanced drocc split a random scorer's anomaly
-      F1 is 0.5 and DROCC's released metric (normal-class F1 at 80% predicted normal, f1_drocc_rule) lies in
-      [0.4615, 0.769] whatever the scores, yet Table 6 prints DAGMM 0.20 (Abalone) and DROCC 0.32 (Arrhythmia)
-      below both, and DROCC 0.78 (Thyroid) and CANCE 0.83 (Abalone) above the latter's ceiling. On the goad
-      split every printed entry is attainable (chance F1 about 0.05 on Thyroid, 0.26 on Arrhythmia, 0.03 on
-      Abalone), and DROCC's own README says its data are divided "as presented in previous works: DAGMM and
-      GOAD". So goad is the default (--tabular-split goad) and its f1 is the number reported against Table 6.
-      Measured on it (cpu protocol, ten seeds, results cance_<set>_cpu): f1 Thyroid 57.2 +- 7.7, Arrhythmia
-      56.8 +- 3.3, Abalone 47.2 +- 13.1 (Table 6: 0.77, 0.59, 0.83), and LatNCE's f1 (73.5, 56.4, 56.9) beats
-      CANCE's on Thyroid and Abalone: Arrhythmia is reproduced within 2.2 points, Thyroid and Abalone are not;
-      drocc is kept as an option because its f1 and f1_drocc_rule were measured: on it (cpu protocol, ten
-      seeds, results cance_<set>_cpu_drocc) f1 / f1_drocc_rule are Thyroid 91.2 / 76.1, Abalone 84.1 / 76.5,
-      Arrhythmia 73.0 / 73.0 -- far above Table 6 on Thyroid and Arrhythmia, where the paper itself calls
-      CANCE "not competitive" (line 236), so that split does not reproduce the paper's claims either.
-      On the tabular sets the ablation does not run the paper's way (drocc split: Thyroid LatNCE > CNCE >
-      CANCE in f1 and AUROC; see the committed tables), a measured negative result.
-    - MNIST cpu sweep with these readings (--iters 500, one seed, ten classes): CANCE 97.40, CNCE 97.11,
-      Error 94.98, LatNCE 82.47 (Table 7: 97.7, 97.0, 95.1, 84.1); the old mean reading gave 97.10, 96.60,
-      94.69, 73.12.
-
-Choices where the paper is silent (or where this file had to decide)
-    - AE architecture (the paper gives none): a DCGAN/LSA-style convolutional AE, ConvAE below (3 strided
-      convolutions 32-64-128 with BN and LeakyReLU(0.2), a linear layer to the latent, then BatchNorm1d
-      without affine parameters directly before the latent; the decoder mirrors it and ends in a sigmoid,
-      inputs are left in [0, 1]). Tabular sets: MLP D-128-64-latent / latent-64-128-D with BN and ReLU,
-      inputs z-scored with the training rows' mean and std.
-    - L_cov uses the unbiased (B-1) batch covariance. Stage 2 (decoder only, encoder frozen in eval mode)
-      minimises L_error alone: L_cov does not depend on the decoder.
-    - Iteration budgets, learning rate and batch size are not given: Adam/AdamW lr 1e-3, batch 128;
-      images: 5000 stage-1, 2000 stage-2 and 5000 NCE iterations, tabular: 2000 / 1000 / 3000 (--iters caps
-      every phase). Validation loss is computed every tenth of a phase; the best checkpoint is kept.
-    - T_theta: MLP (d_z - 128 - 128 - 1, SiLU) applied to z standardised with the training mean and std
-      (a fixed reparameterisation of the input; the density is still that of z).
-    - Truncated normals of Eq. (8): line 153 fixes only the interval [0, m_z]; the proof of Proposition 1
-      (Appendix D, line 391) writes p_t with location m_z and the feature's training std sigma_z, which is the
-      default (--trunc-loc mode; --trunc-loc mean centres it at the training mean instead). Proposition 1 holds
-      for both: the normaliser is <= 1/2 because m_z <= mu_z, so p_t / 2 >= N(mu_z, sigma_z^2) on [0, m_z]; the
-      test suite checks it on sampled log-normal features and in closed form. Each normal point is augmented
-      with probability 1/2, both features replaced together.
-    - K = diag(1 + softplus(psi)) starts at psi = 0 (K = 1 + ln 2 = 1.69; --k-init); psi ascends the
-      Eq. (9)/(10) objective (adversarial to theta), one psi step after each theta step, both AdamW with --lr.
-    - Ablation: LatNCE and CNCE use the fixed noise N(mu, Sigma) (K = I); only CANCE learns K and uses the
-      augmentation. Every score adds back the log-density of the noise its T_theta was trained against.
-    - The NCE models and the moments are fitted on the AE's training part (80% of the normal training data);
-      the same part fits PCA for --features resnet18-pca. The validation part selects the AE checkpoints and,
-      since issue 16, each NCE model too (line 417): Eq. (9) on the validation features (CANCE: augmented
-      with fixed draws; noise: fixed draws through the current L_K) every tenth of the phase, the lowest wins
-      and its step is printed ("selected step") and recorded in RESULT nce_steps (--nce-select last: off).
-    - --features resnet18-pca: grey images are repeated to 3 channels, resized to --image-size (224) and
-      ImageNet-normalised; PCA from scikit-learn without whitening; z_e, z_c compare the 512-d embedding with
-      its PCA reconstruction.
-    - Tabular protocol: --tabular-split goad (default: a random half of the normal rows trains, the test set
-      is the other half plus all anomalies) or drocc (above); F1 flags the top r of test scores as anomalies,
-      r = the test set's anomaly proportion (DAGMM/GOAD's rule); f1_drocc_rule is reported on the drocc
-      split. Z-scoring as GOAD's norm_data: a column with zero training std keeps std 1 (the ODDS Arrhythmia
-      file has 17 constant columns and 25 constant on the normal rows; the earlier clamp at 1e-6 blew
-      anomalies' values in them up by ~1e6). A file with NaN/inf or only constant columns is an error.
-      Latent sizes: thyroid 3, abalone 3, arrhythmia 8; lambda 0.3 (chosen).
-    - MNIST-C (Table 3, after Lee & Lee 2023): training = the 60,000 MNIST training images (every class
-      normal, latent 10 as Sec. 4 says); test = MNIST's test images (normal) + the test images of the 15
-      corruptions (anomalies). The paper does not say whether the 15 are pooled or run one by one
-      (Table 3 reports "30 runs"): --corruption all pools them, --corruption NAME runs one.
-    - Table 5 sits in the paper's ResNet-18 section (line 227: "we did not train DROCC or DPAD on the
-      ResNet-18 representation"), so its CANCE column is --features resnet18-pca; without the ImageNet
-      weights on this machine the committed F-MNIST 9-vs-1 runs use the AE features (see README).
-    - CIFAR-100 (20 superclasses) and SVHN use CIFAR-10's latent and lambda; digits (offline check) MNIST's.
-    - RESULT: seconds is the whole run; train_samples_per_s counts AE training samples per second of AE
-      optimisation steps (resnet18-pca: training images embedded per second); nce_seconds covers the three
-      NCE models and their scoring; score_samples_per_s = test images per second of computing their
-      composite features (AE forward, or ResNet-18 + PCA) and the CANCE score.
-
-Run:  python cance.py --dataset mnist --normal 3
+Deviations, and choices where the paper is silent
+    - No architectures are given: ConvAE (DCGAN/LSA-style convolutions 32-64-128, BN, LeakyReLU, sigmoid output),
+      TabularAE (MLP D-128-64-d on z-scored rows), T_theta an MLP d-128-128-1 (SiLU) on z standardised with the
+      training moments. Adam for the AE, lr 1e-3, batch 128 (--lr, --batch-size) and the phase lengths (images
+      5000/2000/5000 steps for AE stage 1 / stage 2 / each NCE model, tabular 2000/1000/3000; --iters caps each).
+    - L_error is Eq. (11) as printed (squared norm summed over the input, batch mean); Appendix A's "mean squared
+      error" would weigh L_cov d0 times more. L_cov: unbiased batch covariance.
+      Stage 2 trains the decoder on L_error alone (encoder and its BN statistics frozen).
+    - Appendix E's selection: the validation loss every tenth of a phase; for NCE, Eq. (9) on the validation
+      features (CANCE: augmented) against noise draws through the current L_K, all drawn once with seed + 1.
+    - p_t of Eq. (8): location m_z and the training std, as the proof of Proposition 1 writes it; a point is
+      augmented with probability 1/2, z_e and z_c together. K starts at psi = 0 (K = 1 + ln 2, --k-init); a psi step
+      follows each theta step. Sec. 4.1 names only the augmentation as CANCE's addition: here LatNCE and CNCE keep
+      the fixed noise N(mu, Sigma) and only CANCE learns K; each score adds back its own noise's log-density.
+    - resnet18-pca: grey images repeated to 3 channels, resized to --image-size, ImageNet-normalised; PCA without
+      whitening. Table 5's CANCE column is this variant (it sits in Sec. 4's ResNet-18 part).
+    - Table 6's preparation is not settled (Sec. 4 cites DAGMM, DROCC, DPAD). Default --tabular-split goad (half the
+      normal rows train; the rest and every anomaly test; F1 flags the top r = test anomaly ratio): every Table 6
+      entry is attainable under it, while on drocc (DROCC's process_odds.py: every anomaly against as many normal
+      rows; also reports DROCC's f1_drocc_rule) a random scorer's F1 of 0.5 exceeds Table 6's DAGMM 0.20 and DROCC
+      0.32. Rows are z-scored with the training rows (constant columns keep std 1); latent 3 (Arrhythmia 8), lambda 0.3.
+    - MNIST-C: Sec. 4 does not say whether the 15 corruptions were pooled: --corruption all pools them. CIFAR-100
+      (20 superclasses) and SVHN use CIFAR-10's latent and lambda; digits (offline check) MNIST's.
 """
 import argparse
 import copy
@@ -153,6 +57,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -165,203 +70,38 @@ from sklearn.metrics import f1_score, roc_auc_score
 from common import (DataError, IMAGE_DATASETS, TABULAR_DATASETS, load_images, load_mnist_c, load_tabular,
                     one_class_split, parse_normal)
 
-# the paper's latent size and lambda for MNIST / Fashion-MNIST / CIFAR-10 / MNIST-C; the rest are our choices
+# fit()'s keywords per dataset. Phase lengths and batch size are not in the paper (chosen).
+IMAGES = dict(ae_iters=5000, decoder_iters=2000, nce_iters=5000, batch_size=128)
+TABULAR = dict(ae_iters=2000, decoder_iters=1000, nce_iters=3000, batch_size=128)
 PAPER = {
-    "mnist":         dict(latent=6, lam=0.3),
-    "fashion-mnist": dict(latent=6, lam=0.3),      # "as MNIST" (Appendix I)
-    "cifar10":       dict(latent=64, lam=0.004),
-    "mnist-c":       dict(latent=10, lam=0.3),     # Sec. 4, Table 3: "latent dimension from 6 to 10"
-    "cifar100":      dict(latent=64, lam=0.004),   # not in the paper: CIFAR-10's values
-    "svhn":          dict(latent=64, lam=0.004),   # not in the paper: CIFAR-10's values
-    "digits":        dict(latent=6, lam=0.3),      # offline install check, MNIST's values
-    "thyroid":       dict(latent=3, lam=0.3),      # chosen
-    "abalone":       dict(latent=3, lam=0.3),      # chosen
-    "arrhythmia":    dict(latent=8, lam=0.3),      # chosen
+    "mnist":         dict(IMAGES, latent=6, lam=0.3),       # Appendix G
+    "fashion-mnist": dict(IMAGES, latent=6, lam=0.3),       # Appendix I: as MNIST
+    "cifar10":       dict(IMAGES, latent=64, lam=0.004),    # Appendix G
+    "mnist-c":       dict(IMAGES, latent=10, lam=0.3),      # Sec. 4: "latent dimension from 6 to 10"
+    "cifar100":      dict(IMAGES, latent=64, lam=0.004),    # not in the paper: CIFAR-10's values
+    "svhn":          dict(IMAGES, latent=64, lam=0.004),    # not in the paper: CIFAR-10's values
+    "digits":        dict(IMAGES, latent=6, lam=0.3, batch_size=64),   # offline install check: MNIST's values
+    "thyroid":       dict(TABULAR, latent=3, lam=0.3),      # not in the paper: chosen
+    "abalone":       dict(TABULAR, latent=3, lam=0.3),      # not in the paper: chosen
+    "arrhythmia":    dict(TABULAR, latent=8, lam=0.3),      # not in the paper: chosen
 }
-# phase lengths (AE stage 1, AE stage 2, each NCE model): not in the paper, chosen
-PHASES = {"image": (5000, 2000, 5000), "tabular": (2000, 1000, 3000)}
-VAL_FRACTION = 0.2  # Appendix E
-BATCH = 128         # not in the paper: chosen (digits: 64, see parse_args)
+NU = 8                    # noise samples per data sample (Appendix E)
+VAL_FRACTION = 0.2        # Appendix E
+K_INIT = 1 + math.log(2)  # psi = 0 (not in the paper: chosen)
+VARIANTS = ("latnce", "cnce", "cance")   # Sec. 4.1; "error" (z_e alone) needs no training
 MNIST_C_CORRUPTIONS = ("shot_noise", "impulse_noise", "glass_blur", "motion_blur", "shear", "scale", "rotate",
                        "brightness", "translate", "stripe", "fog", "spatter", "dotted_line", "zigzag", "canny_edges")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with its errors in the project's shape: 'error: <what>. <what to do>', exit 2."""
-
-    def error(self, message):
-        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
-        sys.exit(2)
-
-
-def parse_args(argv=None):
-    p = ArgumentParser(description="CANCE: autoencoder composite features + NCE (Liao & Brockmeier)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="mnist", choices=list(PAPER),
-                   help="mnist, fashion-mnist, cifar10 (Sec. 4); mnist-c (Table 3: all of MNIST trains, MNIST-C "
-                        "tests); thyroid, arrhythmia, abalone (tabular, F1); cifar100, svhn (CIFAR-10 settings, "
-                        "our choice); digits (offline install check)")
-    p.add_argument("--normal", default="0",
-                   help="normal class, or a comma list for multi-class normal data (Sec. 4: one class, or "
-                        "several: 0,1 for Table 8, nine classes for Table 5); tabular sets and mnist-c: must be 0 "
-                        "(tabular: label 0 = normal; mnist-c: every MNIST class is normal)")
-    p.add_argument("--corruption", default="all",
-                   help="mnist-c: the corruption(s) whose test images are the anomalies, 'all' (the 15 of "
-                        "MNIST-C pooled) or a comma list (Sec. 4 does not say how the 15 were combined: our choice)")
-    p.add_argument("--data-root", default=None,
-                   help="datasets in torchvision's layout (default: $AD_DATA_ROOT, else ./data)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (CPU runs are repeatable); the paper "
-                   "reports mean +- std of five runs")
-    p.add_argument("--device", default="auto", help="auto = cuda if available, else cpu; or cuda, cuda:N")
-    p.add_argument("--iters", type=int, default=None,
-                   help="caps every phase (AE stage 1, AE stage 2, each NCE model); default per phase, not in "
-                        "the paper: images 5000/2000/5000, tabular 2000/1000/3000")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"AE batch and NCE data batch (not in the paper: {BATCH}; digits 64, and never more than "
-                        "the normal training samples)")
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="learning rate of Adam (AE) and AdamW (theta and psi) (not in the paper: chosen)")
-    p.add_argument("--latent", type=int, default=None,
-                   help="latent size (the paper's values): MNIST and Fashion-MNIST 6, CIFAR-10 64, MNIST-C 10; "
-                        "tabular: thyroid 3, abalone 3, arrhythmia 8 (chosen)")
-    p.add_argument("--lam", type=float, default=None,
-                   help="weight lambda of L_cov in Eq. (11) (the paper's values): MNIST and Fashion-MNIST 0.3, "
-                        "CIFAR-10 0.004; tabular 0.3 (chosen)")
-    p.add_argument("--error-reduce", default="sum", choices=["sum", "mean"],
-                   help="L_error of Eq. (11): sum = ||x - D(E(x))||^2 summed over the input (Eq. 11 as written), "
-                        "mean = also averaged over the d0 input values (line 322's 'mean squared error'); "
-                        "chosen by measurement (docstring)")
-    p.add_argument("--nu", type=int, default=8, help="noise samples per data sample (Appendix E: 8)")
-    p.add_argument("--k-init", type=float, default=1 + math.log(2),
-                   help="initial K_jj = 1 + softplus(psi_j) of the CANCE noise (the paper gives only K_jj >= 1, "
-                        "Sec. 3.4; default psi = 0, i.e. 1 + ln 2; chosen by measurement, docstring)")
-    p.add_argument("--trunc-loc", default="mode", choices=["mode", "mean"],
-                   help="location of the truncated normal p_t on [0, m_z] (Eq. 8): mode = m_z, as the proof of "
-                        "Proposition 1 writes it (Appendix D); mean = the feature's training mean")
-    p.add_argument("--nce-select", default="val", choices=["val", "last"],
-                   help="NCE model selection: val = lowest Eq. (9) loss on the 20%% validation features "
-                        "(Appendix E, line 417); last = the last iterate")
-    p.add_argument("--tabular-split", default="goad", choices=["goad", "drocc"],
-                   help="tabular split (line 180 cites DAGMM/DROCC/DPAD's preparation without saying which): "
-                        "goad = half the normal rows train, the other half + every anomaly test (DAGMM/GOAD; the "
-                        "one under which every Table 6 entry is attainable, see the docstring); drocc = every "
-                        "anomaly + as many random normal rows test (DROCC's released process_odds.py)")
-    p.add_argument("--features", default="ae", choices=["ae", "resnet18-pca"],
-                   help="ae: the composite-feature autoencoder (Sec. 3); resnet18-pca: ImageNet ResNet-18 "
-                        "embeddings with PCA to --latent dimensions (Sec. 4, pretrained variant; Tables 4, 5, 9)")
-    p.add_argument("--weights", default=None,
-                   help="resnet18-pca: a torchvision resnet18 state_dict file (default: torchvision's "
-                        "IMAGENET1K_V1 download, or its cached copy)")
-    p.add_argument("--image-size", type=int, default=224,
-                   help="resnet18-pca: input resolution the images are resized to (ImageNet size; smaller "
-                        "is faster and not the paper's setting)")
-    p.add_argument("--json", default=None, help="also write the RESULT keys to this JSON file (atomic)")
-    return p.parse_args(argv)
-
-
-def set_seed(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def check_number(args, name, low=None, high=None, low_open=False):
-    """--name must be finite and within [low, high] (low excluded with low_open); None = not given (default)."""
-    v = getattr(args, name)
-    if v is None:
-        return
-    flag = "--" + name.replace("_", "-")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise DataError(f"{flag} must be a finite number (got {v}). Pass a plain number such as {flag} 1")
-    if (low is not None and (v < low or (low_open and v == low))) or (high is not None and v > high):
-        fmt = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"      # 4294967295, not 4.29497e+09
-        rng = f"{'>' if low_open else '>='} {fmt(low)}" if high is None else f"in [{fmt(low)}, {fmt(high)}]"
-        raise DataError(f"{flag} must be {rng} (got {fmt(v)}). Pass a value in that range")
-
-
-def check_output_path(path, flag):
-    """An output path is tried BEFORE training, so that no finished run is thrown away at the end."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise DataError(f"{flag} {path} is a folder. Give a file name, e.g. {flag} {os.path.join(path, 'out.json')}")
-    if not os.path.isdir(folder):
-        raise DataError(f"{flag} {path}: the folder {folder} does not exist. Create it first, or choose another path")
-    probe = os.path.join(folder, f".write-test-{os.getpid()}")
-    try:
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise DataError(f"{flag} {path}: cannot write into {folder} ({e.strerror}). Choose a writable folder") from None
-
-
-def pick_device(name):
-    """--device auto|cpu|cuda|cuda:N -> torch.device; an unknown or absent device is an error before any work."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DataError(f"unknown --device '{name}'. Use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DataError(f"--device {name} was asked for, but torch finds no CUDA GPU on this machine. "
-                            "Use --device cpu (or auto, which picks cuda only when there is one)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                            f"numbered 0..{torch.cuda.device_count() - 1}. Pick one of those")
-    elif device.type != "cpu":
-        raise DataError(f"--device {name} is not supported by this script. Use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def check_args(args):
-    """Every user-typed number, the class list, the device and every output path, before any data is loaded."""
-    check_number(args, "seed", 0, 2 ** 32 - 1)
-    check_number(args, "iters", 1)
-    check_number(args, "batch_size", 2)   # BN and the batch covariance of Eq. (12) need >= 2
-    check_number(args, "lr", 0, low_open=True)
-    check_number(args, "latent", 1)
-    check_number(args, "lam", 0)
-    check_number(args, "nu", 1)
-    check_number(args, "k_init", 1, low_open=True)
-    check_number(args, "image_size", 32)
-    check_output_path(args.json, "--json")
-    tabular = args.dataset in TABULAR_DATASETS
-    if args.features == "resnet18-pca" and tabular:
-        raise DataError("--features resnet18-pca is for image datasets. Drop it, or pick an image --dataset")
-    if tabular or args.dataset == "mnist-c":
-        if args.normal != "0":
-            what = "label 0 = normal" if tabular else "every MNIST class is normal, MNIST-C's corruptions are not"
-            raise DataError(f"--normal is fixed for {args.dataset} ({what}); got '{args.normal}'. Leave --normal out")
-        args.normal_classes = [0]
-    else:
-        args.normal_classes = parse_normal(args.normal, IMAGE_DATASETS[args.dataset][0])
-    if args.dataset == "mnist-c":
-        names = MNIST_C_CORRUPTIONS if args.corruption == "all" else args.corruption.split(",")
-        bad = [c for c in names if c not in MNIST_C_CORRUPTIONS]
-        if bad or len(set(names)) != len(names):
-            raise DataError(f"--corruption '{args.corruption}' is not 'all' or a list of distinct MNIST-C "
-                            f"corruptions. Use names from: {', '.join(MNIST_C_CORRUPTIONS)}")
-        args.corruptions = list(names)
-    return pick_device(args.device)
-
-
-def check_finite(value, where):
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training diverged: {where} is {value}; try a smaller --lr")
-
-
-# ------------------------------------------------------------------------------------------ autoencoders
+# ------------------------------------------------------------------------------------------ models
 
 class ConvAE(nn.Module):
     """DCGAN/LSA-style convolutional AE for 28x28 or 32x32 images (the paper gives no architecture).
-    Batch normalisation (no affine) sits directly before the latent (Appendix A)."""
+    Batch normalisation (no affine) sits directly before the latent (Sec. 3.2)."""
 
     def __init__(self, channels, side, latent):
         super().__init__()
+        self.input_shape = (channels, side, side)
         k = 3 if side == 28 else 4            # 7 -> 4 (28x28) or 8 -> 4 (32x32) in the last conv
         lrelu = lambda: nn.LeakyReLU(0.2)
         self.encoder = nn.Sequential(
@@ -386,6 +126,7 @@ class TabularAE(nn.Module):
 
     def __init__(self, dim, latent):
         super().__init__()
+        self.input_shape = (dim,)
         self.encoder = nn.Sequential(nn.Linear(dim, 128), nn.BatchNorm1d(128), nn.ReLU(),
                                      nn.Linear(128, 64), nn.BatchNorm1d(64), nn.ReLU(),
                                      nn.Linear(64, latent), nn.BatchNorm1d(latent, affine=False))
@@ -397,107 +138,27 @@ class TabularAE(nn.Module):
         return self.decoder(z), z
 
 
-# ------------------------------------------------------------------------------------------ AE losses, features
-
-def covariance_loss(z):
-    """L_cov = ||off(Sigma)||_F^2 / (d(d-1)): mean squared off-diagonal of the latent batch covariance."""
-    d = z.shape[1]
-    if d < 2:
-        return z.new_zeros(())
-    zc = z - z.mean(0)
-    sigma = zc.T @ zc / (len(z) - 1)                        # (d, d), unbiased batch covariance
-    off = sigma - torch.diag(torch.diagonal(sigma))
-    return (off ** 2).sum() / (d * (d - 1))                 # Eq. (12)
+AE_SHAPES = "(N, D), (N, 1, 28, 28) or (N, 3, 32, 32)"
 
 
-def reconstruction_loss(x, x_rec, reduce):
-    """L_error of Eq. (11): 'sum' = E_x ||x - D(E(x))||^2 (the squared norm over the input, averaged over the
-    batch: Eq. 11 as written); 'mean' = the mean over the batch AND the d0 input values (line 322's "mean squared
-    error"), i.e. the 'sum' value / d0."""
-    sq = (x_rec - x) ** 2
-    if reduce == "sum":
-        return sq.flatten(1).sum(1).mean()                  # Eq. (11)
-    return sq.mean()                                        # Appendix A, line 322
+def build_autoencoder(input_shape, latent=6):
+    """The AE for one input's shape: (D,) -> TabularAE, (1, 28, 28) or (3, 32, 32) -> ConvAE."""
+    shape = tuple(input_shape)
+    if len(shape) == 1:
+        return TabularAE(shape[0], latent)
+    if shape in ((1, 28, 28), (3, 32, 32)):
+        return ConvAE(shape[0], shape[1], latent)
+    raise ValueError(f"x must have shape {AE_SHAPES} for this model, got (N, {', '.join(map(str, shape))})")
 
 
-def ae_loss(x, x_rec, z, lam, reduce="sum"):
-    """L = L_error + lambda * L_cov (Eq. 11), L_error reduced as reconstruction_loss() says."""
-    error = reconstruction_loss(x, x_rec, reduce)           # Eq. (11), L_error
-    cov = covariance_loss(z)                                # Eq. (12)
-    return error + lam * cov, error, cov                    # Eq. (11)
+def as_model_input(x, input_shape, device):
+    """x as a float32 tensor on device; ValueError unless it is (N, *input_shape)."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if tuple(x.shape[1:]) != tuple(input_shape) or x.dim() != len(input_shape) + 1:
+        raise ValueError(f"x must have shape (N, {', '.join(map(str, input_shape))}) for this model, got "
+                         f"{tuple(x.shape)}")
+    return x.to(device)
 
-
-def composite_features(x, x_rec, z_l):
-    """z = (z_l, z_e, z_c): latent, ||x - x'||^2 / d0 and (1 - cos(x, x')) / 2 (Sec. 3). -> (B, d + 2)"""
-    x, x_rec = x.flatten(1), x_rec.flatten(1)               # (B, d0)
-    z_e = ((x - x_rec) ** 2).sum(1) / x.shape[1]            # reconstruction error
-    z_c = 0.5 * (1 - F.cosine_similarity(x, x_rec, dim=1))  # cosine dissimilarity
-    return torch.cat([z_l, z_e[:, None], z_c[:, None]], 1)
-
-
-class RunningMoments:
-    """Mean and covariance accumulated batch by batch (Appendix B, Eq. 13-14), in float64, so the training
-    features never need to be in memory at once. Merge rule for a batch of b rows with mean m_b and
-    scatter M_b:  n' = n + b,  mu' = mu + (m_b - mu) b / n',  M' = M + M_b + (m_b - mu)(m_b - mu)^T n b / n'."""
-
-    def __init__(self, dim):
-        self.n = 0
-        self.mean = torch.zeros(dim, dtype=torch.float64)
-        self.scatter = torch.zeros(dim, dim, dtype=torch.float64)
-
-    def update(self, z):
-        z = z.detach().to("cpu", torch.float64)
-        b = len(z)
-        if b == 0:
-            return
-        mean_b = z.mean(0)
-        centred = z - mean_b
-        delta = mean_b - self.mean
-        n = self.n + b
-        self.mean += delta * b / n                                                       # Eq. (13)
-        self.scatter += centred.T @ centred + torch.outer(delta, delta) * self.n * b / n  # Eq. (14)
-        self.n = n
-
-    def covariance(self):
-        return self.scatter / (self.n - 1)
-
-
-def lognormal_mode(mean, var):
-    """Mode of the log-normal with this mean and variance: m_z = mu (sigma^2/mu^2 + 1)^(-3/2) (Appendix C)."""
-    return mean * (var / mean.clamp_min(1e-12) ** 2 + 1) ** -1.5
-
-
-def truncated_normal(n, loc, std, low, high, generator=None):
-    """n draws of N(loc, std^2) restricted to [low, high] (inverse-CDF sampling, torch's trunc_normal_)."""
-    out = torch.empty(n)
-    nn.init.trunc_normal_(out, mean=float(loc), std=float(std), a=float(low), b=float(high), generator=generator)
-    return out
-
-
-def augment(z, latent, loc, std, mode, p=0.5, generator=None):
-    """Eq. (8): with probability p, replace (z_e, z_c) of a normal point by independent draws from
-    p_t = N(loc, std^2) truncated to [0, m_z] (per feature); std and m_z are the training std and log-normal
-    mode of (z_e, z_c), loc is m_z (Appendix D) or the training mean (--trunc-loc)."""
-    z = z.clone()
-    chosen = torch.rand(len(z), generator=generator).to(z.device) < p
-    k = int(chosen.sum())
-    for j in range(2):                                      # j = 0: z_e, j = 1: z_c
-        draws = truncated_normal(k, loc[j], std[j], 0.0, mode[j], generator).to(z.device, z.dtype)
-        z[chosen, latent + j] = draws                       # Eq. (8)
-    return z
-
-
-def truncated_normal_pdf(z, loc, std, low, high):
-    """Density of N(loc, std^2) truncated to [low, high] (for the Proposition 1 check)."""
-    normal = torch.distributions.Normal(torch.as_tensor(loc, dtype=torch.float64),
-                                        torch.as_tensor(std, dtype=torch.float64))
-    mass = normal.cdf(torch.as_tensor(high, dtype=torch.float64)) - normal.cdf(torch.as_tensor(low, dtype=torch.float64))
-    z = torch.as_tensor(z, dtype=torch.float64)
-    inside = (z >= low) & (z <= high)
-    return torch.where(inside, normal.log_prob(z).exp() / mass, torch.zeros_like(z))
-
-
-# ------------------------------------------------------------------------------------------ NCE
 
 class EstimationNetwork(nn.Module):
     """T_theta(z): the NCE log-ratio ln p_d(z) - ln(nu p_n(z)); MLP d-128-128-1 with SiLU (our choice),
@@ -519,7 +180,7 @@ class NoiseDistribution(nn.Module):
     """p_nK = N(mu, K Sigma K) with K = diag(1 + softplus(psi)) >= 1 (Sec. 3.4); samples by
     reparameterisation L_K(v) = K (v - mu) + mu with v ~ N(mu, Sigma). learn_k=False fixes K = I."""
 
-    def __init__(self, mean, cov, learn_k, k_init=1 + math.log(2)):
+    def __init__(self, mean, cov, learn_k, k_init=K_INIT):
         super().__init__()
         d = len(mean)
         # a jitter relative to each feature's own variance (z_e's variance can be ~1e-6 of z_l's)
@@ -555,6 +216,84 @@ class NoiseDistribution(nn.Module):
         return dist.log_prob(z.double())
 
 
+# ------------------------------------------------------------------------------------------ losses and scores
+
+def covariance_loss(z):
+    """L_cov = ||off(Sigma)||_F^2 / (d(d-1)): mean squared off-diagonal of the latent batch covariance."""
+    d = z.shape[1]
+    if d < 2:
+        return z.new_zeros(())
+    zc = z - z.mean(0)
+    sigma = zc.T @ zc / (len(z) - 1)                        # (d, d), unbiased batch covariance
+    off = sigma - torch.diag(torch.diagonal(sigma))
+    return (off ** 2).sum() / (d * (d - 1))                 # Eq. (12)
+
+
+def reconstruction_loss(x, x_rec):
+    """L_error = E_x ||x - D(E(x))||^2: the squared norm over the input, averaged over the batch (Eq. 11)."""
+    return ((x_rec - x) ** 2).flatten(1).sum(1).mean()      # Eq. (11)
+
+
+def ae_loss(x, x_rec, z, lam):
+    """L = L_error + lambda * L_cov (Eq. 11); returns (L, L_error, L_cov)."""
+    error = reconstruction_loss(x, x_rec)                   # Eq. (11), L_error
+    cov = covariance_loss(z)                                # Eq. (12)
+    return error + lam * cov, error, cov                    # Eq. (11)
+
+
+def composite_features(x, x_rec, z_l):
+    """z = (z_l, z_e, z_c): latent, ||x - x'||^2 / d0 and (1 - cos(x, x')) / 2 (Sec. 3.1). -> (B, d + 2)"""
+    x, x_rec = x.flatten(1), x_rec.flatten(1)               # (B, d0)
+    z_e = ((x - x_rec) ** 2).sum(1) / x.shape[1]            # reconstruction error
+    z_c = 0.5 * (1 - F.cosine_similarity(x, x_rec, dim=1))  # cosine dissimilarity
+    return torch.cat([z_l, z_e[:, None], z_c[:, None]], 1)
+
+
+class RunningMoments:
+    """Mean and covariance accumulated batch by batch (Appendix B, Eq. 13-14), in float64. Merge rule for a batch
+    of b rows with mean m_b and scatter M_b:  n' = n + b,  mu' = mu + (m_b - mu) b / n',
+    M' = M + M_b + (m_b - mu)(m_b - mu)^T n b / n'."""
+
+    def __init__(self, dim):
+        self.n = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64)
+        self.scatter = torch.zeros(dim, dim, dtype=torch.float64)
+
+    def update(self, z):
+        z = z.detach().to("cpu", torch.float64)
+        b = len(z)
+        if b == 0:
+            return
+        mean_b = z.mean(0)
+        centred = z - mean_b
+        delta = mean_b - self.mean
+        n = self.n + b
+        self.mean += delta * b / n                                                       # Eq. (13)
+        self.scatter += centred.T @ centred + torch.outer(delta, delta) * self.n * b / n  # Eq. (14)
+        self.n = n
+
+    def covariance(self):
+        return self.scatter / (self.n - 1)
+
+
+def lognormal_mode(mean, var):
+    """Mode of the log-normal with this mean and variance: m_z = mu (sigma^2/mu^2 + 1)^(-3/2) (Appendix C)."""
+    return mean * (var / mean.clamp_min(1e-12) ** 2 + 1) ** -1.5
+
+
+def augment(z, latent, loc, std, mode, p=0.5, generator=None):
+    """Eq. (8): with probability p, replace (z_e, z_c) of a normal point by independent draws from
+    p_t = N(loc, std^2) truncated to [0, m_z] (per feature); std and m_z are the training std and log-normal
+    mode of (z_e, z_c), loc is m_z in train_nce() (Appendix D)."""
+    z = z.clone()
+    chosen = torch.rand(len(z), generator=generator).to(z.device) < p
+    k = int(chosen.sum())
+    for j in range(2):                                      # j = 0: z_e, j = 1: z_c; inverse-CDF sampling of p_t
+        draws = nn.init.trunc_normal_(torch.empty(k), float(loc[j]), float(std[j]), 0.0, float(mode[j]), generator)
+        z[chosen, latent + j] = draws.to(z.device, z.dtype)  # Eq. (8)
+    return z
+
+
 def nce_loss(t_data, t_noise, nu):
     """Eq. (9): -E_data[ln sigma(T)] - nu E_noise[ln(1 - sigma(T))], with nu noise samples per data sample."""
     return -F.logsigmoid(t_data).mean() - nu * F.logsigmoid(-t_noise).mean()   # Eq. (9)
@@ -562,9 +301,10 @@ def nce_loss(t_data, t_noise, nu):
 
 @torch.no_grad()
 def anomaly_score(T, noise, z, nu, chunk=4096):
-    """S_C(z) = -(T_theta(z) + ln(nu p_nK(z))): the NCE estimate of -ln p_d(z); p_nK is the noise this T_theta
-    was trained against (its final K; K = I for LatNCE/CNCE)."""
+    """S_C(z) = -(T_theta(z) + ln(nu p_nK(z))) (Sec. 3.3): the NCE estimate of -ln p_d(z), as numpy; p_nK is the
+    noise this T_theta was trained against (its final K; K = I for LatNCE/CNCE)."""
     T.eval()
+    z = torch.as_tensor(z, dtype=torch.float32, device=noise.mean.device)
     out = []
     for i in range(0, len(z), chunk):
         zb = z[i:i + chunk]
@@ -572,91 +312,16 @@ def anomaly_score(T, noise, z, nu, chunk=4096):
     return torch.cat(out).cpu().numpy()
 
 
-@torch.no_grad()
-def nce_validation_loss(T, noise, z_val, v_val, nu):
-    """Eq. (9) on the held-out features z_val (Appendix E: model selection by the lowest validation loss),
-    against the fixed noise draws v_val passed through the current L_K."""
-    T.eval()
-    loss = nce_loss(T(z_val), T(noise.L_K(v_val, noise.K())), nu).item()
-    T.train()
-    return loss
+# ------------------------------------------------------------------------------------------ Step 1: features
 
+def check_finite(value, where):
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training diverged: {where} is {value}; try a smaller learning rate (--lr)")
 
-def train_nce(name, z_train, moments, args, learn_k, augment_latent=None, z_val=None, log=print):
-    """Train T_theta (and, with learn_k, the noise scale psi) on training features z_train (N, d).
-    theta minimises Eq. (9); psi ascends Eq. (10), the same objective with the data passed through
-    L_K(sg(L_K^-1(z))) (the identity in value, but differentiable in K). Alternating AdamW steps.
-    With z_val (the 20% validation features) and --nce-select val, Eq. (9) is evaluated on z_val (augmented
-    like the training batches for CANCE, with fixed draws) every tenth of the phase and the (theta, psi) of the
-    lowest value is returned (Appendix E, line 417). Returns (T, noise, selected step)."""
-    device = z_train.device
-    mean, cov = moments.mean, moments.covariance()
-    std = torch.sqrt(torch.diagonal(cov)).clamp_min(1e-12)
-    T = EstimationNetwork(mean.float(), std.float()).to(device)
-    noise = NoiseDistribution(mean, cov, learn_k, args.k_init).to(device)
-    opt_theta = torch.optim.AdamW(T.parameters(), lr=args.lr)
-    opt_psi = torch.optim.AdamW([noise.psi], lr=args.lr) if learn_k else None
-    if augment_latent is not None:          # Appendix C: training mean, variance and log-normal mode of (z_e, z_c)
-        rec_mean, rec_var = mean[augment_latent:].float(), torch.diagonal(cov)[augment_latent:].float()
-        rec_mode = lognormal_mode(rec_mean, rec_var)
-        rec_loc = rec_mode if args.trunc_loc == "mode" else rec_mean   # Appendix D: p_t centred at m_z
-    select = z_val is not None and args.nce_select == "val"
-    if select:                              # fixed validation draws (own generator: training streams unchanged)
-        g = torch.Generator().manual_seed(args.seed + 1)
-        if augment_latent is not None:
-            z_val = augment(z_val, augment_latent, rec_loc, rec_var.sqrt(), rec_mode, generator=g)   # Eq. (8)
-        v_val = noise.sample_v(args.nu * len(z_val), generator=g)
-    best = (math.inf, args.nce_iters, None)
-    n_iters, n, t0 = args.nce_iters, len(z_train), time.time()
-    every = max(1, n_iters // 10)
-    for it in range(1, n_iters + 1):
-        args.progress = f"{name} NCE training, iteration {it}/{n_iters}"
-        zb = z_train[torch.randint(n, (args.batch_size,), device=device)]
-        if augment_latent is not None:
-            zb = augment(zb, augment_latent, rec_loc, rec_var.sqrt(), rec_mode)      # Eq. (8)
-        v = noise.sample_v(args.nu * len(zb))
-        # theta step: minimise Eq. (9) with noise samples L_K(v) ~ p_nK (K held fixed)
-        T.train()
-        loss = nce_loss(T(zb), T(noise.L_K(v, noise.K().detach())), args.nu)        # Eq. (9)
-        opt_theta.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_theta.step()
-        if learn_k:
-            # psi step: ascend Eq. (10); the data term goes through L_K(sg(L_K^-1(z)))
-            K = noise.K()
-            z_through = noise.L_K(noise.L_K_inverse(zb, K).detach(), K)              # Eq. (10), data term
-            objective = nce_loss(T(z_through), T(noise.L_K(v, K)), args.nu)          # Eq. (10)
-            opt_psi.zero_grad(set_to_none=True)
-            (-objective).backward()                                                 # adversarial: ascend
-            opt_psi.step()
-            T.zero_grad(set_to_none=True)
-        if it % every == 0 or it == n_iters:
-            value = loss.item()
-            check_finite(value, f"the {name} NCE loss (Eq. 9) at iteration {it}")
-            k_text = f" k_mean={noise.K().mean().item():.4f}" if learn_k else ""
-            val_text = ""
-            if select:
-                val = nce_validation_loss(T, noise, z_val, v_val, args.nu)
-                check_finite(val, f"the {name} NCE validation loss at iteration {it}")
-                if val < best[0]:
-                    best = (val, it, (copy.deepcopy(T.state_dict()), noise.psi.detach().clone()))
-                val_text = f" val_loss={val:.4f} best={best[0]:.4f}@{best[1]}"
-            log(f"{name} iter {it}/{n_iters} loss={value:.4f}{k_text}{val_text} elapsed={time.time() - t0:.1f}s",
-                flush=True)
-    if select:
-        T.load_state_dict(best[2][0])
-        with torch.no_grad():
-            noise.psi.copy_(best[2][1])
-        log(f"{name}: selected step {best[1]} of {n_iters} (lowest validation loss {best[0]:.4f})", flush=True)
-    T.eval()
-    return T, noise, best[1]
-
-
-# ------------------------------------------------------------------------------------------ AE training
 
 @torch.no_grad()
-def validation_loss(ae, x_val, lam, reduce="sum", chunk=1024):
-    """Eq. (11) on the whole validation set (eval mode); returns (L, L_error, L_cov)."""
+def validation_loss(ae, x_val, lam, chunk=1024):
+    """L of Eq. (11) on the whole validation set, in eval mode."""
     ae.eval()
     sq, zs = 0.0, []
     for i in range(0, len(x_val), chunk):
@@ -664,104 +329,102 @@ def validation_loss(ae, x_val, lam, reduce="sum", chunk=1024):
         x_rec, z = ae(xb)
         sq += float(((x_rec - xb) ** 2).sum())
         zs.append(z)
-    error = sq / (len(x_val) if reduce == "sum" else x_val.numel())     # as reconstruction_loss()
+    error = sq / len(x_val)                                             # as reconstruction_loss()
     cov = float(covariance_loss(torch.cat(zs))) if len(x_val) > 1 else 0.0
-    ae.train()
-    return error + lam * cov, error, cov
+    return error + lam * cov
 
 
-def train_autoencoder(ae, x_train, x_val, args, log=print):
-    """Decoupled training (Appendix A/E): stage 1 trains encoder and decoder on Eq. (11); stage 2 freezes
-    the encoder and trains the decoder further on L_error. Each stage keeps the checkpoint with the lowest
-    validation loss. Returns (AE samples processed, seconds spent in optimisation steps)."""
-    n, samples, train_time = len(x_train), 0, 0.0
-    for stage, n_iters in ((1, args.ae_iters), (2, args.decoder_iters)):
+def train_autoencoder(ae, x_train, x_val=None, *, lam=0.3, ae_iters=5000, decoder_iters=2000, lr=1e-3,
+                      batch_size=128, log=print):
+    """Decoupled training (Sec. 3.2, Appendix A): stage 1 trains encoder and decoder on Eq. (11); stage 2 freezes
+    the encoder and trains the decoder further on L_error. With x_val each stage keeps its checkpoint of lowest
+    validation loss (Appendix E), without it the last. Returns (samples seen, seconds of optimisation steps)."""
+    device = next(ae.parameters()).device
+    x_train = as_model_input(x_train, ae.input_shape, device)
+    x_val = None if x_val is None else as_model_input(x_val, ae.input_shape, device)
+    n, train_time = len(x_train), 0.0
+    for stage, n_iters in ((1, ae_iters), (2, decoder_iters)):
         if stage == 1:
-            params, lam = list(ae.parameters()), args.lam
+            params, stage_lam = list(ae.parameters()), lam
         else:
             for p in ae.encoder.parameters():
                 p.requires_grad_(False)
-            params, lam = list(ae.decoder.parameters()), 0.0      # L_cov has no gradient w.r.t. the decoder
-        opt = torch.optim.Adam(params, lr=args.lr)
-        best = (validation_loss(ae, x_val, lam, args.error_reduce)[0], 0, copy.deepcopy(ae.state_dict()))
+            params, stage_lam = list(ae.decoder.parameters()), 0.0    # L_cov has no gradient w.r.t. the decoder
+        opt = torch.optim.Adam(params, lr=lr)
+        best = None if x_val is None else (validation_loss(ae, x_val, stage_lam), 0, copy.deepcopy(ae.state_dict()))
         every, t0 = max(1, n_iters // 10), time.time()
         for it in range(1, n_iters + 1):
-            args.progress = f"AE stage {stage}, iteration {it}/{n_iters}"
             ts = time.time()
             ae.train()
             if stage == 2:
                 ae.encoder.eval()                                  # frozen: BN running statistics fixed too
-            xb = x_train[torch.randint(n, (args.batch_size,), device=x_train.device)]
+            xb = x_train[torch.randint(n, (batch_size,), device=device)]
             x_rec, z = ae(xb)
-            loss, error, cov = ae_loss(xb, x_rec, z, lam, args.error_reduce)   # Eq. (11)
+            loss, error, cov = ae_loss(xb, x_rec, z, stage_lam)   # Eq. (11)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             train_time += time.time() - ts
-            samples += len(xb)
             if it % every == 0 or it == n_iters:
                 value = loss.item()
                 check_finite(value, f"the AE loss (Eq. 11) in stage {stage} at iteration {it}")
-                val, val_error, val_cov = validation_loss(ae, x_val, lam, args.error_reduce)
-                check_finite(val, f"the AE validation loss in stage {stage} at iteration {it}")
-                if val < best[0]:
-                    best = (val, it, copy.deepcopy(ae.state_dict()))
                 cov_text = f" cov={cov.item():.5f}" if stage == 1 else ""     # stage 2 trains on L_error alone
-                log(f"ae{stage} iter {it}/{n_iters} loss={value:.5f} error={error.item():.5f}{cov_text} "
-                    f"val_loss={val:.5f} best={best[0]:.5f}@{best[1]} elapsed={time.time() - t0:.1f}s", flush=True)
-        ae.load_state_dict(best[2])
+                val_text = ""
+                if best is not None:                                       # Appendix E: model selection
+                    val = validation_loss(ae, x_val, stage_lam)
+                    check_finite(val, f"the AE validation loss in stage {stage} at iteration {it}")
+                    if val < best[0]:
+                        best = (val, it, copy.deepcopy(ae.state_dict()))
+                    val_text = f" val_loss={val:.5f} best={best[0]:.5f}@{best[1]}"
+                log(f"ae{stage} iter {it}/{n_iters} loss={value:.5f} error={error.item():.5f}{cov_text}{val_text} "
+                    f"elapsed={time.time() - t0:.1f}s")
+        if best is not None:
+            ae.load_state_dict(best[2])
     ae.eval()
-    return samples, train_time
+    return (ae_iters + decoder_iters) * batch_size, train_time
 
 
 @torch.no_grad()
-def ae_features(ae, x, moments=None, chunk=1024):
-    """Composite features of every row of x, in chunks; updates moments (Eq. 13-14) when given."""
+def ae_features(ae, x, chunk=1024):
+    """Composite features (Sec. 3.1) of every row of x, in chunks -> (N, d + 2) tensor on the AE's device."""
     ae.eval()
+    x = as_model_input(x, ae.input_shape, next(ae.parameters()).device)
     out = []
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
         x_rec, z_l = ae(xb)
-        z = composite_features(xb, x_rec, z_l)
-        if moments is not None:
-            moments.update(z)
-        out.append(z)
+        out.append(composite_features(xb, x_rec, z_l))
     return torch.cat(out)
 
 
-# ------------------------------------------------------------------------------------------ ResNet-18 + PCA
-
-def load_resnet18(weights_path):
-    """torchvision's resnet18 with ImageNet weights from --weights or torchvision's download/cache."""
+def load_resnet18(weights_path=None):
+    """torchvision's resnet18 with ImageNet weights from a state_dict file, else torchvision's download or cache."""
     import torchvision
-    model = torchvision.models.resnet18(weights=None)
-    if weights_path:
-        try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as e:
-            raise DataError(f"could not load resnet18 weights from '{weights_path}': {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
-        return model
-    w = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    model, w = torchvision.models.resnet18(weights=None), torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
-    offline = os.environ.get("AD_OFFLINE", "") not in ("", "0")
-    if offline and not os.path.exists(cached):
-        why = "downloads disabled by AD_OFFLINE"
-    else:
-        try:
-            model.load_state_dict(w.get_state_dict(progress=False))
-            return model
-        except Exception as e:
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+        if weights_path:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        elif os.environ.get("AD_OFFLINE", "") not in ("", "0") and not os.path.exists(cached):
+            raise RuntimeError("downloads disabled by AD_OFFLINE")
+        else:
+            state = w.get_state_dict(progress=False)
+        model.load_state_dict(state)
+        return model
+    except Exception as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if weights_path:
+        raise DataError(f"could not load resnet18 weights from '{weights_path}' ({why}). Pass a torchvision resnet18 "
+                        "state_dict file")
     raise DataError(f"the ImageNet ResNet-18 weights were not found at '{cached}' and could not be downloaded "
                     f"({why}). Download {w.url} elsewhere and pass it with --weights PATH (a torchvision "
-                    f"resnet18 state_dict), or put it at '{cached}'.")
+                    f"resnet18 state_dict), or put it at '{cached}'")
 
 
 @torch.no_grad()
 def resnet18_embeddings(model, x, size, chunk=256):
-    """512-d embeddings after the last average pool: grey -> 3 channels, resize, ImageNet normalisation."""
+    """512-d embeddings after the last average pool (Sec. 3.2): grey -> 3 channels, resize, ImageNet
+    normalisation."""
     model.eval()
     model.fc = nn.Identity()
     mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
@@ -776,54 +439,195 @@ def resnet18_embeddings(model, x, size, chunk=256):
     return torch.cat(out)
 
 
-def pca_features(pca, e, moments=None, chunk=4096):
-    """Composite features from embeddings e: z_l = PCA projection, x' = PCA reconstruction of e."""
+def pca_features(pca, e, chunk=4096):
+    """Composite features from embeddings e: z_l = PCA projection, x' = PCA reconstruction of e (Sec. 3.2)."""
     out = []
     for i in range(0, len(e), chunk):
         eb = e[i:i + chunk]
         z_l = pca.transform(eb.cpu().numpy())
         rec = pca.inverse_transform(z_l)
-        z = composite_features(eb, torch.as_tensor(rec, dtype=eb.dtype, device=eb.device),
-                               torch.as_tensor(z_l, dtype=eb.dtype, device=eb.device))
-        if moments is not None:
-            moments.update(z)
-        out.append(z)
+        out.append(composite_features(eb, torch.as_tensor(rec, dtype=eb.dtype, device=eb.device),
+                                      torch.as_tensor(z_l, dtype=eb.dtype, device=eb.device)))
     return torch.cat(out)
 
 
-# ------------------------------------------------------------------------------------------ data, evaluation
+# ------------------------------------------------------------------------------------------ Step 2: NCE
 
-def check_tabular(X, name):
-    """A tabular file must hold finite numbers and at least one non-constant column."""
-    bad = ~torch.isfinite(X)
-    if bad.any():
-        rows, cols = torch.nonzero(bad, as_tuple=True)
-        raise DataError(f"the {name} file holds {int(bad.sum())} NaN/inf value(s) (first at row {int(rows[0])}, "
-                        f"column {int(cols[0])}). Replace or drop them (this script does not impute missing values)")
-    constant = (X.std(0) == 0) if len(X) > 1 else torch.ones(X.shape[1], dtype=torch.bool)
-    if constant.all():
-        raise DataError(f"every column of the {name} file is constant: there is nothing to learn. "
-                        "Check that the file is the dataset's")
-    return int(constant.sum())
+def train_nce(z_train, z_val=None, *, variant="cance", nu=NU, k_init=K_INIT, nce_iters=5000, lr=1e-3,
+              batch_size=128, val_seed=1, log=print):
+    """Train T_theta for one variant on composite features z_train (N, d + 2) (Sec. 3.3-3.4): "latnce" uses z_l
+    alone, "cnce" all of z, both against the fixed noise N(mu, Sigma) of the training moments; "cance" adds the
+    augmentation of Eq. (8) and learns K. theta minimises Eq. (9); psi ascends Eq. (10), the same objective with
+    the data passed through L_K(sg(L_K^-1(z))) (the identity in value, but differentiable in K). With z_val,
+    Eq. (9) on it (CANCE: augmented, with fixed draws from a generator seeded val_seed) every tenth of the phase
+    selects the returned (theta, psi) (Appendix E); without it the last. Returns (T, noise, selected step)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    z_train = torch.as_tensor(z_train, dtype=torch.float32)
+    device, d = z_train.device, z_train.shape[1] - 2
+    moments = RunningMoments(d + 2)                             # Sec. 3.3: the noise is fitted to the features
+    for i in range(0, len(z_train), 1024):
+        moments.update(z_train[i:i + 1024])                     # Eq. (13)-(14), batch-wise (Appendix B)
+    mean, cov = moments.mean, moments.covariance()
+    if variant == "latnce":                                     # NCE on the latent z_l alone
+        z_train, mean, cov = z_train[:, :d], mean[:d], cov[:d, :d]
+        z_val = None if z_val is None else z_val[:, :d]
+    learn_k = variant == "cance"                                # CANCE: learned K and Eq. (8)
+    std = torch.sqrt(torch.diagonal(cov)).clamp_min(1e-12)
+    T = EstimationNetwork(mean.float(), std.float()).to(device)
+    noise = NoiseDistribution(mean, cov, learn_k, k_init).to(device)
+    opt_theta = torch.optim.AdamW(T.parameters(), lr=lr)                 # Sec. 3.4: AdamW for theta and psi
+    opt_psi = torch.optim.AdamW([noise.psi], lr=lr) if learn_k else None
+    if learn_k:              # Appendix C: training mean, variance and log-normal mode of (z_e, z_c)
+        rec_mean, rec_var = mean[d:].float(), torch.diagonal(cov)[d:].float()
+        rec_mode = lognormal_mode(rec_mean, rec_var)                      # Appendix D: p_t centred at m_z
+    if z_val is not None:      # fixed validation draws (own generator: the training streams stay unchanged)
+        g = torch.Generator().manual_seed(val_seed)
+        z_val = torch.as_tensor(z_val, dtype=torch.float32, device=device)
+        if learn_k:
+            z_val = augment(z_val, d, rec_mode, rec_var.sqrt(), rec_mode, generator=g)   # Eq. (8)
+        v_val = noise.sample_v(nu * len(z_val), generator=g)
+    best = (math.inf, nce_iters, None)
+    n, every, t0 = len(z_train), max(1, nce_iters // 10), time.time()
+    for it in range(1, nce_iters + 1):
+        zb = z_train[torch.randint(n, (batch_size,), device=device)]
+        if learn_k:
+            zb = augment(zb, d, rec_mode, rec_var.sqrt(), rec_mode)          # Eq. (8)
+        v = noise.sample_v(nu * len(zb))
+        # theta step: minimise Eq. (9) with noise samples L_K(v) ~ p_nK (K held fixed)
+        loss = nce_loss(T(zb), T(noise.L_K(v, noise.K().detach())), nu)    # Eq. (9)
+        opt_theta.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_theta.step()
+        if learn_k:
+            # psi step: ascend Eq. (10); the data term goes through L_K(sg(L_K^-1(z)))
+            K = noise.K()
+            z_through = noise.L_K(noise.L_K_inverse(zb, K).detach(), K)      # Eq. (10), data term
+            objective = nce_loss(T(z_through), T(noise.L_K(v, K)), nu)       # Eq. (10)
+            opt_psi.zero_grad(set_to_none=True)
+            (-objective).backward()                                         # adversarial: ascend
+            opt_psi.step()
+            T.zero_grad(set_to_none=True)
+        if it % every == 0 or it == nce_iters:
+            value = loss.item()
+            check_finite(value, f"the {variant} NCE loss (Eq. 9) at iteration {it}")
+            k_text = f" k_mean={noise.K().mean().item():.4f}" if learn_k else ""
+            val_text = ""
+            if z_val is not None:
+                with torch.no_grad():                                       # Eq. (9) on the validation part
+                    val = nce_loss(T(z_val), T(noise.L_K(v_val, noise.K())), nu).item()
+                check_finite(val, f"the {variant} NCE validation loss at iteration {it}")
+                if val < best[0]:
+                    best = (val, it, (copy.deepcopy(T.state_dict()), noise.psi.detach().clone()))
+                val_text = f" val_loss={val:.4f} best={best[0]:.4f}@{best[1]}"
+            log(f"{variant} iter {it}/{nce_iters} loss={value:.4f}{k_text}{val_text} elapsed={time.time() - t0:.1f}s")
+    if z_val is not None:
+        T.load_state_dict(best[2][0])
+        with torch.no_grad():
+            noise.psi.copy_(best[2][1])
+        log(f"{variant}: selected step {best[1]} of {nce_iters} (lowest validation loss {best[0]:.4f})")
+    return T, noise, best[1]
 
 
-def tabular_split(X, y, seed, protocol="goad"):
-    """Tabular train/test split. drocc (Goyal et al. 2020's preparation, whose numbers Table 6 quotes): the test
-    set is every anomaly plus as many random normal rows, the other normal rows train. goad (GOAD/DAGMM): a
-    random half of the normal rows trains, the other half plus every anomaly is the test set. Features are
-    z-scored with the training rows' mean and std; a column constant on the training rows keeps std 1 (GOAD's
-    norm_data), so it stays centred instead of being blown up."""
-    g = torch.Generator().manual_seed(seed)
-    normal_idx = torch.nonzero(y == 0).view(-1)
-    anomaly_idx = torch.nonzero(y == 1).view(-1)
-    normal_idx = normal_idx[torch.randperm(len(normal_idx), generator=g)]
-    n_test_normal = len(anomaly_idx) if protocol == "drocc" else len(normal_idx) - len(normal_idx) // 2
-    train_idx = normal_idx[n_test_normal:]
-    test_idx = torch.cat([normal_idx[:n_test_normal], anomaly_idx])
-    mean, std = X[train_idx].mean(0), X[train_idx].std(0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return (X[train_idx] - mean) / std, ((X[test_idx] - mean) / std, y[test_idx])
+# ------------------------------------------------------------------------------------------ the whole method
 
+class CANCE:
+    """What fit() returns: Step 1's feature map (the AE, or ResNet-18 + PCA) and, per variant, T_theta with the
+    noise it was trained against (Step 2); batch_size, steps (the selected NCE steps) and stats for the record."""
+
+    def __init__(self, input_shape, nu, device):
+        self.input_shape, self.nu, self.device = tuple(input_shape), nu, device
+        self.ae = self.resnet = self.pca = None
+        self.image_size, self.batch_size = 224, None
+        self.heads, self.steps, self.stats = {}, {}, {}
+
+    @torch.no_grad()
+    def features(self, x):
+        """Composite features z = (z_l, z_e, z_c) of x -> (N, d + 2) tensor on the model's device."""
+        if self.ae is not None:
+            return ae_features(self.ae, x)
+        x = as_model_input(x, self.input_shape, self.device)
+        return pca_features(self.pca, resnet18_embeddings(self.resnet, x, self.image_size))
+
+
+def fit(x_normal, *, variants=("cance",), features="ae", latent=6, lam=0.3, ae_iters=5000, decoder_iters=2000,
+        nce_iters=5000, lr=1e-3, batch_size=128, nu=NU, k_init=K_INIT, seed=0, weights=None, image_size=224,
+        device=None, log=print):
+    """CANCE (Sec. 3) on normal data: x_normal is (N, D) rows or (N, 1, 28, 28) / (N, 3, 32, 32) images in [0, 1]
+    (features="resnet18-pca": (N, 1 or 3, H, W), weights = a resnet18 state_dict file, else torchvision's). A random
+    20% is held out for model selection (Appendix E); Step 1 trains the AE on the rest (or embeds it with ResNet-18
+    and fits PCA), Step 2 trains one NCE model per variant. seed seeds torch, numpy and random first (one seed, one
+    result on CPU); device None = cuda if available. Defaults: MNIST's (PAPER["mnist"]). Returns a CANCE model."""
+    if any(v not in VARIANTS for v in variants):
+        raise ValueError(f"variants must be among {', '.join(VARIANTS)}, got {tuple(variants)}")
+    x = torch.as_tensor(x_normal, dtype=torch.float32)
+    if features == "ae" and not (x.dim() == 2 or tuple(x.shape[1:]) in ((1, 28, 28), (3, 32, 32))):
+        raise ValueError(f"x must have shape {AE_SHAPES} for this model, got {tuple(x.shape)}")
+    if features == "resnet18-pca" and not (x.dim() == 4 and x.shape[1] in (1, 3)):
+        raise ValueError(f"x must have shape (N, 1, H, W) or (N, 3, H, W) for ResNet-18, got {tuple(x.shape)}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    set_seed(seed)
+    perm = torch.randperm(len(x))                                       # Appendix E: 20% validation
+    n_val = int(round(VAL_FRACTION * len(x)))
+    if n_val < 2 or len(x) - n_val < 2:
+        raise DataError(f"{len(x)} normal training samples are too few for a 20% validation split (Appendix E). "
+                        "Use at least 8, e.g. pick normal classes with more training samples")
+    x_val, x_train = x[perm[:n_val]].to(device), x[perm[n_val:]].to(device)
+    if batch_size > len(x_train):
+        log(f"note: batch size {batch_size} exceeds the {len(x_train)} training samples; using {len(x_train)}")
+        batch_size = len(x_train)
+    if features == "resnet18-pca" and latent > min(len(x_train), 512):
+        raise DataError(f"latent {latent} exceeds what PCA can give from {len(x_train)} training samples of 512 "
+                        "features. Pass a smaller latent (--latent)")
+    log(f"fit: train={len(x_train)} val={len(x_val)} features={features} latent={latent} lambda={lam:g} nu={nu} "
+        f"lr={lr:g} batch={batch_size} k_init={k_init:.3f} iters(ae1/ae2/nce)={ae_iters}/{decoder_iters}/"
+        f"{nce_iters} device={device}")
+    model = CANCE(x.shape[1:], nu, device)
+    model.batch_size = batch_size
+    # Step 1: composite features z = (z_l, z_e, z_c) of the training and validation parts
+    if features == "ae":
+        model.ae = build_autoencoder(x.shape[1:], latent).to(device)
+        samples, seconds = train_autoencoder(model.ae, x_train, x_val, lam=lam, ae_iters=ae_iters,
+                                             decoder_iters=decoder_iters, lr=lr, batch_size=batch_size, log=log)
+        z_train, z_val = model.features(x_train), model.features(x_val)
+    else:
+        t0 = time.time()
+        model.resnet, model.image_size = load_resnet18(weights).to(device), image_size
+        e_train = resnet18_embeddings(model.resnet, x_train, image_size)
+        model.pca = PCA(n_components=latent, random_state=seed).fit(e_train.cpu().numpy())
+        samples, seconds = len(x_train), time.time() - t0
+        z_train, z_val = pca_features(model.pca, e_train), model.features(x_val)
+        log(f"resnet18-pca: {len(x_train)} training embeddings, PCA to {latent} dims, explained variance "
+            f"{model.pca.explained_variance_ratio_.sum():.4f}")
+    # Step 2: one NCE model per variant on the shared features
+    t0 = time.time()
+    for variant in variants:
+        T, noise, model.steps[variant] = train_nce(z_train, z_val, variant=variant, nu=nu, k_init=k_init,
+                                                   nce_iters=nce_iters, lr=lr, batch_size=batch_size,
+                                                   val_seed=seed + 1, log=log)
+        model.heads[variant] = (T, noise)
+    model.stats = dict(train_samples_per_s=samples / max(seconds, 1e-9), nce_seconds=time.time() - t0)
+    return model
+
+
+def score(model, x, variant="cance"):
+    """Anomaly scores of x as numpy, higher = more anomalous: S_C(z), the estimate of -ln p_d(z) by the variant's
+    NCE model (Sec. 3.3), or z_e alone for variant="error" (Table 1's Error)."""
+    return score_features(model, model.features(x), variant)
+
+
+def score_features(model, z, variant="cance"):
+    """score() on composite features z = model.features(x) computed once for several variants."""
+    d = z.shape[1] - 2
+    if variant == "error":
+        return z[:, d].cpu().numpy()                        # z_e alone
+    if variant not in model.heads:
+        raise ValueError(f"variant {variant!r} was not trained: fit(..., variants=...) trained {tuple(model.heads)}")
+    T, noise = model.heads[variant]
+    return anomaly_score(T, noise, z[:, :d] if variant == "latnce" else z, model.nu)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
 
 def f1_at_ratio(scores, labels):
     """F1 of the anomaly class when the top r of scores are flagged, r = the test set's anomaly proportion
@@ -841,155 +645,274 @@ def f1_drocc_rule(scores, labels):
     return f1_score(1 - labels, normal_pred.astype(int))
 
 
+# ------------------------------------------------------------------------------------------ data
+
+def check_tabular(X, name):
+    """A tabular file must hold finite numbers and at least one non-constant column."""
+    bad = ~torch.isfinite(X)
+    if bad.any():
+        rows, cols = torch.nonzero(bad, as_tuple=True)
+        raise DataError(f"the {name} file holds {int(bad.sum())} NaN/inf value(s) (first at row {int(rows[0])}, "
+                        f"column {int(cols[0])}). Replace or drop them (this script does not impute missing values)")
+    constant = (X.std(0) == 0) if len(X) > 1 else torch.ones(X.shape[1], dtype=torch.bool)
+    if constant.all():
+        raise DataError(f"every column of the {name} file is constant: there is nothing to learn. "
+                        "Check that the file is the dataset's")
+    return int(constant.sum())
+
+
+def tabular_split(X, y, seed, protocol="goad"):
+    """Tabular train/test split. goad (GOAD/DAGMM): a random half of the normal rows trains, the other half plus
+    every anomaly is the test set. drocc (DROCC's process_odds.py): the test set is every anomaly plus as many
+    random normal rows, the other normal rows train. Features are z-scored with the training rows' mean and std;
+    a column constant on the training rows keeps std 1 (GOAD's norm_data), so it stays centred."""
+    g = torch.Generator().manual_seed(seed)
+    normal_idx = torch.nonzero(y == 0).view(-1)
+    anomaly_idx = torch.nonzero(y == 1).view(-1)
+    normal_idx = normal_idx[torch.randperm(len(normal_idx), generator=g)]
+    n_test_normal = len(anomaly_idx) if protocol == "drocc" else len(normal_idx) - len(normal_idx) // 2
+    train_idx = normal_idx[n_test_normal:]
+    test_idx = torch.cat([normal_idx[:n_test_normal], anomaly_idx])
+    mean, std = X[train_idx].mean(0), X[train_idx].std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (X[train_idx] - mean) / std, ((X[test_idx] - mean) / std, y[test_idx])
+
+
 def prepare(args, log=print):
-    """(normal training data, (test data, test anomaly labels)); args.normal_classes was set by check_args."""
+    """(normal training data, (test data, test anomaly labels)) of the command line's dataset."""
     if args.dataset in TABULAR_DATASETS:
         X, y = load_tabular(args.dataset, args.data_root)
         n_constant = check_tabular(X, args.dataset)
         if n_constant:
             log(f"{args.dataset}: {n_constant} of {X.shape[1]} columns are constant in the file (they stay 0 "
-                "after z-scoring)", flush=True)
+                "after z-scoring)")
         return tabular_split(X, y, args.seed, args.tabular_split)
     if args.dataset == "mnist-c":
-        x_train, x_test, y_test, _ = load_mnist_c(args.corruptions, args.data_root)
+        names = MNIST_C_CORRUPTIONS if args.corruption == "all" else args.corruption.split(",")
+        x_train, x_test, y_test, _ = load_mnist_c(list(names), args.data_root)
         return x_train, (x_test, y_test)
     x_tr, y_tr, x_te, y_te = load_images(args.dataset, args.data_root)
     split = one_class_split(x_tr, y_tr, x_te, y_te, args.normal_classes)
     return split["train"], split["test"]
 
 
-# ------------------------------------------------------------------------------------------ main
+# ------------------------------------------------------------------------------------------ command line
+# These lines are the same in all five scripts (only data loading and ResNet blocks are shared via common.py).
+# Needs: import argparse, json, math, os, random, sys, tempfile; numpy as np; torch.
 
-def run(args, log=print):
-    t_start = time.time()
-    device = check_args(args)                          # every check before any data is loaded
-    tabular = args.dataset in TABULAR_DATASETS
-    for k, v in PAPER[args.dataset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    phases = PHASES["tabular" if tabular else "image"]
-    args.ae_iters, args.decoder_iters, args.nce_iters = (min(p, args.iters or p) for p in phases)
-    set_seed(args.seed)
-    x_normal, (x_test, y_test) = prepare(args, log)
-    normal = args.normal_classes
-    # Appendix E: 20% of the normal training data is the validation set
-    perm = torch.randperm(len(x_normal))
-    n_val = int(round(VAL_FRACTION * len(x_normal)))
-    if n_val < 2 or len(x_normal) - n_val < 2:
-        raise DataError(f"{len(x_normal)} normal training samples are too few for a 20% validation split. "
-                        "Pick normal classes with more training samples")
-    x_val, x_train = x_normal[perm[:n_val]].to(device), x_normal[perm[n_val:]].to(device)
-    x_test = x_test.to(device)
-    if args.batch_size is None:
-        args.batch_size = 64 if args.dataset == "digits" else BATCH
-        if args.batch_size > len(x_train):
-            log(f"note: batch size {args.batch_size} exceeds the {len(x_train)} normal training samples; using "
-                f"{len(x_train)} (pass --batch-size to choose)", flush=True)
-            args.batch_size = len(x_train)
-    if args.features == "resnet18-pca" and args.latent > min(len(x_train), 512):
-        raise DataError(f"--latent {args.latent} exceeds what PCA can give from {len(x_train)} training samples. "
-                        "Pass a smaller --latent")
-    log(f"cance: dataset={args.dataset} normal={','.join(map(str, normal))} features={args.features} "
-        f"train={len(x_train)} val={len(x_val)} test={len(x_test)} (anomalies {int(y_test.sum())}) "
-        f"latent={args.latent} lambda={args.lam:g} error={args.error_reduce} nu={args.nu} lr={args.lr:g} "
-        f"batch={args.batch_size} k_init={args.k_init:.3f} trunc_loc={args.trunc_loc} nce_select={args.nce_select} "
-        f"iters(ae1/ae2/nce)={args.ae_iters}/{args.decoder_iters}/{args.nce_iters} device={device}", flush=True)
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
 
-    # Step 1: composite features z = (z_l, z_e, z_c) and their mean/covariance (Eq. 13-14)
-    moments = RunningMoments(args.latent + 2)
-    args.progress = "feature extraction"
-    if args.features == "ae":
-        if tabular:
-            ae = TabularAE(x_train.shape[1], args.latent).to(device)
-        else:
-            ae = ConvAE(x_train.shape[1], x_train.shape[-1], args.latent).to(device)
-        ae_samples, ae_time = train_autoencoder(ae, x_train, x_val, args, log)
-        args.progress = "feature extraction (the AE is trained)"
-        z_train = ae_features(ae, x_train, moments)
-        z_val = ae_features(ae, x_val)
-        ts = time.time()
-        z_test = ae_features(ae, x_test)
-        score_time = time.time() - ts
-    else:
-        ts = time.time()
-        model = load_resnet18(args.weights).to(device)
-        e_train = resnet18_embeddings(model, x_train, args.image_size)
-        pca = PCA(n_components=args.latent, random_state=args.seed).fit(e_train.cpu().numpy())
-        z_train = pca_features(pca, e_train, moments)
-        z_val = pca_features(pca, resnet18_embeddings(model, x_val, args.image_size))
-        ae_samples, ae_time = len(x_train), time.time() - ts
-        ts_score = time.time()
-        z_test = pca_features(pca, resnet18_embeddings(model, x_test, args.image_size))
-        score_time = time.time() - ts_score
-        log(f"resnet18-pca: {len(x_train)} training embeddings, PCA to {args.latent} dims, explained variance "
-            f"{pca.explained_variance_ratio_.sum():.4f}", flush=True)
+    def error(self, message):
+        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
+        sys.exit(2)
 
-    # Step 2: the ablation of Table 1 on the shared features
-    d = args.latent
-    lat_moments = RunningMoments(d)
-    lat_moments.n, lat_moments.mean, lat_moments.scatter = moments.n, moments.mean[:d], moments.scatter[:d, :d]
-    ts = time.time()
-    scores, steps = {"error": z_test[:, d].cpu().numpy()}, {}                         # z_e alone
-    T, noise, steps["latnce"] = train_nce("latnce", z_train[:, :d], lat_moments, args, learn_k=False,
-                                          z_val=z_val[:, :d], log=log)
-    scores["latnce"] = anomaly_score(T, noise, z_test[:, :d], args.nu)
-    T, noise, steps["cnce"] = train_nce("cnce", z_train, moments, args, learn_k=False, z_val=z_val, log=log)
-    scores["cnce"] = anomaly_score(T, noise, z_test, args.nu)
-    T, noise, steps["cance"] = train_nce("cance", z_train, moments, args, learn_k=True, augment_latent=d,
-                                         z_val=z_val, log=log)
-    ts_score = time.time()
-    scores["cance"] = anomaly_score(T, noise, z_test, args.nu)
-    score_time += time.time() - ts_score                                 # features + CANCE score of the test set
-    nce_time = time.time() - ts
-    k_final = noise.K().detach().cpu()
 
-    labels = y_test.cpu().numpy()
-    for name, s in scores.items():
-        if not np.all(np.isfinite(s)):
-            raise FloatingPointError(f"the {name} anomaly scores contain NaN/inf")
-    auroc = {name: round(float(roc_auc_score(labels, s)), 4) for name, s in scores.items()}
-    log("ablation (Table 1): error = reconstruction error z_e alone; latnce = NCE on z_l, fixed noise "
-        "N(mu,Sigma); cnce = NCE on (z_l,z_e,z_c), fixed noise N(mu,Sigma) (K = I, not learned); cance = "
-        "cnce + augmentation (Eq. 8) + learned K (Eq. 10); NCE scores add ln(nu p_n) of their own noise", flush=True)
-    log("K (cance) = " + " ".join(f"{k:.3f}" for k in k_final.tolist()), flush=True)
-    result = {"method": "cance", "dataset": args.dataset, "normal": ",".join(map(str, normal)), "seed": args.seed}
-    if tabular:
-        f1 = {name: round(float(f1_at_ratio(s, labels)), 4) for name, s in scores.items()}
-        result.update({"f1": f1["cance"], "f1_error": f1["error"], "f1_latnce": f1["latnce"], "f1_cnce": f1["cnce"],
-                       "tabular_split": args.tabular_split})
-        if args.tabular_split == "drocc":      # DROCC's released metric is defined for its balanced split
-            result["f1_drocc_rule"] = round(float(f1_drocc_rule(scores["cance"], labels)), 4)
-    result.update({"auroc": auroc["cance"], "auroc_error": auroc["error"], "auroc_latnce": auroc["latnce"],
-                   "auroc_cnce": auroc["cnce"], "features": args.features, "latent": args.latent, "lam": args.lam,
-                   "error_reduce": args.error_reduce, "k_init": round(args.k_init, 4), "trunc_loc": args.trunc_loc,
-                   "nce_select": args.nce_select, "k_mean": round(float(k_final.mean()), 4),
-                   "nce_steps": f"{steps['latnce']}/{steps['cnce']}/{steps['cance']}",
-                   "iters": f"{args.ae_iters}/{args.decoder_iters}/{args.nce_iters}",
-                   "batch_size": args.batch_size, "device": device.type,
-                   "nce_seconds": round(nce_time, 1), "seconds": round(time.time() - t_start, 1),
-                   "train_samples_per_s": round(ae_samples / max(ae_time, 1e-9), 1),
-                   "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
-    if args.dataset == "mnist-c":
-        result["corruption"] = args.corruption
-    log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
-    if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help prints the value each option really takes ('(default: 0.0001)'), and nothing where there is none."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        if isinstance(action.default, float):
+            return f"{action.help} (default: {action.default:g})"
+        return super()._get_help_string(action)
+
+
+def number(kind=float, low=None, high=None, low_open=False):
+    """argparse type: a finite int or float in [low, high] (low itself excluded with low_open)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
+                                             f"'{text}'") from None
+        plain = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"     # 4294967295, not 4.29497e+09
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
+            rng = f"{'>' if low_open else '>='} {plain(low)}" if high is None else f"in [{plain(low)}, {plain(high)}]"
+            raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
+        return value
+    return parse
+
+
+def device_type(name):
+    """argparse type: auto (cuda if present, else cpu), cpu, cuda or cuda:N -> torch.device; an absent one is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
+        raise argparse.ArgumentTypeError(f"'{name}' was asked for, but torch finds {count} CUDA device(s) on this "
+                                         "machine; use --device cpu (or auto)")
+    return device
+
+
+def output_path(path):
+    """argparse type: a file this run can write, tried now so that no finished run is lost at the end."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name such as {os.path.join(path, 'out')}")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist; create it first or choose another")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({e.strerror}); choose a writable folder") from None
+    return path
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_result(result, json_path=None, log=print):
+    """The RESULT line (the last line a run prints) and, with --json, the same keys written atomically."""
+    log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
+    if json_path:
+        with open(json_path + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
-        os.replace(tmp, args.json)
-    return result
+        os.replace(json_path + ".tmp", json_path)
+
+
+def corruption_list(text):
+    """argparse type: 'all' or a comma list of distinct MNIST-C corruptions."""
+    names = MNIST_C_CORRUPTIONS if text == "all" else text.split(",")
+    if any(c not in MNIST_C_CORRUPTIONS for c in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"'{text}' is not 'all' or a list of distinct MNIST-C corruptions; use "
+                                         f"names from: {', '.join(MNIST_C_CORRUPTIONS)}")
+    return text
+
+
+def parse_args(argv=None):
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dataset", default="mnist")
+    dataset = pre.parse_known_args(argv)[0].dataset
+    p = ArgumentParser(description="CANCE: autoencoder composite features + NCE (Liao & Brockmeier)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--dataset", default="mnist", choices=list(PAPER),
+                   help="mnist, fashion-mnist, cifar10, mnist-c (Table 3), thyroid, arrhythmia, abalone (Table 6) "
+                        "(Sec. 4); cifar100, svhn, digits = offline install check (not in the paper)")
+    p.add_argument("--normal", default="0",
+                   help="normal class or comma list, e.g. 0,1 for Table 8, nine classes for Table 5; tabular sets "
+                        "and mnist-c: 0 (Sec. 4)")
+    p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
+                   help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
+    p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
+                   help="random seed; CPU runs repeat exactly (Sec. 4: five runs)")
+    p.add_argument("--device", type=device_type, default="auto",
+                   help="auto (cuda if available), cpu, cuda or cuda:N (not in the paper)")
+    p.add_argument("--iters", type=number(int, 1),
+                   help="cap on every phase; uncapped: AE stage 1 / stage 2 / each NCE model 5000/2000/5000 on "
+                        "images, 2000/1000/3000 on tabular sets (not in the paper: chosen)")
+    p.add_argument("--batch-size", type=number(int, 2),
+                   help="AE and NCE data batch, at most the training part (not in the paper: chosen; digits 64)")
+    p.add_argument("--lr", type=number(float, 0, low_open=True), default=1e-3,
+                   help="learning rate of Adam (AE) and AdamW (theta, psi; Sec. 3.4) (not in the paper: chosen)")
+    p.add_argument("--json", type=output_path,
+                   help="also write the RESULT keys to this JSON file (not in the paper: for benchmarks/run.py)")
+    p.add_argument("--latent", type=number(int, 1),
+                   help="latent size d: MNIST, F-MNIST 6, CIFAR-10 64 (Appendix G, I), MNIST-C 10 (Sec. 4); not in "
+                        "the paper (chosen): thyroid, abalone 3, arrhythmia 8, cifar100, svhn 64")
+    p.add_argument("--lam", type=number(float, 0),
+                   help="lambda of Eq. (11): MNIST, F-MNIST, MNIST-C 0.3, CIFAR-10 0.004 (Appendix G, I); not in "
+                        "the paper (chosen): tabular 0.3, cifar100, svhn 0.004")
+    p.add_argument("--nu", type=number(int, 1), default=NU, help="noise samples per data sample (Appendix E)")
+    p.add_argument("--k-init", type=number(float, 1, low_open=True), default=K_INIT,
+                   help="initial K_jj of CANCE's noise (Sec. 3.4 asks K_jj >= 1; not in the paper: psi = 0)")
+    p.add_argument("--features", default="ae", choices=["ae", "resnet18-pca"],
+                   help="the composite-feature AE, or ImageNet ResNet-18 embeddings + PCA to --latent dimensions "
+                        "(Sec. 3.2; Tables 4, 5, 9)")
+    p.add_argument("--weights", help="resnet18-pca: a torchvision resnet18 state_dict file (not in the paper: "
+                                     "else torchvision's IMAGENET1K_V1 download or cache)")
+    p.add_argument("--image-size", type=number(int, 32), default=224,
+                   help="resnet18-pca: side the images are resized to (ImageNet's; smaller is not the paper's)")
+    p.add_argument("--tabular-split", default="goad", choices=["goad", "drocc"],
+                   help="Table 6's preparation: goad = half the normal rows train, the rest + every anomaly test; "
+                        "drocc = every anomaly + as many normal rows test (not in the paper: Sec. 4 cites both; goad "
+                        "fits Table 6, see the docstring)")
+    p.add_argument("--corruption", type=corruption_list, default="all",
+                   help="mnist-c: 'all' (pooled) or a comma list of the corruptions that are the anomalies (not "
+                        "in the paper: Sec. 4 does not say)")
+    p.set_defaults(**PAPER.get(dataset, PAPER["mnist"]))
+    args = p.parse_args(argv)
+    tabular = args.dataset in TABULAR_DATASETS
+    if args.features == "resnet18-pca" and tabular:
+        p.error("--features resnet18-pca is for image datasets; drop it, or pick an image --dataset")
+    if tabular or args.dataset == "mnist-c":
+        if args.normal != "0":
+            what = "label 0 is normal" if tabular else "every MNIST class is normal, MNIST-C's corruptions are not"
+            p.error(f"--normal is fixed for {args.dataset} ({what}); got '{args.normal}'. Leave --normal out")
+        args.normal_classes = [0]
+    else:
+        try:
+            args.normal_classes = parse_normal(args.normal, IMAGE_DATASETS[args.dataset][0])
+        except DataError as e:
+            p.error(str(e))
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    args.progress = "start-up (no training step taken yet)"
+    log = lambda line: print(line, flush=True)
     try:
-        return run(args)
+        t_start = time.time()
+        x_normal, (x_test, y_test) = prepare(args, log)
+        log(f"cance: dataset={args.dataset} normal={','.join(map(str, args.normal_classes))} "
+            f"test={len(x_test)} (anomalies {int(y_test.sum())})")
+        cap = lambda n: min(n, args.iters or n)
+        iters = dict(ae_iters=cap(args.ae_iters), decoder_iters=cap(args.decoder_iters), nce_iters=cap(args.nce_iters))
+        model = fit(x_normal, variants=VARIANTS, features=args.features, latent=args.latent, lam=args.lam, **iters,
+                    lr=args.lr, batch_size=args.batch_size, nu=args.nu, k_init=args.k_init, seed=args.seed,
+                    weights=args.weights, image_size=args.image_size, device=args.device, log=log)
+        ts = time.time()
+        z_test = model.features(x_test)
+        scores = {v: score_features(model, z_test, v) for v in ("cance", "error", "latnce", "cnce")}   # Table 1
+        score_time = time.time() - ts
+        for name, s in scores.items():
+            if not np.all(np.isfinite(s)):
+                raise FloatingPointError(f"the {name} anomaly scores contain NaN/inf")
+        k_final = model.heads["cance"][1].K().detach().cpu()
+        log("ablation (Table 1): error = z_e alone; latnce = NCE on z_l; cnce = NCE on (z_l, z_e, z_c), both against "
+            "N(mu, Sigma); cance = cnce + Eq. (8) + learned K (Eq. 10); each adds ln(nu p_n) of its own noise")
+        log("K (cance) = " + " ".join(f"{k:.3f}" for k in k_final.tolist()))
+        labels, suffix = y_test.cpu().numpy(), {"cance": "", "error": "_error", "latnce": "_latnce", "cnce": "_cnce"}
+        result = {"method": "cance", "dataset": args.dataset, "normal": ",".join(map(str, args.normal_classes)),
+                  "seed": args.seed}
+        if args.dataset in TABULAR_DATASETS:
+            result.update({f"f1{k}": round(float(f1_at_ratio(scores[v], labels)), 4) for v, k in suffix.items()})
+            result["tabular_split"] = args.tabular_split
+            if args.tabular_split == "drocc":      # DROCC's released metric is defined for its balanced split
+                result["f1_drocc_rule"] = round(float(f1_drocc_rule(scores["cance"], labels)), 4)
+        result.update({f"auroc{k}": round(float(roc_auc_score(labels, scores[v])), 4) for v, k in suffix.items()})
+        # error_reduce, trunc_loc and nce_select record readings that were once options (older runs carry them)
+        result.update({"features": args.features, "latent": args.latent, "lam": args.lam, "error_reduce": "sum",
+                       "k_init": round(args.k_init, 4), "trunc_loc": "mode", "nce_select": "val",
+                       "k_mean": round(float(k_final.mean()), 4),
+                       "nce_steps": "/".join(str(model.steps[v]) for v in VARIANTS),
+                       "iters": "/".join(str(n) for n in iters.values()), "batch_size": model.batch_size,
+                       "device": model.device.type, "nce_seconds": round(model.stats["nce_seconds"], 1),
+                       "seconds": round(time.time() - t_start, 1),
+                       "train_samples_per_s": round(model.stats["train_samples_per_s"], 1),
+                       "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
+        if args.dataset == "mnist-c":
+            result["corruption"] = args.corruption
+        write_result(result, args.json, log)
+        return result
     except (DataError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"\ninterrupted during {args.progress}; no result was written", file=sys.stderr)
+        print("\ninterrupted: no result was written", file=sys.stderr)
         sys.exit(130)
 
 
