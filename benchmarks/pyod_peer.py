@@ -46,7 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--normal", default="0", help="normal class, or a comma list (ignored for tabular sets)")
     p.add_argument("--data-root", default=None, help="as toll.py")
     p.add_argument("--seed", type=int, default=0, help="split, hold-out and PyOD's random_state")
-    p.add_argument("--device", default="auto", help="auto = cuda if available, else cpu (AutoEncoder only)")
+    p.add_argument("--device", type=toll.device_type, default="auto",
+                   help="auto = cuda if available, else cpu (AutoEncoder only)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs (our budget choice, see docstring)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--val-size", type=int, default=None,
@@ -102,8 +103,9 @@ def run(args):
     pyod_version = import_pyod()[0]                 # fail before loading any data
     if args.val_size is None:
         args.val_size = toll.PAPER[args.dataset]["val_size"]
-    device = toll.pick_device(args.device)
-    split, normal = toll.prepare(args)              # exactly toll.py's split and preprocessing
+    device = args.device
+    split, normal = toll.prepare(args.dataset, normal=args.normal, root=args.data_root, seed=args.seed,
+                                 val_size=args.val_size)   # exactly toll.py's split and preprocessing
     tabular = args.dataset in toll.TABULAR
     x_train = split["train"].flatten(1).numpy().astype(np.float64)
     x_test, y_test = split["test"][0].flatten(1).numpy().astype(np.float64), split["test"][1].numpy()
@@ -122,7 +124,7 @@ def run(args):
     result = {"method": f"pyod_{args.method}", "dataset": args.dataset, "normal": ",".join(map(str, normal)),
               "seed": args.seed}
     if tabular:
-        result["f1"] = round(toll.metric(scores, torch.as_tensor(y_test), True, split["anomaly_ratio"]), 4)
+        result["f1"] = round(toll.f1_top_ratio(y_test, scores, split["anomaly_ratio"]), 4)
     result["auroc"] = round(roc_auc_score(y_test, scores), 4)
     result.update({"epochs": args.epochs, "batch_size": args.batch_size, "pyod_version": pyod_version,
                    "device": device.type if args.method == "autoencoder" else "cpu",

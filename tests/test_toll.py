@@ -1,9 +1,13 @@
-"""toll.py: Eq. (2)/(3) by hand, Appendix B shapes, Theorem 1 numerically, the Sec. 4.1 protocol end to end
+"""toll.py: Eq. (2)/(3) by hand, Appendix B shapes, Theorem 1 numerically, the Python API on plain arrays (in a
+folder holding only toll.py and common.py; the same scores as the command line), the Sec. 4.1 protocol end to end
 on generated data, bad input, and a learning test."""
 import math
 import os
+import shutil
+import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,8 +163,7 @@ def test_end_to_end_cifar_two_iterations(tiny_root, torchvision_md5, dataset):
 
 
 def test_cifar_preprocessing_is_gcn_then_minmax_of_normal_training_images(tiny_root, torchvision_md5):
-    args = toll.parse_args(["--dataset", "cifar10", "--normal", "2", "--data-root", tiny_root, "--val-size", "40"])
-    split, _ = toll.prepare(args)
+    split, _ = toll.prepare("cifar10", normal="2", root=tiny_root, val_size=40)
     assert split["train"].min().item() == pytest.approx(0.0, abs=1e-6)
     assert split["train"].max().item() == pytest.approx(1.0, abs=1e-6)
 
@@ -168,8 +171,7 @@ def test_cifar_preprocessing_is_gcn_then_minmax_of_normal_training_images(tiny_r
 def test_arrhythmia_protocol_and_f1(tiny_root):
     r = toll.main(["--dataset", "arrhythmia", "--data-root", tiny_root, "--iters", "2", "--eval-every", "1"])
     assert "f1" in r and "val_f1" in r and r["beta"] == 10 and r["batch_size"] == 100
-    args = toll.parse_args(["--dataset", "arrhythmia", "--data-root", tiny_root])
-    split, _ = toll.prepare(args)
+    split, _ = toll.prepare("arrhythmia", root=tiny_root)
     n_normal, n_anom = 452 - 66, 66
     assert len(split["test"][0]) == round(0.2 * n_normal) + round(0.2 * n_anom)
     assert len(split["val"][0]) == round(0.3 * n_normal) + round(0.3 * n_anom)
@@ -177,11 +179,11 @@ def test_arrhythmia_protocol_and_f1(tiny_root):
     assert split["anomaly_ratio"] == pytest.approx(66 / 452)
 
 
-def test_f1_threshold_flags_the_anomaly_ratio_of_scores():
-    scores = torch.arange(10.0).numpy()
-    labels = torch.tensor([0] * 8 + [1] * 2)
-    assert toll.metric(scores, labels, tabular=True, anomaly_ratio=0.2) == 1.0
-    assert toll.metric(scores, labels, tabular=True, anomaly_ratio=0.4) == pytest.approx(2 / 3)
+def test_sec41_f1_threshold_flags_the_anomaly_ratio_of_scores():
+    scores = np.arange(10.0)
+    labels = np.array([0] * 8 + [1] * 2)
+    assert toll.f1_top_ratio(labels, scores, ratio=0.2) == 1.0
+    assert toll.f1_top_ratio(labels, scores, ratio=0.4) == pytest.approx(2 / 3)
 
 
 def test_seed_makes_cpu_runs_repeatable(tiny_root):
@@ -196,11 +198,13 @@ def test_seed_makes_cpu_runs_repeatable(tiny_root):
     (["--dataset", "mnist", "--normal", "1;2"], "comma list"),
     (["--dataset", "mnist", "--normal", "0", "--batch-size", "100000", "--val-size", "10"], "exceeds"),
     (["--dataset", "mnist", "--normal", "0", "--val-size", "400"], "impossible"),
-    (["--dataset", "mnist", "--iters", "0"], "--iters must be >= 1 (got 0)"),
+    (["--dataset", "mnist", "--iters", "0"], "argument --iters: must be >= 1 (got 0)"),
     (["--dataset", "mnist", "--norm", "3"], "argument --norm: invalid choice"),
     (["--dataset", "mnist", "--split", "fixed"], "argument --split: invalid choice"),
-    (["--dataset", "mnist", "--beta", "-1"], "--beta must be >= 0"),
-    (["--dataset", "mnist", "--val-size", "-1"], "--val-size must be >= 0"),
+    (["--dataset", "mnist", "--beta", "-1"], "argument --beta: must be >= 0"),
+    (["--dataset", "mnist", "--val-size", "-1"], "argument --val-size: must be >= 0"),
+    (["--dataset", "mnist", "--lr", "0"], "argument --lr: must be > 0 (got 0)"),
+    (["--dataset", "digits", "--val-size", "0"], "--select val needs a validation set"),
 ])
 def test_bad_input_is_a_clear_error(tiny_root, capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -208,9 +212,11 @@ def test_bad_input_is_a_clear_error(tiny_root, capsys, args, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_missing_data_offline_exits_with_one_paragraph_and_no_traceback(tmp_path):
-    p, _ = run_script("toll.py", "--dataset", "thyroid", "--data-root", tmp_path, expect_rc=2)
-    assert "--data-root" in p.stderr and "thyroid.mat" in p.stderr and "Traceback" not in p.stderr
+def test_missing_data_offline_exits_with_one_paragraph_and_no_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        toll.main(["--dataset", "thyroid", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--data-root" in err and "thyroid.mat" in err and "Traceback" not in err
 
 
 def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys):
@@ -236,7 +242,7 @@ def test_select_last_runs_without_a_validation_set_and_select_val_requires_one(t
     assert "--val-size" in capsys.readouterr().err
 
 
-def test_ctrl_c_during_training_says_how_far_it_got_and_exits_130(tiny_root, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_during_training_exits_130_and_writes_nothing(tiny_root, tmp_path, monkeypatch, capsys):
     calls = []
     real = toll.toll_loss
 
@@ -253,8 +259,7 @@ def test_ctrl_c_during_training_says_how_far_it_got_and_exits_130(tiny_root, tmp
                    "--json", str(out)])
     err = capsys.readouterr().err
     assert e.value.code == 130 and "Traceback" not in err
-    assert "interrupted during training, iteration 3/10 (best validation f1" in err and "at 2)" in err
-    assert "no result was written" in err and not out.exists() and not os.path.exists(str(out) + ".tmp")
+    assert "interrupted: no result was written" in err and not out.exists() and not os.path.exists(str(out) + ".tmp")
 
 
 def test_json_output_folder_is_checked_before_training(tiny_root, monkeypatch, capsys):
@@ -271,3 +276,116 @@ def test_random_arrhythmia_split_of_seed_0_is_unchanged_by_the_split_option(tiny
     a, b = toll.main(argv), toll.main(argv + ["--split", "random"])
     assert {k: v for k, v in a.items() if "per_s" not in k and k != "seconds"} == \
         {k: v for k, v in b.items() if "per_s" not in k and k != "seconds"}
+
+
+# ------------------------------------------------------------------------------------------ the Python API (issue 23)
+
+# README, "Use a method in your own code": copy toll.py and common.py, then (run verbatim by the test below)
+README_SNIPPET = """\
+import numpy as np
+import toll
+
+x_train = np.random.randn(1000, 20).astype(np.float32)   # normal samples: (N, D), (N, 1, 28, 28) or (N, 3, 32, 32)
+x_new = np.random.randn(200, 20).astype(np.float32) * 2
+model = toll.build_model(x_train.shape[1:], latent=16)   # Appendix B's autoencoder for that shape
+model, info = toll.train(model, x_train, beta=10, lr=1e-3, iters=200, batch_size=100)   # Eq. (2), Sec. 4.1
+scores = toll.anomaly_scores(model, x_new, beta=10)      # Eq. (3): numpy (200,), higher = more anomalous
+"""
+
+API_CHECK = """
+assert scores.shape == (200,) and np.isfinite(scores).all() and np.ptp(scores) > 0, scores
+assert info["best_val"] is None and info["best_iter"] == 200
+assert np.median(scores) > np.median(toll.anomaly_scores(model, x_train[:200], beta=10))  # wider data score higher
+lines = []
+for shape in [(1, 28, 28), (3, 32, 32)]:
+    x = np.random.rand(8, *shape).astype(np.float32)
+    x_val, y_val = np.random.rand(6, *shape), np.array([0, 0, 0, 1, 1, 1])
+    m = toll.build_model(input_shape=shape, latent=8)
+    m, info = toll.train(model=m, x_normal=x, x_val=x_val, y_val=y_val, beta=1.0, lr=1e-3, iters=2, batch_size=4,
+                         eval_every=1, log=lines.append)
+    s = toll.anomaly_scores(model=m, x=np.random.rand(5, *shape), beta=1.0)
+    assert s.shape == (5,) and np.isfinite(s).all() and np.ptp(s) > 0, s
+    assert info["best_iter"] in (1, 2) and 0 <= info["best_val"] <= 1
+assert len(lines) == 4 and all("val_auroc=" in line for line in lines), lines
+print("api ok")
+"""
+
+
+def test_api_on_plain_arrays_in_a_folder_holding_only_toll_and_common(tmp_path):
+    """What a user does: copy toll.py and common.py, train on their own arrays with keyword arguments (tabular
+    width 20 = README's snippet verbatim; 1x28x28 and 3x32x32 images with validation), score new samples."""
+    for name in ("toll.py", "common.py"):
+        shutil.copy(os.path.join(os.path.dirname(toll.__file__), name), tmp_path / name)
+    p = subprocess.run([sys.executable, "-c", README_SNIPPET + API_CHECK], cwd=tmp_path, capture_output=True,
+                       text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=""), timeout=300)
+    assert p.returncode == 0 and "api ok" in p.stdout, p.stderr[-3000:]
+    assert "iter 200/200 loss=" in p.stdout                                   # log=print by default
+
+
+@pytest.mark.parametrize("dataset,flags,api", [
+    ("arrhythmia", ["--iters", "20", "--eval-every", "5"], dict(iters=20, eval_every=5)),
+    ("mnist", ["--normal", "4", "--iters", "2", "--batch-size", "8", "--val-size", "0", "--select", "last"],
+     dict(iters=2, batch_size=8, val_size=0))])
+def test_command_line_and_api_give_the_same_scores(tiny_root, monkeypatch, dataset, flags, api):
+    """main() is prepare -> build_model -> train -> anomaly_scores: the same seed gives the same test scores (and
+    the same selected checkpoint) through the API, on numpy arrays."""
+    seen, real = [], toll.anomaly_scores
+    monkeypatch.setattr(toll, "anomaly_scores", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    r = toll.main(["--dataset", dataset, "--data-root", tiny_root, "--seed", "4"] + flags)
+    monkeypatch.setattr(toll, "anomaly_scores", real)
+    cfg = {**toll.PAPER[dataset], "eval_every": 20, **api}
+    toll.set_seed(4)
+    split, _ = toll.prepare(dataset, normal="4", root=tiny_root, seed=4, val_size=cfg["val_size"])
+    model = toll.build_model(split["train"].shape[1:], latent=cfg["latent"])
+    x_val, y_val = (t.numpy() for t in split["val"]) if split["val"] else (None, None)
+    ratio = split.get("anomaly_ratio")
+    model, info = toll.train(model, split["train"].numpy(), x_val, y_val, beta=cfg["beta"], lr=cfg["lr"],
+                             iters=cfg["iters"], batch_size=cfg["batch_size"], eval_every=cfg["eval_every"],
+                             metric=lambda labels, scores: toll.f1_top_ratio(labels, scores, ratio),
+                             log=lambda line: None)
+    np.testing.assert_array_equal(toll.anomaly_scores(model, split["test"][0].numpy(), beta=cfg["beta"]), seen[-1])
+    assert info["best_iter"] == r["best_iter"] and (info["best_val"] is None) == ("val_f1" not in r)
+    if dataset == "arrhythmia":
+        assert round(info["best_val"], 4) == r["val_f1"]
+
+
+def test_wrong_input_shapes_raise_a_value_error_naming_the_expected_shape():
+    with pytest.raises(ValueError, match=r"\(D,\) for tabular data, \(1, 28, 28\) or \(3, 32, 32\).*got \(5, 28"):
+        toll.build_model((5, 28, 28))
+    images, table = toll.build_model((1, 28, 28)), toll.build_model((20,), latent=4)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 28, 28\) for this model, got \(4, 28, 28\)"):
+        toll.anomaly_scores(images, np.zeros((4, 28, 28)))
+    with pytest.raises(ValueError, match=r"x_normal must have shape \(N, 20\) for this model, got \(10, 21\)"):
+        toll.train(table, np.zeros((10, 21)), iters=1, batch_size=2)
+    with pytest.raises(ValueError, match=r"x_val must have shape \(N, 20\)"):
+        toll.train(table, np.zeros((10, 20)), np.zeros((4, 3)), np.zeros(4), iters=1, batch_size=2)
+    with pytest.raises(ValueError, match=r"y_val must have shape \(4,\)"):
+        toll.train(table, np.zeros((10, 20)), np.zeros((4, 20)), None, iters=1, batch_size=2)
+    with pytest.raises(ValueError, match=r"batch_size must be in \[2, 10\]"):
+        toll.train(table, np.zeros((10, 20)), iters=1)                      # MNIST's 1000 > 10 samples
+
+
+def test_help_and_defaults_are_each_datasets_paper_values(capsys):
+    """--help shows the values a run takes (set per --dataset from PAPER), never '(default: None)'."""
+    for dataset, values in toll.PAPER.items():
+        args = toll.parse_args(["--dataset", dataset])
+        for key in ("beta", "lr", "latent", "batch_size"):
+            assert getattr(args, key) == values[key], (dataset, key)
+        assert args.val_size == (None if dataset in toll.TABULAR else values["val_size"])
+    with pytest.raises(SystemExit) as e:
+        toll.parse_args(["--dataset", "fashion-mnist", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "(default: None)" not in text
+    for flag, value in (("beta", "100"), ("lr", "0.0001"), ("latent", "256"), ("batch-size", "500")):
+        option = f"--{flag} {flag.upper().replace('-', '_')} "
+        assert f"(default: {value})" in text.split(option)[1].split(" --")[0], flag
+    assert toll.parse_args(["--dataset", "mnist", "--split", "official"]).val_size is None
+
+
+def test_scores_that_overflow_stop_with_an_error_not_a_traceback(capsys):
+    """Issue 26's case (a huge beta with a huge lr): finite losses, infinite validation scores -> error: exit 2."""
+    with pytest.raises(SystemExit) as e:
+        toll.main(["--dataset", "digits", "--normal", "3", "--beta", "1e30", "--lr", "10", "--iters", "3",
+                   "--eval-every", "1", "--val-size", "50"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "diverged" in err and "iteration" in err and "Traceback" not in err

@@ -54,8 +54,7 @@ def rows(t):
 
 def test_official_arrhythmia_split_cuts_the_permutations_at_20_and_40_percent(root):
     normal, anomalous = arrhythmia_files(root)
-    args = toll.parse_args(["--dataset", "arrhythmia", "--data-root", str(root), "--split", "official"])
-    split, _ = toll.prepare(args)
+    split, _ = toll.prepare("arrhythmia", root=str(root), split="official")
     X, y = load_tabular("arrhythmia", str(root))
     Xn, Xa = X[y == 0], X[y == 1]
     # the authors' bounds: np.round(0.2 * 386) = 77, np.round(0.4 * 386) = 154; 66 -> 13, 26
@@ -72,9 +71,7 @@ def test_official_split_is_the_same_for_every_seed_random_split_is_not(root):
     splits = {}
     for kind in ("official", "random"):
         for seed in (0, 1):
-            args = toll.parse_args(["--dataset", "arrhythmia", "--data-root", str(root), "--split", kind,
-                                    "--seed", str(seed)])
-            splits[kind, seed] = toll.prepare(args)[0]["test"][0]
+            splits[kind, seed] = toll.prepare("arrhythmia", root=str(root), seed=seed, split=kind)[0]["test"][0]
     assert torch.equal(splits["official", 0], splits["official", 1])
     assert not torch.equal(splits["random", 0], splits["random", 1])
 
@@ -85,8 +82,7 @@ def test_official_image_split_validates_on_exactly_the_listed_train_indices(root
     x_tr, y_tr, x_te, y_te = load_images(dataset, str(root))
     idx = np.random.default_rng(1).choice(len(x_tr), 100, replace=False)
     write(root, fname, idx)
-    args = toll.parse_args(["--dataset", dataset, "--normal", "3", "--data-root", str(root), "--split", "official"])
-    split, normal = toll.prepare(args)
+    split, normal = toll.prepare(dataset, normal="3", root=str(root), split="official")
     f = lambda x: standardize(x, x_tr.mean(), x_tr.std())
     assert torch.equal(split["val"][0], f(x_tr[idx]))
     assert split["val"][1].tolist() == (y_tr[idx] != 3).long().tolist()
