@@ -496,11 +496,12 @@ def load_csv(path, label_column="label", normal_label="0"):
     return torch.tensor(X, dtype=torch.float32), torch.from_numpy(y)
 
 
-def load_image_folder(path, channels, size):
-    """An image folder in the MVTec AD / anomalib layout -> dict(train=x, val=None, test=(x, y)): train/good/ holds
-    the normal training images, test/good/ the normal test images, every other test/<name>/ folder anomalies.
-    Images are read with PIL (torchvision's image loader), converted to `channels` (1 grey, 3 RGB), scaled to
-    [0, 1] and resized to size x size (antialiased)."""
+def load_image_folder(path, channels=None, size=None):
+    """An image folder in the MVTec AD / anomalib layout -> dict(train=x, val=None, test=(x, y), source=text):
+    train/good/ holds the normal training images, test/good/ the normal test images, every other test/<name>/
+    folder anomalies. Images are read with PIL (torchvision's image loader), converted to `channels` (1 grey,
+    3 RGB; None: grey if every image is grey, else RGB), scaled to [0, 1] and resized to size x size
+    (antialiased; None: 28 for grey, 32 for RGB, the two inputs the scripts' architectures take)."""
     from PIL import Image, UnidentifiedImageError
 
     def folder(*parts):
@@ -515,13 +516,14 @@ def load_image_folder(path, channels, size):
                 raise DataError(f"'{f}' is not an image ({', '.join(IMAGE_SUFFIXES)}). Move it out of {path}")
             try:
                 with Image.open(f) as img:
-                    a = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+                    grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+                    a = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
             except (OSError, UnidentifiedImageError, ValueError) as e:
                 raise DataError(f"'{f}' cannot be decoded as an image ({type(e).__name__}). Replace or remove it") \
                     from None
-            x = torch.from_numpy(a).view(1, *a.shape[:2], -1).permute(0, 3, 1, 2)      # (1, C, H, W)
-            out.append(fit_images(x, channels, size))
-        return torch.cat(out)
+            out.append(torch.from_numpy(a).view(1, *a.shape[:2], -1).permute(0, 3, 1, 2))   # (1, C, H, W)
+            sizes.add(f"{a.shape[1]}x{a.shape[0]} {'grey' if grey else 'RGB'}")
+        return out
 
     if not os.path.isdir(path):
         raise DataError(f"the dataset folder '{path}' does not exist. Give an .npz or .csv file, a built-in dataset "
@@ -537,9 +539,16 @@ def load_image_folder(path, channels, size):
         raise DataError(f"'{path}' has no anomaly folder with images under test/ (a test/<defect>/ folder besides "
                         "test/good/). Add one: the test set needs anomalies to be scored against")
     bad = [folder("test", d) for d in defects]
-    x_test = read(good + [f for files in bad for f in files])
+    sizes = set()
+    train, test = read(train), read(good + [f for files in bad for f in files])
+    if channels is None:
+        channels = 1 if all(x.shape[1] == 1 for x in train + test) else 3
+    size = size or (28 if channels == 1 else 32)
+    fit = lambda xs: torch.cat([fit_images(x, channels, size) for x in xs])
     y_test = torch.cat([torch.zeros(len(good), dtype=torch.int64), torch.ones(sum(map(len, bad)), dtype=torch.int64)])
-    return {"train": read(train), "val": None, "test": (x_test, y_test)}
+    source = (f"{len(train)} train/good, {len(good)} test/good and {len(test) - len(good)} anomalous images "
+              f"({', '.join(defects)}) of {', '.join(sorted(sizes))}, read as {channels}x{size}x{size}")
+    return {"train": fit(train), "val": None, "test": (fit(test), y_test), "source": source}
 
 
 # ------------------------------------------------------------------------------------------ protocol

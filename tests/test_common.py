@@ -197,6 +197,8 @@ def test_image_folder_in_the_mvtec_layout(tmp_path):
     assert d["test"][1].tolist() == [0, 0] + [1] * 6 and 0 <= d["train"].min() and d["train"].max() <= 1
     d = common.load_image_folder(_image_folder(tmp_path / "g"), channels=3, size=32)
     assert d["train"].shape == (4, 3, 32, 32)
+    d = common.load_image_folder(_image_folder(tmp_path / "h"))                          # RGB files: 3 x 32 x 32
+    assert d["train"].shape == (4, 3, 32, 32) and "50x40 RGB" in d["source"] and "3x32x32" in d["source"]
 
 
 @pytest.mark.parametrize("defects,extra,words", [
