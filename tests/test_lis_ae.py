@@ -1,21 +1,28 @@
 """lis_ae.py: Eq. (1) by hand, phase 2 touching only the latent layer, the Sec. 4.2 linear example, the
 Sec. 5 negative-set protocols end to end on generated data (every --negative mode), the batched
-augmentation, bad input, and a learning test where LIS-AE beats its own phase-1 AE.
+augmentation, bad input, a learning test where LIS-AE beats its own phase-1 AE, and the Python API (a fresh
+folder holding only lis_ae.py and common.py; the same scores as the command line; shape errors).
 
 Guards of issue 14 (a saturated tanh latent made phase 2 a no-op, so LIS-AE = AE): after a short phase 1
-with the script's defaults the latent codes vary across inputs and are not saturated (a); phase 2 moves Z
-and raises the negatives' error while the positives' stays (b); phase 2 leaves E and D bit-identical and
-Z changed (c). test_guards_catch_the_saturating_configuration runs the same checks on the old
-configuration (--latent-norm none) and asserts that they fail there."""
+with the script's defaults the latent codes vary across inputs and are not saturated (a); phase 2 moves Z,
+raises the negatives' error while the positives' stays, and LIS-AE's scores differ from the AE's (b); phase 2
+leaves E and D bit-identical and Z changed (c). test_guards_catch_the_saturating_configuration runs the same
+checks on the old configuration (--latent-norm none) and asserts that they fail there; the log shows the
+saturation (`sat=`, latent_saturated, a WARNING)."""
 import os
+import shutil
+import subprocess
+import sys
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from sklearn.metrics import roc_auc_score
 
 import lis_ae
-from conftest import read_json, run_script
+from conftest import REPO, read_json, run_script
 
 TINY = ["--iters", "2", "--batch-size", "8", "--width", "4", "--latent", "4"]
 quiet = lambda *a, **k: None
@@ -33,9 +40,10 @@ def one_thread(monkeypatch):
 
 def mlp_lis_ae(d_in, hidden, latent, act=nn.Tanh()):
     """A small fully connected LIS-AE with the same E / Z / D split as the image model."""
-    return lis_ae.LatentInsensitiveAE(nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.2)), nn.Linear(hidden, latent),
-                                      nn.Sequential(nn.Linear(latent, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, d_in)),
-                                      act)
+    encoder = nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.2))
+    z = nn.Linear(hidden, latent)                                   # created in E, Z, D order (the seeds' draws)
+    decoder = nn.Sequential(nn.Linear(latent, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, d_in))
+    return lis_ae.LatentInsensitiveAE((d_in,), encoder, z, decoder, act)
 
 
 # ------------------------------------------------------------------------------------------ equations
@@ -66,7 +74,7 @@ def test_linsep_bce_reads_the_latent_preactivation_and_matches_hand_computation(
     u_pos, u_neg = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])   # logits 2 (label 1), -1 (label 0)
     expected = (torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log1p(torch.exp(torch.tensor(-1.0)))) / 2
     assert torch.isclose(lis_ae.linsep_loss(clf, u_pos, u_neg), expected)
-    model = lis_ae.build_model(1, 28, 4, 3, latent_norm="none")
+    model = lis_ae.build_model((1, 28, 28), latent=3, width=4, latent_norm="none")
     x = torch.rand(2, 1, 28, 28)
     _, u = model(x)
     assert torch.equal(u, model.latent(model.encoder(x)))         # pre-activation of Z, before tanh
@@ -74,7 +82,7 @@ def test_linsep_bce_reads_the_latent_preactivation_and_matches_hand_computation(
 
 @pytest.mark.parametrize("channels,side,latent", [(1, 28, 32), (3, 32, 128)])
 def test_architecture_shapes_and_latent_in_minus1_1(channels, side, latent):
-    model = lis_ae.build_model(channels, side, 8, latent)
+    model = lis_ae.build_model((channels, side, side), latent=latent, width=8)
     x = torch.rand(3, channels, side, side)
     x_hat, u = model(x)
     assert x_hat.shape == x.shape and u.shape == (3, latent)
@@ -84,7 +92,7 @@ def test_architecture_shapes_and_latent_in_minus1_1(channels, side, latent):
 
 def test_alg1_phase2_changes_only_the_latent_layer():
     torch.manual_seed(0)
-    model = lis_ae.build_model(1, 28, 4, 4, latent_norm="none")     # phase 2 alone, on an untrained model
+    model = lis_ae.build_model((1, 28, 28), latent=4, width=4, latent_norm="none")   # phase 2 alone, untrained
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pos, neg = torch.rand(32, 1, 28, 28) * 0.3, torch.rand(32, 1, 28, 28)
     lis_ae.train_phase2(model, pos, neg, iters=3, batch_size=8, lr=1e-2, beta=1.0, gamma=20.0, log=quiet)
@@ -100,7 +108,7 @@ def test_saturated_tanh_blocks_phase2_and_linear_latent_does_not():
     pos, neg = torch.rand(32, 1, 28, 28) * 0.3, torch.rand(32, 1, 28, 28)
     for act, moves in (("tanh", False), ("linear", True)):
         torch.manual_seed(0)
-        model = lis_ae.build_model(1, 28, 4, 4, act, latent_norm="none")
+        model = lis_ae.build_model((1, 28, 28), latent=4, width=4, latent_act=act, latent_norm="none")
         assert isinstance(model.act, nn.Tanh if act == "tanh" else nn.Identity)
         with torch.no_grad():                                        # saturate: large pre-activations
             model.latent.bias.copy_(torch.tensor([30.0, -30.0, 30.0, -30.0]))
@@ -121,14 +129,16 @@ def shape_latent(tiny_root, **model_kw):
     x, y, _, _ = load_images("mnist", tiny_root)
     pos, neg = x[y < 5], x[y >= 5]
     torch.manual_seed(0)
-    model = lis_ae.build_model(1, 28, 32, 32, **model_kw)
-    lis_ae.train_phase1(model, pos, GUARD_STEPS, 32, 1e-3, log=quiet)
+    model = lis_ae.build_model((1, 28, 28), latent=32, width=32, **model_kw)
+    lis_ae.train_phase1(model, pos, iters=GUARD_STEPS, batch_size=32, lr=1e-3, log=quiet)
     z = lis_ae.latent_codes(model, pos)                             # (200, 32) codes of the positives
     before = {k: v.clone() for k, v in model.state_dict().items()}
     err = lambda v: float(lis_ae.anomaly_scores(model, v).mean())
-    pos0, neg0 = err(pos), err(neg)
-    lis_ae.train_phase2(model, pos, neg, GUARD_STEPS, 32, 1e-3, beta=1.0, gamma=2 * neg0, log=quiet)
-    return dict(z=z, before=before, after=model.state_dict(), pos=(pos0, err(pos)), neg=(neg0, err(neg)))
+    pos0, neg0, ae_scores = err(pos), err(neg), lis_ae.anomaly_scores(model, x)
+    lis_ae.train_phase2(model, pos, neg, iters=GUARD_STEPS, batch_size=32, lr=1e-3, beta=1.0, gamma=2 * neg0,
+                        log=quiet)
+    return dict(z=z, before=before, after=model.state_dict(), pos=(pos0, err(pos)), neg=(neg0, err(neg)),
+                scores=(ae_scores, lis_ae.anomaly_scores(model, x)))
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +181,8 @@ def test_guard_b_phase2_raises_the_negatives_error_and_keeps_the_positives(shape
     assert n1 > 1.05 * n0, (n0, n1)                                 # Eq. (1) pulls the negatives' error up
     assert abs(p1 - p0) < 0.05 * p0, (p0, p1)                       # and keeps the positives'
     assert shaping_works(shaped)
+    ae, lis = shaped["scores"]                                      # LIS-AE is not its phase-1 AE
+    assert np.abs(lis - ae).max() > 1e-2 * ae.mean(), "LIS-AE scores = AE scores: phase 2 was a no-op"
 
 
 def test_guard_c_phase2_leaves_encoder_and_decoder_bit_identical(shaped):
@@ -187,11 +199,25 @@ def test_guards_catch_the_saturating_configuration(tiny_root):
     old = shape_latent(tiny_root, latent_norm="none")
     assert lis_ae.saturated_fraction(old["z"]) > 0.9
     assert not codes_vary(old["z"]) and not shaping_works(old) and not only_z_changed(old)
+    ae, lis = old["scores"]
+    assert np.abs(lis - ae).max() <= 1e-2 * ae.mean()              # LIS-AE = its AE: guard (b)'s score check fails
+
+
+def test_the_log_shows_a_saturated_latent(tiny_root, capsys):
+    """The saturated tanh stays visible in a run's output: `sat=` per progress line, latent_saturated in RESULT,
+    and a WARNING after phase 1, for the saturating configuration; no warning with the default."""
+    flags = ["--dataset", "mnist", "--normal", "2", "--negative", "none", "--data-root", tiny_root, "--iters", "30",
+             "--batch-size", "32", "--width", "8", "--latent", "32"]
+    for norm, saturated in (("none", True), ("batch", False)):
+        r = lis_ae.main(flags + ["--latent-norm", norm])
+        out = capsys.readouterr().out
+        assert (r["latent_saturated"] > 0.9) == saturated and ("WARNING" in out) == saturated, (norm, r)
+        assert "phase1 iter 30/30" in out and " sat=" in out and f"latent_saturated={r['latent_saturated']}" in out
 
 
 def test_fold_latent_norm_keeps_the_outputs_and_leaves_a_plain_linear_tanh_layer():
     torch.manual_seed(0)
-    model = lis_ae.build_model(1, 28, 4, 3)
+    model = lis_ae.build_model((1, 28, 28), latent=3, width=4)
     x = torch.rand(16, 1, 28, 28)
     model.train()
     model(x)                                                        # running statistics move away from (0, 1)
@@ -205,13 +231,23 @@ def test_fold_latent_norm_keeps_the_outputs_and_leaves_a_plain_linear_tanh_layer
     assert torch.allclose(u2, model.latent(model.encoder(x)))       # Z = linear + tanh, nothing else
 
 
-def test_linsep_phase1_trains_the_classifier_on_negatives():
+def test_linsep_phase1_trains_a_classifier_on_positives_vs_negatives(monkeypatch):
+    seen, real = [], lis_ae.linsep_loss
+
+    def spy(classifier, u_pos, u_neg):
+        if not seen:
+            seen.append((classifier, classifier.weight.detach().clone()))
+        assert u_pos.shape == u_neg.shape == (8, 4)                 # Z's pre-activation, D+ and D- batches
+        return real(classifier, u_pos, u_neg)
+
+    monkeypatch.setattr(lis_ae, "linsep_loss", spy)
     torch.manual_seed(0)
-    model, clf = lis_ae.build_model(1, 28, 4, 4), nn.Linear(4, 1)
-    w = clf.weight.clone()
-    lis_ae.train_phase1(model, torch.rand(16, 1, 28, 28), 2, 8, 1e-2, x_neg=torch.rand(16, 1, 28, 28),
-                        classifier=clf, log=quiet)
-    assert not torch.equal(w, clf.weight)
+    model = lis_ae.build_model((1, 28, 28), latent=4, width=4)
+    lis_ae.train_phase1(model, np.random.rand(16, 1, 28, 28), np.random.rand(16, 1, 28, 28), linsep=True, iters=2,
+                        batch_size=8, lr=1e-2, log=quiet)
+    clf, w0 = seen[0]
+    assert not torch.equal(w0, clf.weight)                          # the classifier was trained with the AE
+    assert isinstance(model.norm, nn.Identity)                      # and dropped: the model is E, Z, D only
 
 
 def test_sec42_linear_example_negatives_along_z_raise_only_the_z_error():
@@ -222,14 +258,15 @@ def test_sec42_linear_example_negatives_along_z_raise_only_the_z_error():
     x = torch.randn(1000, 3) * torch.tensor([1.0, 0.2, 0.01]).sqrt()
     model = mlp_lis_ae(3, 3, 1, act=nn.Identity())
     model.encoder, model.decoder = nn.Linear(3, 3), nn.Linear(1, 3)   # purely linear E, Z, D
-    lis_ae.train_phase1(model, x, 300, 256, 3e-2, log=quiet)
+    lis_ae.train_phase1(model, x, iters=300, batch_size=256, lr=3e-2, log=quiet)
     neg = torch.zeros(1000, 3)
     neg[:, 2] = torch.randn(1000)
     err = lambda v: lis_ae.reconstruction_error(model(v)[0], v).detach()
     probe = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])      # unit offsets along y and along z
     (y0, z0), pos0 = err(probe).tolist(), err(x).mean().item()
     assert abs(y0 - 1) < 0.1 and abs(z0 - 1) < 0.1                 # phase 1 keeps only the x direction (r = 1)
-    lis_ae.train_phase2(model, x, neg, 300, 256, 3e-2, beta=1.0, gamma=3 * err(neg).mean().item(), log=quiet)
+    lis_ae.train_phase2(model, x, neg, iters=300, batch_size=256, lr=3e-2, beta=1.0, gamma=3 * err(neg).mean().item(),
+                        log=quiet)
     (y1, z1), pos1 = err(probe).tolist(), err(x).mean().item()
     assert z1 > 1.5 * z0                                          # the negative direction is no longer passed
     assert abs(y1 - y0) < 0.1 * y0                                # the positives' own directions are unchanged
@@ -329,7 +366,7 @@ def test_table3_test_half_with_a_cross_dataset_negative_set(tiny_root):
 def test_defaults_follow_the_paper_protocol_per_dataset(tiny_root, capsys):
     r = lis_ae.main(["--dataset", "fashion-mnist", "--normal", "9", "--data-root", tiny_root, *TINY])
     assert r["negative"] == "next-class" and "0" not in r["test_classes"].split(",")
-    assert lis_ae.DEFAULTS["mnist"]["negative"] == "omniglot" and lis_ae.DEFAULTS["cifar10"]["negative"] == "split"
+    assert lis_ae.NEGATIVE["mnist"] == "omniglot" and lis_ae.NEGATIVE["cifar10"] == "split"
 
 
 def test_seed_makes_cpu_runs_repeatable(tiny_root):
@@ -348,12 +385,12 @@ def test_seed_makes_cpu_runs_repeatable(tiny_root):
     (["--dataset", "mnist", "--negative", "cifar10"], "same shape"),
     (["--dataset", "cifar10", "--negative", "omniglot"], "1x28x28"),
     (["--dataset", "cifar10", "--normal", "1,7"], "one half"),
-    (["--dataset", "mnist", "--latent", "0"], "--latent must be >= 1 (got 0)"),
-    (["--dataset", "mnist", "--width", "-2"], "--width must be >= 1"),
-    (["--dataset", "mnist", "--gamma-scale", "0"], "--gamma-scale must be > 0"),
-    (["--dataset", "mnist", "--gamma", "nan"], "--gamma must be a finite number"),
-    (["--dataset", "mnist", "--gamma", "inf"], "--gamma must be a finite number"),
-    (["--dataset", "mnist", "--batch-size", "1"], "--batch-size must be >= 2"),
+    (["--dataset", "mnist", "--latent", "0"], "argument --latent: must be >= 1 (got 0)"),
+    (["--dataset", "mnist", "--width", "-2"], "argument --width: must be >= 1"),
+    (["--dataset", "mnist", "--gamma-scale", "0"], "argument --gamma-scale: must be > 0"),
+    (["--dataset", "mnist", "--gamma", "nan"], "argument --gamma: must be a finite number"),
+    (["--dataset", "mnist", "--gamma", "inf"], "argument --gamma: must be a finite number"),
+    (["--dataset", "mnist", "--batch-size", "1"], "argument --batch-size: must be >= 2"),
     (["--dataset", "mnist", "--negative", "none", "--linsep"], "--linsep needs"),
     (["--dataset", "fashion-mnist", "--normal", "0,1,2,3,4,5,6,7,9"], "leaves no anomaly class"),
     (["--dataset", "mnist", "--negative", "split", "--normal", "0,1,2,3,4"], "leaves no anomaly class"),
@@ -392,7 +429,7 @@ def test_omniglot_folder_without_images_is_a_clear_error(tmp_path, tiny_root, ca
     assert e.value.code == 2 and err.startswith("error: ") and message in err and "omniglot_subsets" in err
 
 
-def test_ctrl_c_reports_how_far_training_got_and_exits_130(tiny_root, capsys, monkeypatch):
+def test_ctrl_c_says_no_result_was_written_and_exits_130(tiny_root, capsys, monkeypatch):
     calls, real = [], lis_ae.reconstruction_error
 
     def interrupt_on_third_call(x_hat, x):                         # a Ctrl-C during phase-1 iteration 3
@@ -405,12 +442,24 @@ def test_ctrl_c_reports_how_far_training_got_and_exits_130(tiny_root, capsys, mo
     with pytest.raises(SystemExit) as e:
         lis_ae.main(["--dataset", "mnist", "--normal", "2", "--data-root", tiny_root, *TINY[2:], "--iters", "5"])
     err = capsys.readouterr().err
-    assert e.value.code == 130 and "interrupted during phase 1, iteration 3/5" in err and "Traceback" not in err
+    assert e.value.code == 130 and "interrupted: no result was written" in err and "Traceback" not in err
+    assert "RESULT" not in capsys.readouterr().out
 
 
-def test_digits_runs_with_its_defaults(capsys):
+def test_digits_runs_with_its_defaults():
     r = lis_ae.main(["--dataset", "digits", "--normal", "3", "--iters", "2", "--width", "4"])
-    assert r["batch_size"] == 64 and "digits (offline install check): batch 64" in capsys.readouterr().out
+    assert r["batch_size"] == 64 and r["latent"] == 16 and r["negative"] == "next-class"
+
+
+def test_help_shows_each_datasets_real_defaults(capsys):
+    for dataset, shown in (("mnist", ["(default: omniglot)", "(default: 2000)", "(default: 16)"]),
+                           ("digits", ["(default: next-class)", "(default: 64)"]),
+                           ("cifar10", ["(default: split)", "(default: 5000)", "(default: 128)", "(default: 64)"])):
+        with pytest.raises(SystemExit) as e:
+            lis_ae.parse_args(["--dataset", dataset, "--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and all(s in out for s in shown), (dataset, out)
+        assert "(default: None)" not in out and "(default: 0.001)" in out and out.count("$AD_DATA_ROOT") == 1
 
 
 def test_unknown_dataset_and_missing_data_exit_without_traceback(tmp_path, capsys):
@@ -451,9 +500,85 @@ def test_learning_lis_ae_beats_its_phase1_autoencoder_on_synthetic_data():
     x_test = torch.cat([draw(300, False), draw(300, True)])
     y_test = torch.cat([torch.zeros(300), torch.ones(300)])
     model = mlp_lis_ae(16, 64, 8)
-    lis_ae.train_phase1(model, pos, 400, 128, 3e-3, log=quiet)
+    lis_ae.train_phase1(model, pos, iters=400, batch_size=128, lr=3e-3, log=quiet)
     auroc_ae = lis_ae.auroc(model, x_test, y_test)
     gamma = 2 * float(lis_ae.anomaly_scores(model, neg).mean())
-    lis_ae.train_phase2(model, pos, neg, 400, 128, 3e-3, beta=1.0, gamma=gamma, log=quiet)
+    lis_ae.train_phase2(model, pos, neg, iters=400, batch_size=128, lr=3e-3, beta=1.0, gamma=gamma, log=quiet)
     auroc_lis = lis_ae.auroc(model, x_test, y_test)
     assert auroc_ae < 0.85 and auroc_lis > 0.9 and auroc_lis > auroc_ae + 0.1
+
+
+# ------------------------------------------------------------------------------------------ Python API
+
+# README, "Use a method in your own code": copy lis_ae.py and common.py. Run verbatim by the next test.
+README_SNIPPET = """\
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+import lis_ae
+
+x_normal = np.random.rand(500, 1, 28, 28).astype("float32")     # your normal images, (N, 1, 28, 28) in [0, 1]
+x_negative = np.random.rand(500, 1, 28, 28).astype("float32")   # unlabelled images of a similar domain (D-)
+model = lis_ae.build_model((1, 28, 28))                           # or (3, 32, 32)
+lis_ae.train_phase1(model, x_normal, iters=5)                     # Alg. 1, phase 1: the autoencoder (default 2000)
+lis_ae.train_phase2(model, x_normal, x_negative, iters=5)         # phase 2: only the latent layer, Eq. (1)
+scores = lis_ae.anomaly_scores(model, np.random.rand(20, 1, 28, 28))   # one per sample, higher = more anomalous
+"""
+
+CHECKS = """
+assert scores.shape == (20,) and np.isfinite(scores).all() and scores.std() > 0, scores
+lines = []
+x32 = lambda n: np.random.rand(n, 3, 32, 32).astype("float32")
+m32 = lis_ae.build_model(input_shape=(3, 32, 32), latent=8, width=8)
+lis_ae.train_phase1(m32, x_normal=x32(64), x_negative=x32(64), linsep=True, iters=3, batch_size=16, log=lines.append)
+lis_ae.train_phase2(m32, x_normal=x32(64), x_negative=x32(64), iters=3, batch_size=16, augment=True, log=lines.append)
+s32 = lis_ae.anomaly_scores(m32, x=x32(20))
+assert s32.shape == (20,) and np.isfinite(s32).all() and s32.std() > 0, s32
+assert any(ln.startswith("phase1 iter 3/3") for ln in lines) and any(ln.startswith("phase2 iter 3/3") for ln in lines)
+print("API OK")
+"""
+
+
+def test_api_trains_and_scores_plain_arrays_in_a_folder_with_only_lis_ae_and_common(tmp_path):
+    for name in ("lis_ae.py", "common.py"):
+        shutil.copy(os.path.join(REPO, name), tmp_path / name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-c", README_SNIPPET + CHECKS], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(env, OMP_NUM_THREADS="1"), timeout=300)
+    assert p.returncode == 0 and "API OK" in p.stdout, p.stderr[-3000:]
+    assert "phase1 iter 5/5" in p.stdout and "phase2 iter 5/5" in p.stdout      # log=print by default
+
+
+def test_command_line_and_api_give_the_same_scores_for_the_same_seed(tiny_root, monkeypatch):
+    seen, real = [], lis_ae.anomaly_scores
+    monkeypatch.setattr(lis_ae, "anomaly_scores", lambda model, x: seen.append(real(model, x)) or seen[-1])
+    r = lis_ae.main(["--dataset", "mnist", "--normal", "2", "--negative", "next-class", "--seed", "3",
+                     "--data-root", tiny_root, *TINY])
+    cli_ae, cli_lis = seen[0], seen[-1]                             # test set: phase-1 AE first, LIS-AE last
+    data = lis_ae.prepare("mnist", "2", "next-class", data_root=tiny_root)
+    x_normal, x_negative, x_test = (data[k].numpy() for k in ("x_pos", "x_neg", "x_test"))
+    lis_ae.set_seed(3)
+    model = lis_ae.build_model((1, 28, 28), latent=4, width=4)
+    lis_ae.train_phase1(model, x_normal, iters=2, batch_size=8, log=quiet)
+    ae = real(model, x_test)
+    lis_ae.train_phase2(model, x_normal, x_negative, iters=2, batch_size=8, log=quiet)
+    lis = real(model, x_test)
+    np.testing.assert_array_equal(ae, cli_ae)
+    np.testing.assert_array_equal(lis, cli_lis)
+    assert not np.array_equal(lis, ae) and r["auroc"] == round(roc_auc_score(data["y_test"], lis), 4)
+
+
+def test_wrong_input_shapes_are_a_value_error_naming_the_expected_shape():
+    with pytest.raises(ValueError, match=r"input_shape must be \(1, 28, 28\) or \(3, 32, 32\).*got \(28, 28\)"):
+        lis_ae.build_model((28, 28))
+    model = lis_ae.build_model((1, 28, 28), latent=4, width=4)
+    with pytest.raises(ValueError, match=r"x_normal must have shape \(N, 1, 28, 28\).*got \(5, 28, 28\)"):
+        lis_ae.train_phase1(model, np.zeros((5, 28, 28)))
+    with pytest.raises(ValueError, match=r"x_negative must have shape \(N, 1, 28, 28\).*got \(5, 3, 32, 32\)"):
+        lis_ae.train_phase2(model, np.zeros((5, 1, 28, 28)), np.zeros((5, 3, 32, 32)))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 28, 28\).*got \(5, 784\)"):
+        lis_ae.anomaly_scores(model, np.zeros((5, 784)))
+    with pytest.raises(ValueError, match=r"got \(0, 1, 28, 28\)"):
+        lis_ae.anomaly_scores(model, np.zeros((0, 1, 28, 28)))
+    with pytest.raises(ValueError, match="linsep=True needs x_negative"):
+        lis_ae.train_phase1(model, np.zeros((5, 1, 28, 28)), linsep=True)
