@@ -1,100 +1,49 @@
-"""Boosting Semi-Supervised Anomaly Detection via Contrasting Synthetic Images — Sheng-Feng Yu and
-Wei-Chen Chiu; standing on CSI: Contrasting Shifted Instances (Tack, Mo, Jeong, Shin, NeurIPS 2020).
+"""Boosting Semi-Supervised Anomaly Detection via Contrasting Synthetic Images — Sheng-Feng Yu and Wei-Chen
+Chiu, MVA 2021 (no arXiv version); built on CSI (Tack, Mo, Jeong, Shin, NeurIPS 2020, arXiv:2007.08176).
 
-CSI learns a feature extractor F by contrasting each image not only with other images but also with its
-own rotated copies (shifted instances), and scores a test image by its cosine similarity to the nearest
-training image times its feature norm. Yu & Chiu add an adversarial-autoencoder generator (encoder E,
-generator G, image discriminator D, latent discriminator D') trained on the normal images, and feed its
-synthetic inliers G(h) into F's contrastive learning as extra instances. G is also trained to make images
-F handles like normal ones (L_CSI-S), and E/G reconstruct real images both in pixels and in F's feature
-space (L_REC), so the synthetic images stay close to the normal class.
+CSI trains a feature extractor F (ResNet-18) to tell each image apart from the others AND from its own rotated
+copies (shifted instances); a test image scores its feature similarity to the nearest training image times its
+feature norm. Yu & Chiu add an adversarial autoencoder (encoder E, generator G, discriminators D, D') trained on
+the normal images: F also contrasts the synthetic inliers G(h) (L_JOINT), G learns from F's contrastive loss on
+its own samples (L_CSI-S), and E, G reconstruct real images in pixels and in F's feature space (L_REC).
 
-What this file reproduces: the one-class protocol (train on one class, test on the whole test split,
-paper line 149) with the ablation of Sec. 3.2 / Table 1: --variant csi (F alone: the CSI baseline),
---variant g (generator without encoder), --variant full (default); the score M (Eq. 11) and its ensemble
-M_ens (line 133); Figure 2's grid of real inliers and outliers with their reconstructions G(E(x)), and
-samples G(h) (--save-samples).
+Reproduces: the one-class protocol of Sec. 3 (one normal class, the whole test split scored), Table 1 on
+CIFAR-10 and CIFAR-100 superclasses (not ImageNet-30), the Sec. 3.2 ablation (variant csi = CSI alone, g = + G,
+full = + E), the scores M (Eq. 11) and M_ens (Sec. 2.3), and Figure 2's grid of inliers and outliers with
+their reconstructions G(E(x)), plus samples G(h) (--save-samples).
 
-Equation map
-    Sec. 2.1 shifts S (rotations 0/90/180/270) ................ shift_batch()
-    Sec. 2.1 transformations T (CSI's order, see below) ......... augment()
-    Eq. (1)-(2) L_con-SI, NT-Xent over shifted instances ........ nt_xent()
-    Eq. (3) L_cls-SI, shift classification ...................... csi_loss()
-    Eq. (4) L_CSI = L_con-SI + L_cls-SI ......................... csi_loss()
-    Eq. (5) L_JOINT = L_CSI(X u X~) ............................. generative_step(), last block
-    Eq. (6) L_CSI-S = L_CSI(X~) ................................. generative_step()
-    Eq. (7) L_D (real, synthetic, reconstructed) ................ loss_d(), loss_d_fool()
-    Eq. (8) L_REC = lambda ||x - x^||^2 - sim(F(T1 x), F(T2 x^)) ... loss_rec()
-    Eq. (9) L_LD (latent discriminator) ......................... loss_ld(), loss_ld_fool()
-    Eq. (10) L_LREC = ||E(G(h)) - h||^2 ......................... loss_lrec()
-    Alg. 1 (F every batch, generative block every N batches) .... train(), generative_step()
-    Eq. (11) score M; M_ens (line 133) .......................... score_m(), shifted_features(), anomaly_scores()
+Use: nets = build_models((1, 28, 28)); train(nets, x_normal); s = anomaly_scores(nets, x_normal, x_new)
+    Sec. 2.1 shifts S, transformations T ...................... shift_batch(), random_hflip(), augment()
+    Eq. (1)-(2) L_con-SI, NT-Xent over shifted instances ......... nt_xent()
+    Eq. (3)-(4) L_cls-SI; L_CSI = L_con-SI + L_cls-SI ............ csi_loss()
+    Eq. (5) L_JOINT, Eq. (6) L_CSI-S ............................. generative_step()
+    Eq. (7) L_D; Eq. (8) L_REC ................................... loss_d(), loss_d_fool(); loss_rec()
+    Eq. (9) L_LD; Eq. (10) L_LREC ................................ loss_ld(), loss_ld_fool(); loss_lrec()
+    Alg. 1 (lines counted from "Initialize" = 1) ................. build_models(), train(), generative_step()
+    Eq. (11) M; M_ens (Sec. 2.3) ................................. score_m(), shifted_features(), anomaly_scores()
 
-What comes from CSI (Tack et al. 2020, ref. [32]; its released code alinlab/CSI) rather than this paper
-    The paper gives Eq. (11) and says M is "a simplified score function from [32]" and that M_ens applies
-    "multiple random transformations {T_r} ~ T in addition to S" (lines 125-133), without saying how the R
-    draws are combined. M_ens here is CSI's evaluation (evals/ood_pre.py, README's one-class eval command
-    `--ood_samples 10 --resize_factor 0.54 --resize_fix`): for every image and every shift S, the projection
-    features F(T_r(S(x))) of R random draws are AVERAGED first, and Eq. (11) is applied to the averaged
-    features of the test image and of every training image. The test-time draw T_r is CSI's training T with
-    the random-resized-crop area fixed at 0.54 of the image (--test-crop-scale); flips are drawn per image and
-    per shift, as in CSI's get_features. Also from CSI: the augmentation policy T (order and probabilities,
-    below), the flip before the shift, the projection head's output as the score's feature space (CSI's
-    s_con), NT-Xent temperature 0.5, batch 32 and the epoch count (--iters).
-    What stays this paper's (Eq. 11): one nearest neighbour x~ for all shifts, M = max_x' sum_S m(S x, S x'),
-    and no shift-classifier term and no per-shift weights (CSI's s_CSI takes a separate max per shift, adds
-    the shift-classifier score and weights each term by 1/mean norm).
-
-Choices where the paper is silent (and the flag that controls each)
-    - Score argmax: the printed arg max drops S inside (sum_S m(x_test, x')); we take the x~ that maximises
-      the same sum the score uses, sum_S m(S x_test, S x'), so M is the max over x' of one expression.
-    - T (training, CSI's CIFAR policy, models/classifier.py get_simclr_augmentation): horizontal flip p 0.5,
-      then the shift S, then colour jitter (brightness, contrast, saturation 0.4, hue 0.1) p 0.8, grayscale
-      p 0.2, random resized crop of area (0.08, 1) and aspect (3/4, 4/3). The paper's line 43 lists Gaussian
-      blur too ("following SimCLR"); CSI's CIFAR policy has none, so --blur-p defaults to 0 (SimCLR's ImageNet
-      value 0.5 turns it on; blur then comes last, as in SimCLR). Inside the jitter we apply brightness,
-      contrast, saturation, hue in this fixed order (torchvision's factors; hue as a rotation in YIQ space);
-      CSI applies contrast and an HSV step in random order. Out-of-image crops are clamped to the image
-      (CSI falls back to the whole image). On gray images (MNIST, F-MNIST) hue and saturation do nothing.
-    - Batch norm: F's forward passes that train G/E (L_CSI-S, Eq. 6; the feature term of L_REC, Eq. 8) run
-      with F frozen AND in eval mode, so synthetic and reconstructed batches never update F's running
-      statistics; those come from F's own training batches (L_CSI on real X every batch; L_JOINT on X u X~,
-      Eq. 5, F's training step). Scoring uses eval mode.
-    - L_D and L_LD are the standard GAN cross-entropies; D and D' minimise them, (G, E) and E take the
-      non-saturating step (targets flipped) instead of maximising them.
-    - ||x - x^||^2 in Eq. (8) is the mean over pixels (with a sum over 3072 pixels lambda = 100 would
-      drown the feature term); ||E(G(h)) - h||^2 in Eq. (10) is the sum over the latent's coordinates.
-      Both are averaged over the batch. sim in Eq. (8) is cosine similarity of F's projection outputs.
-    - X~ in Eq. (5) and (6) is a fresh batch G(h) of the same size as X; in Eq. (5) it is detached (only
-      F steps on L_JOINT).
-    - Alg. 1's generative block runs on batches 0, N, 2N, ... (0-based), so the smoke run --iters 2 runs it.
-    - Architectures (--width, --gan-width, --latent-dim, --ld-width): F = CIFAR ResNet-18 (common.py);
-      G and D = the "standard CNN" of the spectral-normalisation paper (Miyato et al., 2018, Table 3), D
-      with spectral norm, G with BN; E mirrors G (strided convolutions, BN, LeakyReLU 0.2); D' = MLP with
-      two hidden layers (as in adversarial autoencoders).
-    - Optimiser: Adam, lr 2e-4, betas (0.9, 0.999) for every network (line 146), constant, no weight decay.
-      Schedule (--iters): the paper gives no epoch count and says "most of our optimization settings
-      follows [32]" (line 146); CSI's released code trains --epochs 1000 by default (common/common.py), so
-      the default is 1000 epochs of the normal training set at batch 32 (CSI's per-GPU --batch_size; its
-      README runs 4 GPUs). CSI's LARS/cosine schedule is not used: the paper names Adam.
-    - 28x28 grayscale sets (MNIST, Fashion-MNIST, digits) are repeated to 3 channels and zero-padded to 32x32.
-    - Images live in [0, 1]; F and E map them to [-1, 1] inside (CSI's normalise layer); G ends in tanh,
-      mapped back to [0, 1].
-    - --dataset digits (offline install check, not in the paper): widths 8 and --ensemble 2 unless given,
-      so that the default run finishes in about a minute on a CPU (printed at start-up).
-
-Measured (Sec. 3.2's ablation at the cpu_ablation protocol of benchmarks/protocols.json: 150 batches of 32,
-widths 8, single-view M, Fashion-MNIST, ten classes, seeds 0 and 1, 2-core CPU;
-benchmarks/results/csi_gen_fashion-mnist_cpu_ablation.md):
-        variant                       seed 0   seed 1   both    paired difference to CSI (class x seed)
-        --variant csi (CSI alone)     85.42    79.46    82.44   -
-        --variant g   (CSI + G)       83.41    81.53    82.47   +0.03 +- 7.66 (higher in 8 of 20 pairs)
-        --variant full (CSI + G + E)  84.26    78.11    81.19   -1.26 +- 2.22 (higher in 6 of 20 pairs)
-    The generator did not help at this budget (0.08% of the default schedule; its samples are still coarse,
-    benchmarks/results/figures/csi_gen_fashion-mnist_cpu_ablation_full_c0.png); the paper's gains (+0.5 G, +0.8
-    full on CIFAR-10, Sec. 3.2) are at full training. M_ens at this budget, one probe (`--variant csi
-    --iters 150 --width 8 --gan-width 8 --ensemble 10 --normal 0 --seed 0` on Fashion-MNIST): 80.42, against
-    85.80 for the single-view M of the same run, so the protocol scores with M.
+Deviations: the paper is silent (S), the code follows CSI's released code alinlab/CSI (C), or adds (A)
+  - (C) Schedule: 1000 epochs of the normal set at batch 32 (--iters, --batch-size; the paper names none and
+    "follows [32]", Sec. 3); Adam 2e-4, betas (0.9, 0.999) for every network, constant (Sec. 3), no LARS.
+  - (C) T: flip p 0.5 before the shift, then colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2,
+    random resized crop (0.08, 1); no blur (--blur-p 0; Sec. 2.1 lists blur after SimCLR). Jitter steps in a
+    fixed order (CSI: random); crops clamped to the image. NT-Xent tau 0.5 (--temperature), 128-d projection.
+  - (C) M_ens: R draws of T (--ensemble 10) with the crop area fixed (--test-crop-scale 0.54); the R features
+    of an image and shift are averaged, then Eq. (11). Both scores use the projection head's output.
+  - (S) Eq. (11)'s arg max: x~ maximises sum_S m(S x_test, S x') (the printed arg max drops S), so M is one max.
+  - (S) F's passes for L_CSI-S and L_REC run frozen in eval mode: only F's own steps (L_CSI, L_JOINT) move
+    its BN statistics. D and D' minimise the cross-entropies of "real" = 1 (Alg. 1's arg min of L_D, Eq. 7,
+    is the same game with D read as P(fake)); G and E take the non-saturating step.
+  - (C) Eq. (1)-(3) sum over instances; the losses here are batch means, as in CSI's code.
+  - (S) Eq. (8)'s pixel term is a mean over pixels (lambda 100 times a sum would drown the feature term); sim
+    is the cosine of projections; Eq. (10) sums over the latent. X~ in Eq. (5)-(6) is a fresh batch G(h) of
+    |X| images (detached in Eq. 5). The generative block runs on batches 0, N, 2N, ... (0-based).
+  - (S) Networks: F = CIFAR ResNet-18 (common.py), projection d-d-128, linear shift head; G and D = SN-GAN's
+    standard CNN (Miyato et al. 2018, Table 3; D spectrally normalised); E mirrors G; D' = MLP 1000-1000
+    (adversarial autoencoders); h ~ N(0, I) 128-d (--width, --gan-width, --proj-dim, --latent-dim, --ld-width).
+  - (A) Images in [0, 1]; 28x28 gray images are repeated to 3 channels and zero-padded to 32x32. On a CPU, F
+    runs in channels_last memory format (speed; it changes float rounding, so it stays on to repeat runs).
+  - (A) --dataset digits (offline install check): widths 8 and --ensemble 2 unless given.
 
 Run:  python csi_gen.py --dataset cifar10 --normal 0 --variant full
 """
@@ -104,6 +53,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -114,179 +64,142 @@ from sklearn.metrics import roc_auc_score
 
 from common import DataError, IMAGE_DATASETS, ResNet18, load_images, one_class_split, parse_normal
 
-SHIFTS = 4                  # rotations by 0, 90, 180, 270 degrees (Sec. 2.1, line 137)
-ADAM_BETAS = (0.9, 0.999)   # line 146
-EPOCHS = 1000               # CSI's released code, --epochs default (the paper gives none; line 146 follows [32])
-DIGITS = dict(width=8, gan_width=8, ensemble=2)   # offline install check only (not in the paper)
+SHIFTS = 4                  # rotations by 0, 90, 180, 270 degrees (Sec. 3)
+ADAM_BETAS = (0.9, 0.999)   # Sec. 3; lr 2e-4 is train()'s default
+EPOCHS = 1000               # CSI's released --epochs (the paper gives no schedule; Sec. 3 follows [32])
+INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))
+DIGITS = dict(width=8, gan_width=8, ensemble=2)   # --dataset digits, an offline install check (not in the paper)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with its errors in the project's shape: 'error: <what>. <what to do>', exit 2."""
+# ------------------------------------------------------------------------------------------ models (Sec. 2.2, 3)
 
-    def error(self, message):
-        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
-        sys.exit(2)
-
-
-def parse_args(argv=None):
-    p = ArgumentParser(description="CSI + adversarial-autoencoder synthetic inliers (Yu & Chiu)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", choices=list(IMAGE_DATASETS),
-                   help="cifar10 (Sec. 3); others follow the same protocol (28x28 gray: 3 channels, zero-padded "
-                        "to 32x32; cifar100 = 20 superclasses; digits = offline install check)")
-    p.add_argument("--normal", default="0", help="normal class, or a comma list for multi-class normal data "
-                                                 "(line 149: one class)")
-    p.add_argument("--variant", default="full", choices=["csi", "g", "full"],
-                   help="Sec. 3.2 ablation: csi = F alone (the CSI baseline); g = + generator without encoder "
-                        "(L_D on real and G(h), L_CSI-S, L_JOINT); full = + encoder (all of Alg. 1)")
-    p.add_argument("--data-root", default=None, help="datasets in torchvision's layout (default: $AD_DATA_ROOT, "
-                                                     "else ./data)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (CPU runs are repeatable)")
-    p.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
-    p.add_argument("--iters", type=int, default=None,
-                   help=f"training batches (Alg. 1 loop). Default: {EPOCHS} epochs of the normal training set "
-                        "(CSI's code default --epochs 1000; the paper gives no epoch count, line 146 follows [32])")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="real images per batch, before 4 shifts x 2 views (CSI's --batch_size 32 per GPU; paper "
-                        "silent)")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate for every network, betas (0.9, "
-                                                         "0.999) (line 146)")
-    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature tau (Eq. 1; CSI's 0.5)")
-    p.add_argument("--gen-every", type=int, default=5,
-                   help="N: the generative block runs every N batches (Alg. 1; N = 5, line 146)")
-    p.add_argument("--lambda-rec", type=float, default=100.0, help="lambda of L_REC (Eq. 8; 100, line 84)")
-    p.add_argument("--width", type=int, default=None,
-                   help="F's ResNet-18 base width; 64 = the standard 512-d network (line 137). Smaller for CPU "
-                        "runs. Default 64 (digits: 8)")
-    p.add_argument("--proj-dim", type=int, default=128, help="projection head output size (SimCLR/CSI: 128)")
-    p.add_argument("--gan-width", type=int, default=None,
-                   help="base width of G, E and D: SN-GAN standard CNN has 64..512 channels = 64 (Miyato et al., "
-                        "Table 3; line 146 cites [23]). Smaller for CPU runs. Default 64 (digits: 8)")
-    p.add_argument("--latent-dim", type=int, default=128, help="size of h ~ N(0, I) (SN-GAN's 128; paper silent)")
-    p.add_argument("--ld-width", type=int, default=1000,
-                   help="hidden width of the latent discriminator D' (two layers; adversarial autoencoders' 1000; "
-                        "paper silent)")
-    p.add_argument("--blur-p", type=float, default=0.0,
-                   help="probability of Gaussian blur in T. 0 = CSI's CIFAR policy (alinlab/CSI "
-                        "get_simclr_augmentation has no blur); the paper's line 43 lists blur after SimCLR, whose "
-                        "ImageNet value is 0.5")
-    p.add_argument("--ensemble", type=int, default=None,
-                   help="R: M_ens (line 133) averages F's features over R random draws of T per image and shift, "
-                        "then scores (CSI's evaluation, --ood_samples 10 in its README); reported as auroc_ens. "
-                        "0 = single view only. Default 10 (digits: 2)")
-    p.add_argument("--test-crop-scale", type=float, default=0.54,
-                   help="area fraction of the test-time random resized crop in M_ens (CSI's README eval: "
-                        "--resize_factor 0.54 --resize_fix); the other test-time steps and probabilities are T's "
-                        "(flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p)")
-    p.add_argument("--log-every", type=int, default=100, help="progress line every this many batches")
-    p.add_argument("--save-samples", default=None,
-                   help="PNG grid like Figure 2: real inliers, their reconstructions G(E(x)), real outliers (test split) "
-                        "and their reconstructions (full only), samples G(h)")
-    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                   help="memory format of F (speed only; not in the paper). auto: on for CPU, where it measured faster")
-    p.add_argument("--json", default=None, help="also write the RESULT keys to this JSON file (atomic)")
-    args = p.parse_args(argv)
-    args.digits_defaults = []
-    for name, paper_value in (("width", 64), ("gan_width", 64), ("ensemble", 10)):
-        if getattr(args, name) is None:
-            if args.dataset == "digits":
-                setattr(args, name, DIGITS[name])
-                args.digits_defaults.append(f"--{name.replace('_', '-')} {DIGITS[name]}")
-            else:
-                setattr(args, name, paper_value)
-    return args
+def match_format(x, weight):
+    """Speed only: give x the memory format (channels_last or not) of the first convolution it meets;
+    mixing the two formats makes CPU convolutions and batch norm several times slower."""
+    cl = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
-def set_seed(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+class CSINet(nn.Module):
+    """F: ResNet-18 (512-d for width 64) with the projection head 512->512->ReLU->128 for the contrastive
+    loss and a linear head classifying the shift (Sec. 2.1). forward(x in [0, 1]) -> (z, shift logits)."""
+
+    def __init__(self, width=64, proj_dim=128):
+        super().__init__()
+        self.backbone = ResNet18(3, width)
+        d = self.backbone.out_dim
+        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, proj_dim))
+        self.shift_head = nn.Linear(d, SHIFTS)
+
+    def forward(self, x):
+        x = match_format(x * 2 - 1, self.backbone.conv1.weight)
+        feat = self.backbone(x)                              # (B, 8w)
+        return self.projection(feat), self.shift_head(feat)  # (B, proj_dim), (B, 4)
 
 
-# ------------------------------------------------------------------------------------------ bad input
+class Generator(nn.Module):
+    """G: SN-GAN standard CNN generator for 32x32 (Miyato et al., Table 3), h -> image in [0, 1]."""
 
-def check_number(args, name, low=None, high=None, low_open=False):
-    """--name must be finite and within [low, high] (low excluded with low_open); None = not given (default)."""
-    v = getattr(args, name)
-    if v is None:
-        return
-    flag = "--" + name.replace("_", "-")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise DataError(f"{flag} must be a finite number (got {v}). Pass a plain number such as {flag} 1")
-    if (low is not None and (v < low or (low_open and v == low))) or (high is not None and v > high):
-        fmt = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"      # 4294967295, not 4.29497e+09
-        rng = f"{'>' if low_open else '>='} {fmt(low)}" if high is None else f"in [{fmt(low)}, {fmt(high)}]"
-        raise DataError(f"{flag} must be {rng} (got {fmt(v)}). Pass a value in that range")
+    def __init__(self, latent_dim=128, w=64):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, 8 * w * 16), nn.Unflatten(1, (8 * w, 4, 4)), nn.BatchNorm2d(8 * w), nn.ReLU(),
+            nn.ConvTranspose2d(8 * w, 4 * w, 4, 2, 1), nn.BatchNorm2d(4 * w), nn.ReLU(),   # (B, 4w, 8, 8)
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(),   # (B, 2w, 16, 16)
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(),           # (B, w, 32, 32)
+            nn.Conv2d(w, 3, 3, 1, 1), nn.Tanh())                                           # (B, 3, 32, 32)
 
-
-def check_output_path(path, flag):
-    """An output path is tried BEFORE training, so that no finished run is thrown away at the end."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise DataError(f"{flag} {path} is a folder. Give a file name, e.g. {flag} {os.path.join(path, 'out.json')}")
-    if not os.path.isdir(folder):
-        raise DataError(f"{flag} {path}: the folder {folder} does not exist. Create it first, or choose another path")
-    probe = os.path.join(folder, f".write-test-{os.getpid()}")
-    try:
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise DataError(f"{flag} {path}: cannot write into {folder} ({e.strerror}). Choose a writable folder") from None
+    def forward(self, h):
+        return (self.net(h) + 1) / 2
 
 
-def pick_device(name):
-    """--device auto|cpu|cuda|cuda:N -> torch.device; an unknown or absent device is an error before any work."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DataError(f"unknown --device '{name}'. Use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DataError(f"--device {name} was asked for, but torch finds no CUDA GPU on this machine. "
-                            "Use --device cpu (or auto, which picks cuda only when there is one)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                            f"numbered 0..{torch.cuda.device_count() - 1}. Pick one of those")
-    elif device.type != "cpu":
-        raise DataError(f"--device {name} is not supported by this script. Use auto, cpu, cuda or cuda:N")
-    return device
+class Encoder(nn.Module):
+    """E: mirror image of G (Sec. 2.2), image in [0, 1] -> h."""
+
+    def __init__(self, latent_dim=128, w=64):
+        super().__init__()
+        lrelu = lambda: nn.LeakyReLU(0.2)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, w, 3, 1, 1), nn.BatchNorm2d(w), lrelu(),                   # (B, w, 32, 32)
+            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), lrelu(),           # (B, 2w, 16, 16)
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.BatchNorm2d(4 * w), lrelu(),       # (B, 4w, 8, 8)
+            nn.Conv2d(4 * w, 8 * w, 4, 2, 1), nn.BatchNorm2d(8 * w), lrelu(),       # (B, 8w, 4, 4)
+            nn.Flatten(), nn.Linear(8 * w * 16, latent_dim))                        # (B, latent_dim)
+
+    def forward(self, x):
+        return self.net(x * 2 - 1)
 
 
-def check_args(args):
-    """Every user-typed number, the device and every output path, before any data is loaded."""
-    check_number(args, "seed", 0, 2 ** 32 - 1)
-    check_number(args, "iters", 1)
-    check_number(args, "batch_size", 2)   # NT-Xent needs other instances and F has batch norm
-    check_number(args, "lr", 0, low_open=True)
-    check_number(args, "temperature", 0, low_open=True)
-    check_number(args, "gen_every", 1)
-    check_number(args, "lambda_rec", 0)
-    for name in ("width", "proj_dim", "gan_width", "latent_dim", "ld_width", "log_every"):
-        check_number(args, name, 1)
-    check_number(args, "blur_p", 0, 1)
-    check_number(args, "ensemble", 0)
-    check_number(args, "test_crop_scale", 0, 1)
-    if args.test_crop_scale == 0:
-        raise DataError("--test-crop-scale must be > 0 (got 0). Pass an area fraction in (0, 1], e.g. 0.54")
-    if args.save_samples and args.variant == "csi":
-        raise DataError("--save-samples needs a generator, and --variant csi has none. Use --variant g or full, "
-                        "or drop --save-samples")
-    check_output_path(args.json, "--json")
-    check_output_path(args.save_samples, "--save-samples")
-    return pick_device(args.device)
+class Discriminator(nn.Module):
+    """D: SN-GAN standard CNN discriminator for 32x32 (Miyato et al., Table 3), spectral norm, LeakyReLU 0.1.
+    Returns one logit per image."""
+
+    def __init__(self, w=64):
+        super().__init__()
+        sn = nn.utils.spectral_norm
+        lrelu = lambda: nn.LeakyReLU(0.1)
+        self.net = nn.Sequential(
+            sn(nn.Conv2d(3, w, 3, 1, 1)), lrelu(), sn(nn.Conv2d(w, w, 4, 2, 1)), lrelu(),                 # 16x16
+            sn(nn.Conv2d(w, 2 * w, 3, 1, 1)), lrelu(), sn(nn.Conv2d(2 * w, 2 * w, 4, 2, 1)), lrelu(),     # 8x8
+            sn(nn.Conv2d(2 * w, 4 * w, 3, 1, 1)), lrelu(), sn(nn.Conv2d(4 * w, 4 * w, 4, 2, 1)), lrelu(), # 4x4
+            sn(nn.Conv2d(4 * w, 8 * w, 3, 1, 1)), lrelu(),
+            nn.Flatten(), sn(nn.Linear(8 * w * 16, 1)))
+
+    def forward(self, x):
+        return self.net(x * 2 - 1).view(-1)
 
 
-def check_finite(value, where):
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training diverged: {where} is {value}. Try a smaller --lr")
+class LatentDiscriminator(nn.Module):
+    """D': MLP on h telling the prior N(0, I) from E(x) (Sec. 2.2)."""
+
+    def __init__(self, latent_dim=128, hidden=1000):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, h):
+        return self.net(h).view(-1)
 
 
-# ------------------------------------------------------------------------------------------ shifts and T
+def build_models(input_shape, variant="full", width=64, proj_dim=128, gan_width=64, latent_dim=128, ld_width=1000,
+                 device="cpu"):
+    """The networks of one variant (Sec. 3.2) as a ModuleDict: F (csi); + G, D (g); + E, D' as "D_lat" (full).
+    input_shape: (1, 28, 28) or (3, 32, 32) -- every image is fed to the networks as 3 x 32 x 32.
+    Widths 64 are the paper's networks (ResNet-18 and SN-GAN's standard CNN, Sec. 3)."""
+    if tuple(input_shape) not in INPUT_SHAPES:
+        raise ValueError(f"input_shape must be (1, 28, 28) or (3, 32, 32) for this model, got {tuple(input_shape)}")
+    if variant not in ("csi", "g", "full"):
+        raise ValueError(f"variant must be 'csi', 'g' or 'full', got {variant!r}")
+    device = torch.device(device)
+    nets = nn.ModuleDict({"F": CSINet(width, proj_dim)})
+    if variant != "csi":
+        nets.update({"G": Generator(latent_dim, gan_width), "D": Discriminator(gan_width)})
+    if variant == "full":
+        nets.update({"E": Encoder(latent_dim, gan_width), "D_lat": LatentDiscriminator(latent_dim, ld_width)})
+    nets.to(device)
+    if device.type == "cpu":   # speed: F dominates the cost; G, E, D stay in the default format
+        nets["F"].to(memory_format=torch.channels_last)
+    nets.input_shape = tuple(input_shape)
+    return nets
+
+
+def as_images(nets, x, name="x"):
+    """Array or tensor (N, C, H, W) in [0, 1], of the shape nets were built for -> float32 (N, 3, 32, 32) on
+    their device: gray 28 x 28 images repeated to 3 channels and zero-padded 2 pixels per side."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.dim() != 4 or tuple(x.shape[1:]) != nets.input_shape or len(x) == 0:
+        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, nets.input_shape))}) for this model, "
+                         f"got {tuple(x.shape)}")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{name} must hold images scaled to [0, 1], got values in [{x.min():g}, {x.max():g}]")
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    pad = (32 - x.shape[-1]) // 2
+    return (F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x).to(next(nets.parameters()).device)
+
+
+# ------------------------------------------------------------------------------------------ shifts and T (Sec. 2.1)
 
 def shift_batch(x):
     """S(x) for the four rotations: (B, C, H, W) -> (4B, C, H, W), copy k = rotation by 90k degrees,
@@ -378,96 +291,6 @@ def augment(x, blur_p, crop_scale=(0.08, 1.0)):
     return gaussian_blur(x, blur_p) if blur_p > 0 else x
 
 
-# ------------------------------------------------------------------------------------------ models
-
-def match_format(x, weight):
-    """Speed only: give x the memory format (channels_last or not) of the first convolution it meets;
-    mixing the two formats makes CPU convolutions and batch norm several times slower."""
-    cl = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-    return x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-
-
-class CSINet(nn.Module):
-    """F: ResNet-18 (512-d for width 64) with the projection head 512->512->ReLU->128 for the contrastive
-    loss and a linear head classifying the shift (Sec. 2.1). forward(x in [0, 1]) -> (z, shift logits)."""
-
-    def __init__(self, width=64, proj_dim=128):
-        super().__init__()
-        self.backbone = ResNet18(3, width)
-        d = self.backbone.out_dim
-        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, proj_dim))
-        self.shift_head = nn.Linear(d, SHIFTS)
-
-    def forward(self, x):
-        x = match_format(x * 2 - 1, self.backbone.conv1.weight)
-        feat = self.backbone(x)                              # (B, 8w)
-        return self.projection(feat), self.shift_head(feat)  # (B, proj_dim), (B, 4)
-
-
-class Generator(nn.Module):
-    """G: SN-GAN standard CNN generator for 32x32 (Miyato et al., Table 3), h -> image in [0, 1]."""
-
-    def __init__(self, latent_dim=128, w=64):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, 8 * w * 16), nn.Unflatten(1, (8 * w, 4, 4)), nn.BatchNorm2d(8 * w), nn.ReLU(),
-            nn.ConvTranspose2d(8 * w, 4 * w, 4, 2, 1), nn.BatchNorm2d(4 * w), nn.ReLU(),   # (B, 4w, 8, 8)
-            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(),   # (B, 2w, 16, 16)
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(),           # (B, w, 32, 32)
-            nn.Conv2d(w, 3, 3, 1, 1), nn.Tanh())                                           # (B, 3, 32, 32)
-
-    def forward(self, h):
-        return (self.net(h) + 1) / 2
-
-
-class Encoder(nn.Module):
-    """E: mirror image of G (Sec. 2.2), image in [0, 1] -> h."""
-
-    def __init__(self, latent_dim=128, w=64):
-        super().__init__()
-        lrelu = lambda: nn.LeakyReLU(0.2)
-        self.net = nn.Sequential(
-            nn.Conv2d(3, w, 3, 1, 1), nn.BatchNorm2d(w), lrelu(),                   # (B, w, 32, 32)
-            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), lrelu(),           # (B, 2w, 16, 16)
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.BatchNorm2d(4 * w), lrelu(),       # (B, 4w, 8, 8)
-            nn.Conv2d(4 * w, 8 * w, 4, 2, 1), nn.BatchNorm2d(8 * w), lrelu(),       # (B, 8w, 4, 4)
-            nn.Flatten(), nn.Linear(8 * w * 16, latent_dim))                        # (B, latent_dim)
-
-    def forward(self, x):
-        return self.net(x * 2 - 1)
-
-
-class Discriminator(nn.Module):
-    """D: SN-GAN standard CNN discriminator for 32x32 (Miyato et al., Table 3), spectral norm, LeakyReLU 0.1.
-    Returns one logit per image."""
-
-    def __init__(self, w=64):
-        super().__init__()
-        sn = nn.utils.spectral_norm
-        lrelu = lambda: nn.LeakyReLU(0.1)
-        self.net = nn.Sequential(
-            sn(nn.Conv2d(3, w, 3, 1, 1)), lrelu(), sn(nn.Conv2d(w, w, 4, 2, 1)), lrelu(),                 # 16x16
-            sn(nn.Conv2d(w, 2 * w, 3, 1, 1)), lrelu(), sn(nn.Conv2d(2 * w, 2 * w, 4, 2, 1)), lrelu(),     # 8x8
-            sn(nn.Conv2d(2 * w, 4 * w, 3, 1, 1)), lrelu(), sn(nn.Conv2d(4 * w, 4 * w, 4, 2, 1)), lrelu(), # 4x4
-            sn(nn.Conv2d(4 * w, 8 * w, 3, 1, 1)), lrelu(),
-            nn.Flatten(), sn(nn.Linear(8 * w * 16, 1)))
-
-    def forward(self, x):
-        return self.net(x * 2 - 1).view(-1)
-
-
-class LatentDiscriminator(nn.Module):
-    """D': MLP on h telling the prior N(0, I) from E(x) (Sec. 2.2)."""
-
-    def __init__(self, latent_dim=128, hidden=1000):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
-                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
-
-    def forward(self, h):
-        return self.net(h).view(-1)
-
-
 # ------------------------------------------------------------------------------------------ losses
 
 def nt_xent(z, temperature):
@@ -494,37 +317,32 @@ def csi_loss(net, x, temperature, blur_p):
     return l_con + l_cls, l_con, l_cls                           # Eq. (4)
 
 
+def bce(logits, label):
+    """Cross-entropy of discriminator logits against one label: 1 = real / prior, 0 = generated / encoded."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(label)))
+
+
 def loss_d(d, x, x_syn, x_rec=None):
     """Eq. (7) for D: real x -> 1, synthetic G(h) -> 0, reconstructed G(E(x)) -> 0 (inputs detached)."""
-    bce = F.binary_cross_entropy_with_logits
-    real = d(x)
-    loss = bce(real, torch.ones_like(real))
+    loss = bce(d(x), 1)
     for fake in ([x_syn] if x_rec is None else [x_syn, x_rec]):
-        out = d(fake.detach())
-        loss = loss + bce(out, torch.zeros_like(out))
+        loss = loss + bce(d(fake.detach()), 0)
     return loss
 
 
 def loss_d_fool(d, x_syn, x_rec=None):
     """Eq. (7) for (G, E), non-saturating: synthetic and reconstructed images -> 1."""
-    loss = 0.0
-    for fake in ([x_syn] if x_rec is None else [x_syn, x_rec]):
-        out = d(fake)
-        loss = loss + F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
-    return loss
+    return sum(bce(d(fake), 1) for fake in ([x_syn] if x_rec is None else [x_syn, x_rec]))
 
 
 def loss_ld(d_lat, h, h_enc):
     """Eq. (9) for D': prior samples h -> 1, codes E(x) -> 0 (detached)."""
-    bce = F.binary_cross_entropy_with_logits
-    real, fake = d_lat(h), d_lat(h_enc.detach())
-    return bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
+    return bce(d_lat(h), 1) + bce(d_lat(h_enc.detach()), 0)
 
 
 def loss_ld_fool(d_lat, h_enc):
     """Eq. (9) for E, non-saturating: codes E(x) -> 1."""
-    out = d_lat(h_enc)
-    return F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+    return bce(d_lat(h_enc), 1)
 
 
 def loss_rec(net, x, x_rec, lam, blur_p):
@@ -542,7 +360,7 @@ def loss_lrec(h, h_cycle):
     return ((h_cycle - h) ** 2).sum(1).mean()
 
 
-# ------------------------------------------------------------------------------------------ training
+# ------------------------------------------------------------------------------------------ training (Alg. 1)
 
 def set_requires_grad(net, flag):
     for q in net.parameters():
@@ -570,15 +388,21 @@ def step(opts, loss, *names):
         opts[n].step()
 
 
-def generative_step(nets, opts, x, args, it):
-    """Alg. 1, the block run every N batches, in the paper's order. Returns the loss values."""
+def check_finite(value, where):
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training diverged: {where} is {value}. Try a smaller learning rate (--lr)")
+
+
+def generative_step(nets, opts, x, temperature, blur_p, lambda_rec, it):
+    """Alg. 1, lines 5-13, the block run every N batches, in the paper's order; without E (variant g) the
+    encoder's steps are skipped. Returns the loss values."""
     f, g, d = nets["F"], nets["G"], nets["D"]
-    full = args.variant == "full"
+    full = "E" in nets
     b, dev = len(x), x.device
     out = {}
-    randn = lambda: torch.randn(b, args.latent_dim, device=dev)
+    randn = lambda: torch.randn(b, g.latent_dim, device=dev)                      # Alg. 1, line 5
 
-    # Alg. 1, lines 109-111: D against (G, E) on L_D (Eq. 7): real x, synthetic G(h), reconstructed G(E(x))
+    # Alg. 1, lines 6-7: D against (G, E) on L_D (Eq. 7): real x, synthetic G(h), reconstructed G(E(x))
     x_syn = g(randn())
     x_rec = g(nets["E"](x)) if full else None
     l_d = loss_d(d, x, x_syn, x_rec)
@@ -589,15 +413,15 @@ def generative_step(nets, opts, x, args, it):
     set_requires_grad(d, True)
     out.update(l_d=l_d.item(), l_gan=l_fool.item())
 
-    # Alg. 1, line 112: G on L_CSI-S = L_CSI(X~) (Eq. 6), F frozen (eval-mode BN)
+    # Alg. 1, line 8: G on L_CSI-S = L_CSI(X~) (Eq. 6), F frozen (eval-mode BN)
     freeze(f)
-    l_csi_s = csi_loss(f, g(randn()), args.temperature, args.blur_p)[0]
+    l_csi_s = csi_loss(f, g(randn()), temperature, blur_p)[0]
     step(opts, l_csi_s, "G")
     out["l_csi_s"] = l_csi_s.item()
 
     if full:
         e, d_lat = nets["E"], nets["D_lat"]
-        # Alg. 1, line 113: D' against E on L_LD (Eq. 9)
+        # Alg. 1, line 9: D' against E on L_LD (Eq. 9)
         h_enc = e(x)
         l_ld = loss_ld(d_lat, randn(), h_enc)
         step(opts, l_ld, "D_lat")
@@ -605,10 +429,10 @@ def generative_step(nets, opts, x, args, it):
         l_ld_fool = loss_ld_fool(d_lat, h_enc)
         step(opts, l_ld_fool, "E")
         set_requires_grad(d_lat, True)
-        # Alg. 1, lines 114-115: G and E on L_REC (Eq. 8), F frozen (eval-mode BN)
-        l_rec, pixel, sim = loss_rec(f, x, g(e(x)), args.lambda_rec, args.blur_p)
+        # Alg. 1, lines 10-11: G and E on L_REC (Eq. 8), T1, T2 drawn inside, F frozen (eval-mode BN)
+        l_rec, pixel, sim = loss_rec(f, x, g(e(x)), lambda_rec, blur_p)
         step(opts, l_rec, "G", "E")
-        # Alg. 1, line 116: E on L_LREC (Eq. 10)
+        # Alg. 1, line 12: E on L_LREC (Eq. 10)
         h = randn()
         l_lrec = loss_lrec(h, e(g(h).detach()))
         step(opts, l_lrec, "E")
@@ -616,10 +440,10 @@ def generative_step(nets, opts, x, args, it):
                    sim=sim.item(), l_lrec=l_lrec.item())
     unfreeze(f)
 
-    # Alg. 1, line 117: F on L_JOINT = L_CSI(X u X~) (Eq. 5), X~ a fresh detached batch G(h); F trains here
+    # Alg. 1, line 13: F on L_JOINT = L_CSI(X u X~) (Eq. 5), X~ a fresh detached batch G(h); F trains here
     with torch.no_grad():
         x_syn = g(randn())
-    l_joint = csi_loss(f, torch.cat([x, x_syn]), args.temperature, args.blur_p)[0]
+    l_joint = csi_loss(f, torch.cat([x, x_syn]), temperature, blur_p)[0]
     step(opts, l_joint, "F")
     out["l_joint"] = l_joint.item()
     for k, v in out.items():
@@ -627,36 +451,47 @@ def generative_step(nets, opts, x, args, it):
     return out
 
 
-def train(nets, opts, x_train, args, log=print):
-    """Alg. 1: every batch F steps on L_CSI(X); on batches 0, N, 2N, ... the generative block follows."""
-    n, t0, gen = len(x_train), time.time(), {}
-    for it in range(args.iters):
-        args.progress = f"training, batch {it + 1}/{args.iters}"
-        xb = x_train[torch.randint(n, (args.batch_size,), device=x_train.device)]
-        l_csi, l_con, l_cls = csi_loss(nets["F"], xb, args.temperature, args.blur_p)     # Alg. 1, line 107
+def train(nets, x_normal, iters=None, batch_size=32, lr=2e-4, temperature=0.5, gen_every=5, lambda_rec=100.0,
+          blur_p=0.0, log=print, log_every=100):
+    """Alg. 1 on the normal images x_normal (N, C, H, W) in [0, 1]: every batch F steps on L_CSI(X); on batches
+    0, N, 2N, ... (N = gen_every) the generative block follows, when nets has a generator. iters = None: 1000
+    epochs of x_normal (CSI's schedule). Adam for every network (Sec. 3). log: any callable of one string.
+    Returns nets, trained in place."""
+    x = as_images(nets, x_normal, "x_normal")
+    if batch_size < 2 or gen_every < 1:   # NT-Xent needs other instances in the batch
+        raise ValueError(f"batch_size must be >= 2 and gen_every >= 1, got {batch_size} and {gen_every}")
+    n, t0, gen = len(x), time.time(), {}
+    iters = iters or EPOCHS * math.ceil(n / batch_size)
+    opts = {k: torch.optim.Adam(v.parameters(), lr=lr, betas=ADAM_BETAS) for k, v in nets.items()}
+    for it in range(iters):                                                       # Alg. 1, line 2
+        xb = x[torch.randint(n, (batch_size,), device=x.device)]
+        l_csi, l_con, l_cls = csi_loss(nets["F"], xb, temperature, blur_p)         # Alg. 1, line 3
         step(opts, l_csi, "F")
         check_finite(l_csi.item(), f"L_CSI at iteration {it + 1}")
-        if args.variant != "csi" and it % args.gen_every == 0:                           # Alg. 1, line 108
-            gen = generative_step(nets, opts, xb, args, it + 1)
-        if (it + 1) % args.log_every == 0 or it + 1 == args.iters:
+        if "G" in nets and it % gen_every == 0:                                   # Alg. 1, line 4
+            gen = generative_step(nets, opts, xb, temperature, blur_p, lambda_rec, it + 1)
+        if (it + 1) % log_every == 0 or it + 1 == iters:
             extra = "".join(f" {k}={v:.4f}" for k, v in gen.items())
-            log(f"iter {it + 1}/{args.iters} l_csi={l_csi.item():.4f} l_con={l_con.item():.4f} "
-                f"l_cls={l_cls.item():.4f}{extra} elapsed={time.time() - t0:.1f}s", flush=True)
-    return time.time() - t0
+            log(f"iter {it + 1}/{iters} l_csi={l_csi.item():.4f} l_con={l_con.item():.4f} "
+                f"l_cls={l_cls.item():.4f}{extra} elapsed={time.time() - t0:.1f}s")
+    return nets
 
 
-# ------------------------------------------------------------------------------------------ score
+# ------------------------------------------------------------------------------------------ scoring (Sec. 2.3)
 
 @torch.no_grad()
-def shifted_features(net, x, views=0, blur_p=0.0, crop_scale=0.54, chunk=64):
+def shifted_features(net, x, views=0, blur_p=0.0, crop_scale=0.54, chunk=64, log=None, what="images",
+                     log_seconds=30.0):
     """F(S(x)) for every shift S: (N, 3, 32, 32) -> (4, N, d), in eval mode.
     views = 0: one plain view per shift (Eq. 11 as printed).
     views = R > 0 (M_ens, CSI's get_features): R random test-time draws per image and shift -- flip (drawn
     per image and per shift, before the rotation), then T with the crop area fixed at crop_scale -- and the
-    R feature vectors are AVERAGED, so the score sees one mean feature per image and shift."""
+    R feature vectors are AVERAGED, so the score sees one mean feature per image and shift.
+    log: a progress line with the time left every log_seconds (long passes only)."""
     was_training = net.training
     net.eval()
-    out = []
+    out, t0 = [], time.time()
+    last = t0
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
         if views == 0:
@@ -668,6 +503,11 @@ def shifted_features(net, x, views=0, blur_p=0.0, crop_scale=0.54, chunk=64):
                 feats = feats + net(augment(xs, blur_p, (crop_scale, crop_scale)))[0]
             feats = feats / views                                                   # mean over the R draws
         out.append(feats.view(SHIFTS, len(xb), -1))
+        done, now = i + len(xb), time.time()
+        if log is not None and now - last >= log_seconds and done < len(x):
+            log(f"scoring: {what} {done}/{len(x)}, elapsed={now - t0:.0f}s, "
+                f"left={(now - t0) * (len(x) - done) / done:.0f}s")
+            last = now
     net.train(was_training)
     return torch.cat(out, 1)
 
@@ -687,124 +527,261 @@ def score_m(test_feats, train_feats, chunk=1024):
     return torch.cat(scores), torch.cat(nn_idx)
 
 
-def anomaly_scores(net, x_train, x_test, ensemble=0, blur_p=0.0, crop_scale=0.54):
-    """Anomaly score = -M (M is a normality score), single view; with ensemble R > 0 also -M_ens, Eq. (11)
-    on features averaged over R test-time draws of T (CSI's evaluation)."""
-    m, _ = score_m(shifted_features(net, x_test), shifted_features(net, x_train))
-    m_ens = None
-    if ensemble > 0:
-        m_ens, _ = score_m(shifted_features(net, x_test, ensemble, blur_p, crop_scale),
-                           shifted_features(net, x_train, ensemble, blur_p, crop_scale))
-        m_ens = -m_ens.cpu().numpy()
-    return -m.cpu().numpy(), m_ens
+def anomaly_scores(nets, x_normal, x, ensemble=0, blur_p=0.0, test_crop_scale=0.54, log=print):
+    """Anomaly score of every image of x = -M (Eq. 11; M scores normality, so the sign is flipped): higher =
+    more anomalous, as a numpy array (N,). x_normal: the normal training images (Eq. 11's nearest-neighbour
+    set). ensemble = R > 0: -M_ens instead, Eq. (11) on features averaged over R test-time draws of T (CSI's
+    evaluation, R = 10 there; blur_p as in training)."""
+    net = nets["F"]
+    x_normal, x = as_images(nets, x_normal, "x_normal"), as_images(nets, x, "x")
+    name = f"M_ens (R={ensemble})" if ensemble else "M"
+    test = shifted_features(net, x, ensemble, blur_p, test_crop_scale, log=log, what=f"{name}, scored images")
+    bank = shifted_features(net, x_normal, ensemble, blur_p, test_crop_scale, log=log, what=f"{name}, normal images")
+    return -score_m(test, bank)[0].cpu().numpy()
 
 
-# ------------------------------------------------------------------------------------------ data, main
+# ------------------------------------------------------------------------------------------ data and Figure 2
 
-def to_32x32_rgb(x):
-    """(N, 1, 28, 28) gray -> (N, 3, 32, 32): repeat to 3 channels, zero-pad 2 pixels per side."""
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    pad = (32 - x.shape[-1]) // 2
-    return F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
+def prepare(dataset, normal="0", root=None, seed=0):
+    """The one-class protocol (Sec. 3): the normal class(es) of the train split; the whole test split, label
+    1 = anomaly. Returns (x_normal, x_test, y_test, normal classes), images (N, C, H, W) in [0, 1]."""
+    normal = parse_normal(normal, IMAGE_DATASETS[dataset][0])
+    x_tr, y_tr, x_te, y_te = load_images(dataset, root)
+    split = one_class_split(x_tr, y_tr, x_te, y_te, normal, seed=seed)
+    return split["train"], split["test"][0], split["test"][1].numpy(), normal
 
 
 @torch.no_grad()
-def save_samples(nets, x_train, args, path, x_outliers=None, n=8):
-    """Figure 2 as one grid of n columns, saved with torchvision.utils.save_image. Rows: real inliers x;
-    their reconstructions G(E(x)) (Fig. 2a); real outliers from the test split and their reconstructions
-    (Fig. 2b); samples G(h), h ~ N(0, I). Without an encoder (--variant g): inliers and samples only."""
+def save_samples(nets, x_normal, path, x_outliers=None, n=8):
+    """Figure 2 as one grid of n columns (torchvision.utils.save_image). Rows: real inliers x; their
+    reconstructions G(E(x)) (Fig. 2a); real outliers and their reconstructions (Fig. 2b); samples G(h),
+    h ~ N(0, I). Without an encoder (variant g): inliers and samples only. Returns the number of rows."""
     import torchvision.utils
     modes = {k: v.training for k, v in nets.items()}
-    for net in nets.values():
-        net.eval()
-    g, x = nets["G"], x_train[:n]
+    nets.eval()
+    g, x = nets["G"], as_images(nets, x_normal[:n], "x_normal")
     rows = [x]
-    if args.variant == "full":
+    if "E" in nets:
         rows.append(g(nets["E"](x)))
         if x_outliers is not None and len(x_outliers) >= n:
-            rows += [x_outliers[:n], g(nets["E"](x_outliers[:n]))]
-    rows.append(g(torch.randn(n, args.latent_dim, device=x.device)))
+            xo = as_images(nets, x_outliers[:n], "x_outliers")
+            rows += [xo, g(nets["E"](xo))]
+    rows.append(g(torch.randn(n, g.latent_dim, device=x.device)))
     torchvision.utils.save_image(torch.cat(rows).float().cpu(), path, nrow=n, padding=2)
     for k, net in nets.items():
         net.train(modes[k])
     return len(rows)
 
 
-def build(args, device, channels_last):
-    nets = {"F": CSINet(args.width, args.proj_dim)}
-    if args.variant != "csi":
-        nets.update(G=Generator(args.latent_dim, args.gan_width), D=Discriminator(args.gan_width))
-    if args.variant == "full":
-        nets.update(E=Encoder(args.latent_dim, args.gan_width), D_lat=LatentDiscriminator(args.latent_dim, args.ld_width))
-    nets = {k: v.to(device) for k, v in nets.items()}
-    if channels_last:   # F dominates the cost; G, E, D stay in the default format
-        nets["F"] = nets["F"].to(memory_format=torch.channels_last)
-    # line 146: Adam, lr 2e-4, betas (0.9, 0.999), for every network
-    opts = {k: torch.optim.Adam(v.parameters(), lr=args.lr, betas=ADAM_BETAS) for k, v in nets.items()}
-    return nets, opts
+# ------------------------------------------------------------------------------------------ command line
+# These lines are the same in all five scripts (only data loading and ResNet blocks are shared via common.py).
+# Needs: import argparse, json, math, os, random, sys, tempfile; numpy as np; torch.
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
+
+    def error(self, message):
+        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
+        sys.exit(2)
 
 
-def run(args, log=print):
-    t_start = time.time()
-    device = check_args(args)
-    set_seed(args.seed)
-    x_tr, y_tr, x_te, y_te = load_images(args.dataset, args.data_root)
-    normal = parse_normal(args.normal, IMAGE_DATASETS[args.dataset][0])
-    split = one_class_split(x_tr, y_tr, x_te, y_te, normal, seed=args.seed)
-    x_train = to_32x32_rgb(split["train"]).to(device)
-    x_test, y_test = to_32x32_rgb(split["test"][0]).to(device), split["test"][1]
-    if args.iters is None:
-        args.iters = EPOCHS * math.ceil(len(x_train) / args.batch_size)
-    if args.digits_defaults:
-        log(f"csi_gen: digits is an offline install check: using {', '.join(args.digits_defaults)} "
-            "(paper-scale defaults: widths 64, --ensemble 10)", flush=True)
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu")
-    nets, opts = build(args, device, channels_last)
-    log(f"csi_gen: variant={args.variant} dataset={args.dataset} normal={','.join(map(str, normal))} "
-        f"train={len(x_train)} test={len(x_test)} (anomalies {int(y_test.sum())}) iters={args.iters} "
-        f"batch={args.batch_size} lr={args.lr:g} tau={args.temperature:g} N={args.gen_every} "
-        f"width={args.width} gan_width={args.gan_width} blur_p={args.blur_p:g} ensemble={args.ensemble} "
-        f"device={device}", flush=True)
-    train_time = train(nets, opts, x_train, args, log)
-    if args.save_samples:
-        rows = save_samples(nets, x_train, args, args.save_samples, x_test[y_test.to(device) == 1])
-        log(f"csi_gen: sample grid ({rows} rows, Figure 2) written to {args.save_samples}", flush=True)
-    args.progress = f"scoring (training finished after {args.iters} batches)"
-    ts = time.time()
-    scores, scores_ens = anomaly_scores(nets["F"], x_train, x_test, args.ensemble, args.blur_p, args.test_crop_scale)
-    score_time = time.time() - ts
-    labels = y_test.numpy()
-    result = {"method": "csi_gen", "dataset": args.dataset, "normal": ",".join(map(str, normal)), "seed": args.seed,
-              "auroc": round(roc_auc_score(labels, scores), 4)}
-    if scores_ens is not None:
-        result["auroc_ens"] = round(roc_auc_score(labels, scores_ens), 4)
-    result.update({"variant": args.variant, "iters": args.iters, "batch_size": args.batch_size,
-                   "width": args.width, "gan_width": args.gan_width, "blur_p": args.blur_p,
-                   "ensemble": args.ensemble, "test_crop_scale": args.test_crop_scale,
-                   "device": device.type, "seconds": round(time.time() - t_start, 1),
-                   "train_samples_per_s": round(args.iters * args.batch_size / max(train_time, 1e-9), 1),
-                   "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
-    log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
-    if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help prints the value each option really takes ('(default: 0.0001)'), and nothing where there is none."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        if isinstance(action.default, float):
+            return f"{action.help} (default: {action.default:g})"
+        return super()._get_help_string(action)
+
+
+def number(kind=float, low=None, high=None, low_open=False):
+    """argparse type: a finite int or float in [low, high] (low itself excluded with low_open)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
+                                             f"'{text}'") from None
+        plain = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"     # 4294967295, not 4.29497e+09
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
+            rng = f"{'>' if low_open else '>='} {plain(low)}" if high is None else f"in [{plain(low)}, {plain(high)}]"
+            raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
+        return value
+    return parse
+
+
+def device_type(name):
+    """argparse type: auto (cuda if present, else cpu), cpu, cuda or cuda:N -> torch.device; an absent one is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
+        raise argparse.ArgumentTypeError(f"'{name}' was asked for, but torch finds {count} CUDA device(s) on this "
+                                         "machine; use --device cpu (or auto)")
+    return device
+
+
+def output_path(path):
+    """argparse type: a file this run can write, tried now so that no finished run is lost at the end."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name such as {os.path.join(path, 'out')}")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist; create it first or choose another")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({e.strerror}); choose a writable folder") from None
+    return path
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_result(result, json_path=None, log=print):
+    """The RESULT line (the last line a run prints) and, with --json, the same keys written atomically."""
+    log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
+    if json_path:
+        with open(json_path + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
-        os.replace(tmp, args.json)
-    return result
+        os.replace(json_path + ".tmp", json_path)
+
+def parse_args(argv=None):
+    pre = ArgumentParser(add_help=False, allow_abbrev=False)      # the dataset first: --help shows its defaults
+    pre.add_argument("--dataset", default="cifar10")
+    dataset = pre.parse_known_args(argv)[0].dataset
+    p = ArgumentParser(description="CSI + adversarial-autoencoder synthetic inliers (Yu & Chiu, MVA 2021)",
+                       formatter_class=HelpFormatter)
+    pos, pos0, unit = number(int, 1), number(int, 0), number(float, 0, 1)
+    p.add_argument("--dataset", default="cifar10", choices=list(IMAGE_DATASETS),
+                   help="cifar10, cifar100 (20 superclasses) as in Sec. 3; the others follow the same protocol "
+                        "(not in the paper: 28x28 gray sets become 3 x 32 x 32; digits = offline install check)")
+    p.add_argument("--normal", default="0", help="normal class, or a comma list of classes (Sec. 3: one class)")
+    p.add_argument("--variant", default="full", choices=["csi", "g", "full"],
+                   help="csi = F alone (the CSI baseline); g = + generator G, no encoder; full = + encoder E, all of "
+                        "Alg. 1 (Sec. 3.2 ablation)")
+    p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
+                   help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
+    p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
+                   help="random seed (not in the paper: CPU runs repeat exactly)")
+    p.add_argument("--device", type=device_type, default="auto", help="auto = cuda if present, else cpu (not in the "
+                                                                     "paper)")
+    p.add_argument("--iters", type=pos, default=None,
+                   help=f"training batches, Alg. 1's loop; default {EPOCHS} epochs of the normal training set (not in "
+                        "the paper: CSI's released --epochs 1000; Sec. 3 follows CSI [32])")
+    p.add_argument("--batch-size", type=number(int, 2), default=32,
+                   help="real images per batch, each as 4 shifts x 2 views (not in the paper: CSI's released "
+                        "per-GPU --batch_size)")
+    p.add_argument("--lr", type=number(float, 0, low_open=True), default=2e-4,
+                   help="Adam learning rate of every network, betas (0.9, 0.999) (Sec. 3)")
+    p.add_argument("--temperature", type=number(float, 0, low_open=True), default=0.5,
+                   help="NT-Xent temperature tau, Eq. (1) (not in the paper: CSI's 0.5)")
+    p.add_argument("--gen-every", type=pos, default=5,
+                   help="N: the generative block runs every N batches (Alg. 1; N = 5 in Sec. 3)")
+    p.add_argument("--lambda-rec", type=number(float, 0), default=100.0, help="lambda of L_REC (Eq. 8, Sec. 2.2)")
+    p.add_argument("--width", type=pos, default=64,
+                   help="base width of F's ResNet-18; 64 = the standard 512-d network (Sec. 3); digits: 8 (not in "
+                        "the paper: install check)")
+    p.add_argument("--proj-dim", type=pos, default=128,
+                   help="projection head output size (not in the paper: SimCLR's and CSI's 128)")
+    p.add_argument("--gan-width", type=pos, default=64,
+                   help="base width of G, E and D; 64 = SN-GAN's standard CNN (Sec. 3 follows [23], Miyato et al. "
+                        "Table 3); digits: 8 (not in the paper: install check)")
+    p.add_argument("--latent-dim", type=pos, default=128, help="size of h ~ N(0, I) (not in the paper: SN-GAN's 128)")
+    p.add_argument("--ld-width", type=pos, default=1000,
+                   help="hidden width of the latent discriminator D', two layers (not in the paper: adversarial "
+                        "autoencoders' 1000)")
+    p.add_argument("--blur-p", type=unit, default=0.0,
+                   help="probability of Gaussian blur in T; Sec. 2.1 lists blur after SimCLR (not in the paper: 0 = "
+                        "CSI's CIFAR policy, which has none; SimCLR's ImageNet value is 0.5)")
+    p.add_argument("--ensemble", type=pos0, default=10,
+                   help="R of M_ens (Sec. 2.3): features averaged over R random draws of T per image and shift, "
+                        "reported as auroc_ens; 0 = M only. Digits: 2 (not in the paper: CSI's --ood_samples 10)")
+    p.add_argument("--test-crop-scale", type=number(float, 0, 1, low_open=True), default=0.54,
+                   help="area fraction of M_ens's test-time random resized crop; the other test-time steps are T's: "
+                        "flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p (not in the paper: "
+                        "CSI's README eval, --resize_factor 0.54 --resize_fix)")
+    p.add_argument("--log-every", type=pos, default=100, help="progress line every this many batches (not in the "
+                                                             "paper)")
+    p.add_argument("--save-samples", type=output_path, default=None,
+                   help="write a PNG grid: real inliers, G(E(x)), real outliers of the test split, G(E(x)) (full "
+                        "only), samples G(h) (Figure 2, Sec. 3.1)")
+    p.add_argument("--json", type=output_path, default=None, help="also write the RESULT keys to this JSON file")
+    if dataset == "digits":
+        p.set_defaults(**DIGITS)
+    args = p.parse_args(argv)
+    if args.save_samples and args.variant == "csi":
+        p.error("--save-samples needs a generator, and --variant csi has none; use --variant g or full, or drop "
+                "--save-samples")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    args.progress = "start-up (no training step taken yet)"
+    log = lambda line: print(line, flush=True)
+    t_start = time.time()
     try:
-        return run(args)
+        set_seed(args.seed)
+        x_train, x_test, y_test, normal = prepare(args.dataset, args.normal, args.data_root, args.seed)
+        iters = args.iters or EPOCHS * math.ceil(len(x_train) / args.batch_size)
+        if args.dataset == "digits":
+            log(f"csi_gen: digits is an offline install check: widths {DIGITS['width']}, --ensemble "
+                f"{DIGITS['ensemble']} unless given (paper scale: widths 64, --ensemble 10)")
+        nets = build_models(x_train.shape[1:], variant=args.variant, width=args.width, proj_dim=args.proj_dim,
+                            gan_width=args.gan_width, latent_dim=args.latent_dim, ld_width=args.ld_width,
+                            device=args.device)
+        log(f"csi_gen: variant={args.variant} dataset={args.dataset} normal={','.join(map(str, normal))} "
+            f"train={len(x_train)} test={len(x_test)} (anomalies {int(y_test.sum())}) iters={iters} "
+            f"batch={args.batch_size} lr={args.lr:g} tau={args.temperature:g} N={args.gen_every} "
+            f"width={args.width} gan_width={args.gan_width} blur_p={args.blur_p:g} ensemble={args.ensemble} "
+            f"device={args.device}")
+        t_train = time.time()
+        train(nets, x_train, iters=iters, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
+              gen_every=args.gen_every, lambda_rec=args.lambda_rec, blur_p=args.blur_p, log=log,
+              log_every=args.log_every)
+        train_time = time.time() - t_train
+        if args.save_samples:
+            rows = save_samples(nets, x_train, args.save_samples, x_test[torch.as_tensor(y_test) == 1])
+            log(f"csi_gen: sample grid ({rows} rows, Figure 2) written to {args.save_samples}")
+        t_score = time.time()
+        scores = anomaly_scores(nets, x_train, x_test, ensemble=0, log=log)                 # M, Eq. (11)
+        scores_ens = None
+        if args.ensemble > 0:                                                                 # M_ens, Sec. 2.3
+            scores_ens = anomaly_scores(nets, x_train, x_test, ensemble=args.ensemble, blur_p=args.blur_p,
+                                        test_crop_scale=args.test_crop_scale, log=log)
+        score_time = time.time() - t_score
     except (DataError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"\ninterrupted during {args.progress}; no result was written", file=sys.stderr)
+        print("\ninterrupted: no result was written", file=sys.stderr)
         sys.exit(130)
+    result = {"method": "csi_gen", "dataset": args.dataset, "normal": ",".join(map(str, normal)), "seed": args.seed,
+              "auroc": round(roc_auc_score(y_test, scores), 4)}
+    if scores_ens is not None:
+        result["auroc_ens"] = round(roc_auc_score(y_test, scores_ens), 4)
+    result.update({"variant": args.variant, "iters": iters, "batch_size": args.batch_size, "width": args.width,
+                   "gan_width": args.gan_width, "blur_p": args.blur_p, "ensemble": args.ensemble,
+                   "test_crop_scale": args.test_crop_scale, "device": args.device.type,
+                   "seconds": round(time.time() - t_start, 1),
+                   "train_samples_per_s": round(iters * args.batch_size / max(train_time, 1e-9), 1),
+                   "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
+    write_result(result, args.json, log)
+    return result
 
 
 if __name__ == "__main__":
