@@ -14,7 +14,8 @@ Table 8: --normal 0,1), Table 5 (--normal 0,1,2,3,4,6,7,8,9), MNIST-C (Table 3, 
 PCA features of Tables 4, 5, 9 (--features resnet18-pca) and the tabular sets of Table 6 (F1).
 
 Python API (copy cance.py and common.py): model = fit(x_normal, ...) runs Steps 1 and 2 on (N, D) rows or (N, 1, 28,
-28) / (N, 3, 32, 32) images in [0, 1]; score(model, x) -> numpy anomaly scores (higher = more anomalous). fit calls:
+28) / (N, 3, 32, 32) images in [0, 1]; score(model, x) -> numpy anomaly scores (higher = more anomalous); save(model,
+path) / load(path) keep a fitted model (weights, feature moments, K, PCA, z-scoring of rows). fit calls:
     Sec. 3.2 BN directly before the latent ........................ build_autoencoder(), ConvAE, TabularAE
     Eq. (11) L = L_error + lambda L_cov; Eq. (12) L_cov ............ ae_loss(), covariance_loss()
     Sec. 3.2, Appendix A two-stage training; Appendix E selection .. train_autoencoder()
@@ -32,8 +33,8 @@ Deviations, and choices where the paper is silent
       training moments. Adam for the AE, lr 1e-3, batch 128 (--lr, --batch-size) and the phase lengths (images
       5000/2000/5000 steps for AE stage 1 / stage 2 / each NCE model, tabular 2000/1000/3000; --iters caps each).
     - L_error is Eq. (11) as printed (squared norm summed over the input, batch mean); Appendix A's "mean squared
-      error" would weigh L_cov d0 times more. L_cov: unbiased batch covariance.
-      Stage 2 trains the decoder on L_error alone (encoder and its BN statistics frozen).
+      error" would weigh L_cov d0 times more. L_cov: unbiased batch covariance. Stage 2 trains the decoder on
+      L_error alone (encoder and its BN statistics frozen).
     - Appendix E's selection: the validation loss every tenth of a phase; for NCE, Eq. (9) on the validation
       features (CANCE: augmented) against noise draws through the current L_K, all drawn once with seed + 1.
     - p_t of Eq. (8): location m_z and the training std, as the proof of Proposition 1 writes it; a point is
@@ -46,9 +47,12 @@ Deviations, and choices where the paper is silent
       normal rows train; the rest and every anomaly test; F1 flags the top r = test anomaly ratio): every Table 6
       entry is attainable under it, while on drocc (DROCC's process_odds.py: every anomaly against as many normal
       rows; also reports DROCC's f1_drocc_rule) a random scorer's F1 of 0.5 exceeds Table 6's DAGMM 0.20 and DROCC
-      0.32. Rows are z-scored with the training rows (constant columns keep std 1); latent 3 (Arrhythmia 8), lambda 0.3.
+      0.32. fit() z-scores rows with the training rows (a constant column keeps std 1); latent 3 (Arrhythmia 8),
+      lambda 0.3. Your own data (--dataset FILE.npz | FILE.csv | FOLDER): rows take Thyroid's values, a CSV is
+      split by --tabular-split, an npz keeps its split (x_val unused: the hold-out is 20% of x_train).
     - MNIST-C: Sec. 4 does not say whether the 15 corruptions were pooled: --corruption all pools them. CIFAR-100
-      (20 superclasses) and SVHN use CIFAR-10's latent and lambda; digits (offline check) MNIST's.
+      (20 superclasses) and SVHN use CIFAR-10's latent and lambda; digits (offline check) and your own grey images
+      (1x28x28) MNIST's; your own RGB images (3x32x32) CIFAR-10's.
 """
 import argparse
 import copy
@@ -56,6 +60,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,8 +72,8 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from sklearn.metrics import f1_score, roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, TABULAR_DATASETS, load_images, load_mnist_c, load_tabular,
-                    one_class_split, parse_normal)
+from common import (DataError, IMAGE_DATASETS, TABULAR_DATASETS, fit_images, is_user_dataset, load_csv,
+                    load_image_folder, load_images, load_mnist_c, load_npz, load_tabular, one_class_split, parse_normal)
 
 # fit()'s keywords per dataset. Phase lengths and batch size are not in the paper (chosen).
 IMAGES = dict(ae_iters=5000, decoder_iters=2000, nce_iters=5000, batch_size=128)
@@ -85,6 +90,7 @@ PAPER = {
     "abalone":       dict(TABULAR, latent=3, lam=0.3),      # not in the paper: chosen
     "arrhythmia":    dict(TABULAR, latent=8, lam=0.3),      # not in the paper: chosen
 }
+USER_ROWS = {"rows": "thyroid", "grey": "mnist", "RGB": "cifar10"}   # your own data takes these rows' values
 NU = 8                    # noise samples per data sample (Appendix E)
 VAL_FRACTION = 0.2        # Appendix E
 K_INIT = 1 + math.log(2)  # psi = 0 (not in the paper: chosen)
@@ -151,13 +157,21 @@ def build_autoencoder(input_shape, latent=6):
     raise ValueError(f"x must have shape {AE_SHAPES} for this model, got (N, {', '.join(map(str, shape))})")
 
 
+def standard_layout(x):
+    """x with the row-major strides of its shape. One-channel images read as (N, H, W, 1) and permuted keep strides
+    that torch takes for channels-last, whose conv kernels round differently: the same images from a folder and
+    from an npz would train differently."""
+    standard = x.stride() == torch.empty(x.shape, device="meta").stride()
+    return x if standard else x.clone(memory_format=torch.contiguous_format)
+
+
 def as_model_input(x, input_shape, device):
     """x as a float32 tensor on device; ValueError unless it is (N, *input_shape)."""
     x = torch.as_tensor(x, dtype=torch.float32)
     if tuple(x.shape[1:]) != tuple(input_shape) or x.dim() != len(input_shape) + 1:
         raise ValueError(f"x must have shape (N, {', '.join(map(str, input_shape))}) for this model, got "
                          f"{tuple(x.shape)}")
-    return x.to(device)
+    return standard_layout(x.to(device))
 
 
 class EstimationNetwork(nn.Module):
@@ -185,6 +199,7 @@ class NoiseDistribution(nn.Module):
         d = len(mean)
         # a jitter relative to each feature's own variance (z_e's variance can be ~1e-6 of z_l's)
         jitter = torch.diag(1e-9 * torch.diagonal(cov) + 1e-30)
+        self.moments = {"mean": mean.double(), "cov": cov.double()}            # the features' mu, Sigma
         self.register_buffer("mean", mean.float())
         self.register_buffer("chol64", torch.linalg.cholesky(cov + jitter))   # Sigma = L L^T
         self.register_buffer("chol", self.chol64.float())
@@ -352,7 +367,7 @@ def train_autoencoder(ae, x_train, x_val=None, *, lam=0.3, ae_iters=5000, decode
             params, stage_lam = list(ae.decoder.parameters()), 0.0    # L_cov has no gradient w.r.t. the decoder
         opt = torch.optim.Adam(params, lr=lr)
         best = None if x_val is None else (validation_loss(ae, x_val, stage_lam), 0, copy.deepcopy(ae.state_dict()))
-        every, t0 = max(1, n_iters // 10), time.time()
+        every, t0, progress = max(1, n_iters // 10), time.time(), Progress(f"ae{stage} iter", n_iters, log)
         for it in range(1, n_iters + 1):
             ts = time.time()
             ae.train()
@@ -378,6 +393,9 @@ def train_autoencoder(ae, x_train, x_val=None, *, lam=0.3, ae_iters=5000, decode
                     val_text = f" val_loss={val:.5f} best={best[0]:.5f}@{best[1]}"
                 log(f"ae{stage} iter {it}/{n_iters} loss={value:.5f} error={error.item():.5f}{cov_text}{val_text} "
                     f"elapsed={time.time() - t0:.1f}s")
+                progress.last = time.time()                        # a line was just printed
+            else:
+                progress(it)                                       # at most every 10 s, with the time left
         if best is not None:
             ae.load_state_dict(best[2])
     ae.eval()
@@ -385,15 +403,16 @@ def train_autoencoder(ae, x_train, x_val=None, *, lam=0.3, ae_iters=5000, decode
 
 
 @torch.no_grad()
-def ae_features(ae, x, chunk=1024):
+def ae_features(ae, x, chunk=1024, log=None):
     """Composite features (Sec. 3.1) of every row of x, in chunks -> (N, d + 2) tensor on the AE's device."""
     ae.eval()
     x = as_model_input(x, ae.input_shape, next(ae.parameters()).device)
-    out = []
+    out, progress = [], Progress("AE features", len(x), log or (lambda line: None))
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
         x_rec, z_l = ae(xb)
         out.append(composite_features(xb, x_rec, z_l))
+        progress(i + len(xb))
     return torch.cat(out)
 
 
@@ -422,20 +441,21 @@ def load_resnet18(weights_path=None):
 
 
 @torch.no_grad()
-def resnet18_embeddings(model, x, size, chunk=256):
+def resnet18_embeddings(model, x, size, chunk=256, log=None):
     """512-d embeddings after the last average pool (Sec. 3.2): grey -> 3 channels, resize, ImageNet
     normalisation."""
     model.eval()
     model.fc = nn.Identity()
     mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
-    out = []
+    out, progress = [], Progress("ResNet-18 embeddings", len(x), log or (lambda line: None))
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
         if xb.shape[1] == 1:
             xb = xb.repeat(1, 3, 1, 1)                                                  # (B, 3, H, W)
         xb = F.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)  # (B, 3, size, size)
         out.append(model((xb - mean) / std))                                            # (B, 512)
+        progress(i + len(xb))
     return torch.cat(out)
 
 
@@ -489,6 +509,7 @@ def train_nce(z_train, z_val=None, *, variant="cance", nu=NU, k_init=K_INIT, nce
         v_val = noise.sample_v(nu * len(z_val), generator=g)
     best = (math.inf, nce_iters, None)
     n, every, t0 = len(z_train), max(1, nce_iters // 10), time.time()
+    progress = Progress(f"{variant} iter", nce_iters, log)
     for it in range(1, nce_iters + 1):
         zb = z_train[torch.randint(n, (batch_size,), device=device)]
         if learn_k:
@@ -521,6 +542,9 @@ def train_nce(z_train, z_val=None, *, variant="cance", nu=NU, k_init=K_INIT, nce
                     best = (val, it, (copy.deepcopy(T.state_dict()), noise.psi.detach().clone()))
                 val_text = f" val_loss={val:.4f} best={best[0]:.4f}@{best[1]}"
             log(f"{variant} iter {it}/{nce_iters} loss={value:.4f}{k_text}{val_text} elapsed={time.time() - t0:.1f}s")
+            progress.last = time.time()                                     # a line was just printed
+        else:
+            progress(it)                                                    # at most every 10 s, with the time left
     if z_val is not None:
         T.load_state_dict(best[2][0])
         with torch.no_grad():
@@ -532,35 +556,41 @@ def train_nce(z_train, z_val=None, *, variant="cance", nu=NU, k_init=K_INIT, nce
 # ------------------------------------------------------------------------------------------ the whole method
 
 class CANCE:
-    """What fit() returns: Step 1's feature map (the AE, or ResNet-18 + PCA) and, per variant, T_theta with the
-    noise it was trained against (Step 2); batch_size, steps (the selected NCE steps) and stats for the record."""
+    """What fit() returns: Step 1's feature map (the AE, or ResNet-18 + PCA; for rows also their z-scoring) and, per
+    variant, T_theta with the noise it was trained against (Step 2); config (the resolved hyperparameters), steps
+    (the selected NCE steps) and stats for the record. save() / load() keep it."""
 
     def __init__(self, input_shape, nu, device):
         self.input_shape, self.nu, self.device = tuple(input_shape), nu, device
-        self.ae = self.resnet = self.pca = None
+        self.ae = self.resnet = self.pca = self.x_mean = self.x_std = None
         self.image_size, self.batch_size = 224, None
-        self.heads, self.steps, self.stats = {}, {}, {}
+        self.heads, self.steps, self.stats, self.config = {}, {}, {}, {}
 
     @torch.no_grad()
-    def features(self, x):
+    def features(self, x, log=None):
         """Composite features z = (z_l, z_e, z_c) of x -> (N, d + 2) tensor on the model's device."""
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if self.x_mean is not None:                  # rows: the training rows' z-scoring, on the CPU as in fit()
+            x = (as_model_input(x, self.input_shape, "cpu") - self.x_mean) / self.x_std
         if self.ae is not None:
-            return ae_features(self.ae, x)
+            return ae_features(self.ae, x, log=log)
         x = as_model_input(x, self.input_shape, self.device)
-        return pca_features(self.pca, resnet18_embeddings(self.resnet, x, self.image_size))
+        return pca_features(self.pca, resnet18_embeddings(self.resnet, x, self.image_size, log=log))
 
 
 def fit(x_normal, *, variants=("cance",), features="ae", latent=6, lam=0.3, ae_iters=5000, decoder_iters=2000,
         nce_iters=5000, lr=1e-3, batch_size=128, nu=NU, k_init=K_INIT, seed=0, weights=None, image_size=224,
-        device=None, log=print):
+        standardize=True, device=None, log=print):
     """CANCE (Sec. 3) on normal data: x_normal is (N, D) rows or (N, 1, 28, 28) / (N, 3, 32, 32) images in [0, 1]
-    (features="resnet18-pca": (N, 1 or 3, H, W), weights = a resnet18 state_dict file, else torchvision's). A random
-    20% is held out for model selection (Appendix E); Step 1 trains the AE on the rest (or embeds it with ResNet-18
-    and fits PCA), Step 2 trains one NCE model per variant. seed seeds torch, numpy and random first (one seed, one
-    result on CPU); device None = cuda if available. Defaults: MNIST's (PAPER["mnist"]). Returns a CANCE model."""
+    (features="resnet18-pca": (N, 1 or 3, H, W), weights = a resnet18 state_dict file, else torchvision's). Rows are
+    z-scored with their mean and std (standardize; a constant column keeps std 1, GOAD's norm_data); the model
+    keeps the constants. A random 20% is held out for model selection (Appendix E); Step 1 trains the AE on the rest
+    (or embeds it with ResNet-18 and fits PCA), Step 2 trains one NCE model per variant. seed seeds torch, numpy and
+    random first (one seed, one result on CPU); device None = cuda if available. Defaults: MNIST's (PAPER["mnist"]).
+    Returns a CANCE model."""
     if any(v not in VARIANTS for v in variants):
         raise ValueError(f"variants must be among {', '.join(VARIANTS)}, got {tuple(variants)}")
-    x = torch.as_tensor(x_normal, dtype=torch.float32)
+    x = standard_layout(torch.as_tensor(x_normal, dtype=torch.float32))
     if features == "ae" and not (x.dim() == 2 or tuple(x.shape[1:]) in ((1, 28, 28), (3, 32, 32))):
         raise ValueError(f"x must have shape {AE_SHAPES} for this model, got {tuple(x.shape)}")
     if features == "resnet18-pca" and not (x.dim() == 4 and x.shape[1] in (1, 3)):
@@ -572,6 +602,12 @@ def fit(x_normal, *, variants=("cance",), features="ae", latent=6, lam=0.3, ae_i
     if n_val < 2 or len(x) - n_val < 2:
         raise DataError(f"{len(x)} normal training samples are too few for a 20% validation split (Appendix E). "
                         "Use at least 8, e.g. pick normal classes with more training samples")
+    model = CANCE(x.shape[1:], nu, device)
+    if standardize and x.dim() == 2:                                    # rows: z-scored with the training rows
+        x = x.cpu()
+        model.x_mean, std = x.mean(0), x.std(0)
+        model.x_std = torch.where(std > 0, std, torch.ones_like(std))
+        x = (x - model.x_mean) / model.x_std
     x_val, x_train = x[perm[:n_val]].to(device), x[perm[n_val:]].to(device)
     if batch_size > len(x_train):
         log(f"note: batch size {batch_size} exceeds the {len(x_train)} training samples; using {len(x_train)}")
@@ -582,18 +618,21 @@ def fit(x_normal, *, variants=("cance",), features="ae", latent=6, lam=0.3, ae_i
     log(f"fit: train={len(x_train)} val={len(x_val)} features={features} latent={latent} lambda={lam:g} nu={nu} "
         f"lr={lr:g} batch={batch_size} k_init={k_init:.3f} iters(ae1/ae2/nce)={ae_iters}/{decoder_iters}/"
         f"{nce_iters} device={device}")
-    model = CANCE(x.shape[1:], nu, device)
     model.batch_size = batch_size
+    model.config = dict(input_shape=list(x.shape[1:]), variants=list(variants), features=features, latent=latent,
+                        lam=lam, ae_iters=ae_iters, decoder_iters=decoder_iters, nce_iters=nce_iters, lr=lr,
+                        batch_size=batch_size, nu=nu, k_init=k_init, seed=seed, weights=weights,
+                        image_size=image_size, standardize=model.x_mean is not None)
     # Step 1: composite features z = (z_l, z_e, z_c) of the training and validation parts
     if features == "ae":
         model.ae = build_autoencoder(x.shape[1:], latent).to(device)
         samples, seconds = train_autoencoder(model.ae, x_train, x_val, lam=lam, ae_iters=ae_iters,
                                              decoder_iters=decoder_iters, lr=lr, batch_size=batch_size, log=log)
-        z_train, z_val = model.features(x_train), model.features(x_val)
+        z_train, z_val = ae_features(model.ae, x_train, log=log), ae_features(model.ae, x_val)
     else:
         t0 = time.time()
         model.resnet, model.image_size = load_resnet18(weights).to(device), image_size
-        e_train = resnet18_embeddings(model.resnet, x_train, image_size)
+        e_train = resnet18_embeddings(model.resnet, x_train, image_size, log=log)
         model.pca = PCA(n_components=latent, random_state=seed).fit(e_train.cpu().numpy())
         samples, seconds = len(x_train), time.time() - t0
         z_train, z_val = pca_features(model.pca, e_train), model.features(x_val)
@@ -610,10 +649,10 @@ def fit(x_normal, *, variants=("cance",), features="ae", latent=6, lam=0.3, ae_i
     return model
 
 
-def score(model, x, variant="cance"):
+def score(model, x, variant="cance", log=None):
     """Anomaly scores of x as numpy, higher = more anomalous: S_C(z), the estimate of -ln p_d(z) by the variant's
-    NCE model (Sec. 3.3), or z_e alone for variant="error" (Table 1's Error)."""
-    return score_features(model, model.features(x), variant)
+    NCE model (Sec. 3.3), or z_e alone for variant="error" (Table 1's Error). log: progress of the feature pass."""
+    return score_features(model, model.features(x, log), variant)
 
 
 def score_features(model, z, variant="cance"):
@@ -625,6 +664,57 @@ def score_features(model, z, variant="cance"):
         raise ValueError(f"variant {variant!r} was not trained: fit(..., variants=...) trained {tuple(model.heads)}")
     T, noise = model.heads[variant]
     return anomaly_score(T, noise, z[:, :d] if variant == "latnce" else z, model.nu)
+
+
+def save(model, path, data=None):
+    """Write a fitted model to path in --save-model's format: config = its resolved hyperparameters (and under "data"
+    how its training data were prepared, e.g. the command line's dataset, normal classes and split);
+    preprocess = what scoring new data needs besides the weights: the rows' z-scoring, the PCA, and per variant the
+    feature moments (mu, Sigma) of its noise and its K; state = the weights (AE or ResNet-18, T_theta, psi)."""
+    pre = {"x_mean": model.x_mean, "x_std": model.x_std, "pca": None, "moments": {}, "K": {}}
+    state = {"ae": model.ae.state_dict()} if model.ae is not None else {"resnet": model.resnet.state_dict()}
+    if model.pca is not None:
+        pre["pca"] = {k: torch.from_numpy(getattr(model.pca, k + "_")) for k in ("components", "mean",
+                                                                                  "explained_variance")}
+    for v, (T, noise) in model.heads.items():
+        pre["moments"][v], pre["K"][v] = noise.moments, noise.K().detach().cpu()
+        state[f"T_{v}"], state[f"noise_{v}"] = T.state_dict(), noise.state_dict()
+    config = dict(model.config, steps=model.steps, **({"data": data} if data else {}))
+    save_checkpoint(path, "cance", config, pre, state)
+
+
+def load(path, device="cpu"):
+    """A model written by save() or --save-model, on device, ready for score() (no training)."""
+    return model_from_checkpoint(load_checkpoint(path, "cance"), device)
+
+
+def model_from_checkpoint(ck, device="cpu"):
+    config, pre, state = ck["config"], ck["preprocess"], ck["state"]
+    model = CANCE(config["input_shape"], config["nu"], torch.device(device))
+    model.config, model.steps, model.batch_size = config, config["steps"], config["batch_size"]
+    model.x_mean, model.x_std = pre["x_mean"], pre["x_std"]
+    if "ae" in state:
+        model.ae = build_autoencoder(config["input_shape"], config["latent"])
+        model.ae.load_state_dict(state["ae"])
+        model.ae.to(model.device).eval()
+    else:
+        import torchvision
+        model.resnet, model.image_size = torchvision.models.resnet18(weights=None), config["image_size"]
+        model.resnet.fc = nn.Identity()                                     # as resnet18_embeddings() left it
+        model.resnet.load_state_dict(state["resnet"])
+        model.resnet.to(model.device).eval()
+        model.pca = PCA(n_components=config["latent"])
+        for k, v in pre["pca"].items():                                    # components_, mean_, explained_variance_
+            setattr(model.pca, k + "_", v.numpy())
+        model.pca.n_components_, model.pca.n_features_in_ = pre["pca"]["components"].shape
+    for v in config["variants"]:
+        moments = pre["moments"][v]
+        T = EstimationNetwork(moments["mean"].float(), torch.ones(len(moments["mean"])))
+        T.load_state_dict(state[f"T_{v}"])
+        noise = NoiseDistribution(moments["mean"], moments["cov"], learn_k=v == "cance")
+        noise.load_state_dict(state[f"noise_{v}"])
+        model.heads[v] = (T.to(model.device).eval(), noise.to(model.device))
+    return model
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -661,39 +751,69 @@ def check_tabular(X, name):
     return int(constant.sum())
 
 
-def tabular_split(X, y, seed, protocol="goad"):
-    """Tabular train/test split. goad (GOAD/DAGMM): a random half of the normal rows trains, the other half plus
-    every anomaly is the test set. drocc (DROCC's process_odds.py): the test set is every anomaly plus as many
-    random normal rows, the other normal rows train. Features are z-scored with the training rows' mean and std;
-    a column constant on the training rows keeps std 1 (GOAD's norm_data), so it stays centred."""
+def tabular_split(y, seed, protocol="goad"):
+    """Tabular train/test split -> (training rows, test rows) as indices. goad (GOAD/DAGMM): a random half of the
+    normal rows trains, the other half plus every anomaly is the test set. drocc (DROCC's process_odds.py): the test
+    set is every anomaly plus as many random normal rows, the other normal rows train. fit() z-scores the rows."""
     g = torch.Generator().manual_seed(seed)
     normal_idx = torch.nonzero(y == 0).view(-1)
     anomaly_idx = torch.nonzero(y == 1).view(-1)
     normal_idx = normal_idx[torch.randperm(len(normal_idx), generator=g)]
     n_test_normal = len(anomaly_idx) if protocol == "drocc" else len(normal_idx) - len(normal_idx) // 2
-    train_idx = normal_idx[n_test_normal:]
-    test_idx = torch.cat([normal_idx[:n_test_normal], anomaly_idx])
-    mean, std = X[train_idx].mean(0), X[train_idx].std(0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return (X[train_idx] - mean) / std, ((X[test_idx] - mean) / std, y[test_idx])
+    return normal_idx[n_test_normal:], torch.cat([normal_idx[:n_test_normal], anomaly_idx])
 
 
 def prepare(args, log=print):
-    """(normal training data, (test data, test anomaly labels)) of the command line's dataset."""
-    if args.dataset in TABULAR_DATASETS:
-        X, y = load_tabular(args.dataset, args.data_root)
-        n_constant = check_tabular(X, args.dataset)
+    """The command line's data -> dict(train=normal training samples, test=(x, y) with y = 1 for an anomaly,
+    index=each test sample's index in its source, row=the PAPER row whose values apply, text=what was read).
+    Rows stay as they are in the file (fit() z-scores them); images become (N, 1, 28, 28) or (N, 3, 32, 32)."""
+    name, row, text, index = args.dataset, args.dataset, None, None
+    if name in TABULAR_DATASETS or name.endswith(".csv"):
+        if name in TABULAR_DATASETS:
+            X, y = load_tabular(name, args.data_root)
+        else:
+            X, y = load_csv(name, args.label_column, args.normal_label)
+            row, text = USER_ROWS["rows"], f"{len(X)} rows of {X.shape[1]} features ({int(y.sum())} anomalies)"
+        n_constant = check_tabular(X, name)
         if n_constant:
-            log(f"{args.dataset}: {n_constant} of {X.shape[1]} columns are constant in the file (they stay 0 "
-                "after z-scoring)")
-        return tabular_split(X, y, args.seed, args.tabular_split)
-    if args.dataset == "mnist-c":
+            log(f"{name}: {n_constant} of {X.shape[1]} columns are constant in the file (they stay 0 after z-scoring)")
+        train_idx, test_idx = tabular_split(y, args.seed, args.tabular_split)
+        x_train, x_test, y_test, index = X[train_idx], X[test_idx], y[test_idx], test_idx
+    elif name == "mnist-c":
         names = MNIST_C_CORRUPTIONS if args.corruption == "all" else args.corruption.split(",")
         x_train, x_test, y_test, _ = load_mnist_c(list(names), args.data_root)
-        return x_train, (x_test, y_test)
-    x_tr, y_tr, x_te, y_te = load_images(args.dataset, args.data_root)
-    split = one_class_split(x_tr, y_tr, x_te, y_te, args.normal_classes)
-    return split["train"], split["test"]
+    elif name in PAPER:
+        x_tr, y_tr, x_te, y_te = load_images(name, args.data_root)
+        split = one_class_split(x_tr, y_tr, x_te, y_te, args.normal_classes)
+        x_train, (x_test, y_test) = split["train"], split["test"]
+    elif name.endswith(".npz"):
+        d = load_npz(name)
+        x_train, (x_test, y_test) = d["train"], d["test"]
+        shape = "x".join(map(str, x_train.shape[1:]))
+        if x_train.dim() == 2:
+            check_tabular(x_train, f"{name} x_train")
+            row, text = USER_ROWS["rows"], f"x_train: {len(x_train)} rows of {x_train.shape[1]} features"
+        else:                                              # images -> the input the ConvAE takes
+            c, side = x_train.shape[1], 28 if x_train.shape[1] == 1 else 32
+            x_train, x_test = fit_images(x_train, c, side), fit_images(x_test, c, side)
+            row, text = USER_ROWS["grey" if c == 1 else "RGB"], f"{len(x_train)} {shape} images -> {c}x{side}x{side}"
+        if d["val"] is not None:
+            log(f"{name}: x_val/y_val are not used (the 20% hold-out of Appendix E comes from x_train)")
+    else:
+        if os.path.isfile(name):
+            raise DataError(f"'{name}' is a file but neither .npz nor .csv. Give an .npz or .csv file, or a folder "
+                            "with train/good/ and test/<name>/ subfolders")
+        d = load_image_folder(name)
+        x_train, (x_test, y_test), text = d["train"], d["test"], d["source"]
+        row = USER_ROWS["grey" if x_train.shape[1] == 1 else "RGB"]
+    if x_train.dim() == 2 and args.features == "resnet18-pca":
+        raise DataError(f"--features resnet18-pca takes images, and {name} holds {x_train.shape[1]}-feature rows. "
+                        "Drop --features resnet18-pca (the AE takes rows)")
+    if int(y_test.min()) == int(y_test.max()):
+        raise DataError(f"{name}: every test sample is {'an anomaly' if int(y_test[0]) else 'normal'}, so no metric "
+                        "can be computed. Give a test set with both normal (0) and anomalous (1) samples")
+    index = torch.arange(len(x_test)) if index is None else index
+    return dict(train=x_train, test=(x_test, y_test), index=index, row=row, text=text)
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -704,7 +824,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
 
     def error(self, message):
-        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
+        print(f"error: {message}. Run `python {os.path.basename(__file__)} --help` for the accepted values.",
+              file=sys.stderr)
         sys.exit(2)
 
 
@@ -731,7 +852,8 @@ def number(kind=float, low=None, high=None, low_open=False):
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
         if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
-            rng = f"{'>' if low_open else '>='} {plain(low)}" if high is None else f"in [{plain(low)}, {plain(high)}]"
+            rng = (f"{'>' if low_open else '>='} {plain(low)}" if high is None else
+                   f"in {'(' if low_open else '['}{plain(low)}, {plain(high)}]")
             raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
         return value
     return parse
@@ -784,6 +906,85 @@ def write_result(result, json_path=None, log=print):
         os.replace(json_path + ".tmp", json_path)
 
 
+# Issue 24 additions to the command-line block: the same lines in all five scripts, pasted after write_result.
+# Needs also: import subprocess, time; and `import sklearn, torchvision` inside provenance().
+
+class Progress:
+    """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
+    (and at the end), so that no phase stays silent for long."""
+
+    def __init__(self, what, total, log=print, every=10.0):
+        self.what, self.total, self.log, self.every = what, total, log, every
+        self.t0 = self.last = time.time()
+
+    def __call__(self, done, extra=""):
+        now = time.time()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last, spent = now, now - self.t0
+        left = f", about {spent / done * (self.total - done):.0f}s left" if 0 < done < self.total else ""
+        self.log(f"{self.what} {done}/{self.total}{extra} {spent:.0f}s elapsed{left}")
+
+
+def check_scores(scores, where):
+    """A degenerate run is not a result: NaN/inf scores, or one value for every sample, stop the run (exit 3)."""
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        if not np.isfinite(s).all():
+            raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
+                                     f"values of {s.size}: the model diverged. Try a smaller --lr")
+        if s.size > 1 and s.min() == s.max():
+            raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
+                                     "every sample, so no metric means anything. Try another --lr or more --iters")
+
+
+def provenance(argv):
+    """What made this result: the command line, package versions, and the git commit of the script's folder."""
+    import sklearn
+    import torchvision
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = git.stdout.strip() if git.returncode == 0 else None
+        dirty = commit and subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                          capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"command": " ".join([os.path.basename(sys.argv[0]) or "python", *argv]), "git_commit": commit,
+            "git_dirty": dirty, "python": sys.version.split()[0],
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+                         "scikit-learn": sklearn.__version__}}
+
+
+def save_scores(path, scores, labels, index):
+    """--save-scores: every reported variant's test scores (higher = more anomalous; `scores` is the main one,
+    `scores_<variant>` the others), the labels (1 = anomaly) and the test samples' indices, written atomically."""
+    arrays = {("scores" if k == "main" else f"scores_{k}"): np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, labels=np.asarray(labels, dtype=np.int64), index=np.asarray(index, dtype=np.int64), **arrays)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, script, config, preprocess, state):
+    """--save-model: the weights, every resolved hyperparameter and the preprocessing constants, atomically."""
+    torch.save({"script": script, "config": config, "preprocess": preprocess, "state": state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, script):
+    """--load-model: a checkpoint this script wrote, or a DataError saying what it is instead."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                        f"Give a file written by `{script}.py --save-model`") from None
+    if not isinstance(ck, dict) or ck.get("script") != script:
+        who = ck.get("script") if isinstance(ck, dict) else None
+        raise DataError(f"'{path}' is {f'a checkpoint of {who}.py' if who else 'not a checkpoint of this project'}, "
+                        f"not of {script}.py. Load it with the script that wrote it")
+    return ck
+
+
 def corruption_list(text):
     """argparse type: 'all' or a comma list of distinct MNIST-C corruptions."""
     names = MNIST_C_CORRUPTIONS if text == "all" else text.split(",")
@@ -793,22 +994,37 @@ def corruption_list(text):
     return text
 
 
+def dataset_name(text):
+    """argparse type: a built-in dataset's name, or your own .npz / .csv file or image folder."""
+    if text in PAPER or is_user_dataset(text):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: '{text}' (choose from {', '.join(PAPER)}, or give an .npz or "
+                                     ".csv file or an image folder)")
+
+
+MODEL_FLAGS = ("features", "weights", "image_size", "latent", "lam", "nu", "k_init", "iters", "batch_size", "lr",
+               "save_model")   # what --load-model takes from the checkpoint instead
+
+
 def parse_args(argv=None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--dataset", default="mnist")
     dataset = pre.parse_known_args(argv)[0].dataset
     p = ArgumentParser(description="CANCE: autoencoder composite features + NCE (Liao & Brockmeier)",
                        formatter_class=HelpFormatter)
-    p.add_argument("--dataset", default="mnist", choices=list(PAPER),
+    p.add_argument("--dataset", type=dataset_name, default="mnist",
                    help="mnist, fashion-mnist, cifar10, mnist-c (Table 3), thyroid, arrhythmia, abalone (Table 6) "
-                        "(Sec. 4); cifar100, svhn, digits = offline install check (not in the paper)")
-    p.add_argument("--normal", default="0",
-                   help="normal class or comma list, e.g. 0,1 for Table 8, nine classes for Table 5; tabular sets "
-                        "and mnist-c: 0 (Sec. 4)")
+                        "(Sec. 4); cifar100, svhn, digits = offline install check; or your own data: FILE.npz "
+                        "(x_train normal, x_test, y_test; (N, D) rows or images), FILE.csv (rows, a label column) or "
+                        "a FOLDER (train/good/, test/good/, test/<anomaly>/ images). Rows take thyroid's values, "
+                        "grey images MNIST's as 1x28x28, RGB images CIFAR-10's as 3x32x32 (not in the paper)")
+    p.add_argument("--normal",
+                   help="normal class or comma list, e.g. 0,1 for Table 8, nine classes for Table 5; default 0 for "
+                        "the built-in sets, fixed at 0 for tabular sets and mnist-c (Sec. 4); not for your own data")
     p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
                    help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
     p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
-                   help="random seed; CPU runs repeat exactly (Sec. 4: five runs)")
+                   help="random seed; CPU runs repeat exactly; with --load-model the checkpoint's (Sec. 4: five runs)")
     p.add_argument("--device", type=device_type, default="auto",
                    help="auto (cuda if available), cpu, cuda or cuda:N (not in the paper)")
     p.add_argument("--iters", type=number(int, 1),
@@ -819,7 +1035,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=number(float, 0, low_open=True), default=1e-3,
                    help="learning rate of Adam (AE) and AdamW (theta, psi; Sec. 3.4) (not in the paper: chosen)")
     p.add_argument("--json", type=output_path,
-                   help="also write the RESULT keys to this JSON file (not in the paper: for benchmarks/run.py)")
+                   help="also write the RESULT keys, the resolved hyperparameters and the provenance to this JSON "
+                        "file (not in the paper: for benchmarks/run.py)")
     p.add_argument("--latent", type=number(int, 1),
                    help="latent size d: MNIST, F-MNIST 6, CIFAR-10 64 (Appendix G, I), MNIST-C 10 (Sec. 4); not in "
                         "the paper (chosen): thyroid, abalone 3, arrhythmia 8, cifar100, svhn 64")
@@ -837,80 +1054,162 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=number(int, 32), default=224,
                    help="resnet18-pca: side the images are resized to (ImageNet's; smaller is not the paper's)")
     p.add_argument("--tabular-split", default="goad", choices=["goad", "drocc"],
-                   help="Table 6's preparation: goad = half the normal rows train, the rest + every anomaly test; "
-                        "drocc = every anomaly + as many normal rows test (not in the paper: Sec. 4 cites both; goad "
-                        "fits Table 6, see the docstring)")
+                   help="Table 6's preparation of a tabular set or .csv file: goad = half the normal rows train, the "
+                        "rest + every anomaly test; drocc = every anomaly + as many normal rows test (not in the "
+                        "paper: Sec. 4 cites both; goad fits Table 6, see the docstring)")
     p.add_argument("--corruption", type=corruption_list, default="all",
                    help="mnist-c: 'all' (pooled) or a comma list of the corruptions that are the anomalies (not "
                         "in the paper: Sec. 4 does not say)")
-    p.set_defaults(**PAPER.get(dataset, PAPER["mnist"]))
+    p.add_argument("--label-column", default="label", help="a .csv --dataset's label column (not in the paper)")
+    p.add_argument("--normal-label", default="0",
+                   help="the label of a .csv --dataset's normal rows; any other label is an anomaly (not in the paper)")
+    p.add_argument("--save-scores", type=output_path,
+                   help="write the test scores to this .npz: scores (CANCE), scores_error, scores_latnce, scores_cnce "
+                        "(higher = more anomalous), labels (1 = anomaly), index (each test sample's index in its "
+                        "source) (not in the paper)")
+    p.add_argument("--save-model", type=output_path,
+                   help="write the fitted model to this file: the AE (or ResNet-18 + PCA), the z-scoring of rows, each "
+                        "variant's T_theta, feature moments and K, every hyperparameter (not in the paper)")
+    p.add_argument("--load-model",
+                   help="score with a model written by --save-model instead of training it; the model's flags come "
+                        "from the checkpoint, --seed and --tabular-split too unless given (not in the paper)")
+    row = dataset if dataset in PAPER else USER_ROWS["rows"] if dataset.endswith(".csv") else None
+    p.set_defaults(**(PAPER[row] if row else {}))       # an .npz or folder: its kind decides, once it is read
     args = p.parse_args(argv)
-    tabular = args.dataset in TABULAR_DATASETS
+    unset = object()                          # parsed again into a namespace of `unset`: the flags typed remain
+    typed = vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset))))
+    args.given = {k for k, v in typed.items() if v is not unset}
+    tabular, csv = args.dataset in TABULAR_DATASETS, args.dataset.endswith(".csv")
     if args.features == "resnet18-pca" and tabular:
         p.error("--features resnet18-pca is for image datasets; drop it, or pick an image --dataset")
-    if tabular or args.dataset == "mnist-c":
-        if args.normal != "0":
+    if {"label_column", "normal_label"} & args.given and not csv:
+        p.error(f"--label-column and --normal-label are for a .csv --dataset, not '{args.dataset}'; drop them")
+    if "tabular_split" in args.given and not (tabular or csv):
+        p.error(f"--tabular-split splits a tabular set or a .csv file; '{args.dataset}' is split already. Drop it")
+    if args.load_model and args.given & set(MODEL_FLAGS):
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(args.given & set(MODEL_FLAGS)))
+        p.error(f"{flags} cannot apply with --load-model: the checkpoint fixes the model. Drop them, or train anew")
+    if args.dataset not in PAPER:
+        if args.normal is not None:
+            how = "; the normal rows' label is --normal-label" if csv else ""
+            p.error(f"--normal does not apply to your own data ('{args.dataset}'): its labels say which samples are "
+                    f"anomalies (1){how}. Leave --normal out")
+        args.normal_classes = None
+    elif tabular or args.dataset == "mnist-c":
+        if args.normal not in (None, "0"):
             what = "label 0 is normal" if tabular else "every MNIST class is normal, MNIST-C's corruptions are not"
             p.error(f"--normal is fixed for {args.dataset} ({what}); got '{args.normal}'. Leave --normal out")
         args.normal_classes = [0]
     else:
         try:
-            args.normal_classes = parse_normal(args.normal, IMAGE_DATASETS[args.dataset][0])
+            normal = "0" if args.normal is None else args.normal
+            args.normal_classes = parse_normal(normal, IMAGE_DATASETS[args.dataset][0])
         except DataError as e:
             p.error(str(e))
     return args
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     log = lambda line: print(line, flush=True)
     try:
         t_start = time.time()
-        x_normal, (x_test, y_test) = prepare(args, log)
-        log(f"cance: dataset={args.dataset} normal={','.join(map(str, args.normal_classes))} "
-            f"test={len(x_test)} (anomalies {int(y_test.sum())})")
-        cap = lambda n: min(n, args.iters or n)
-        iters = dict(ae_iters=cap(args.ae_iters), decoder_iters=cap(args.decoder_iters), nce_iters=cap(args.nce_iters))
-        model = fit(x_normal, variants=VARIANTS, features=args.features, latent=args.latent, lam=args.lam, **iters,
-                    lr=args.lr, batch_size=args.batch_size, nu=args.nu, k_init=args.k_init, seed=args.seed,
-                    weights=args.weights, image_size=args.image_size, device=args.device, log=log)
+        ck = load_checkpoint(args.load_model, "cance") if args.load_model else None
+        if ck is not None:                    # the split beside which the checkpoint was trained, unless given
+            trained = ck["config"].get("data", {})
+            for k in ("seed", "tabular_split"):
+                if k not in args.given and k in trained:
+                    setattr(args, k, trained[k])
+        data = prepare(args, log)
+        x_normal, (x_test, y_test) = data["train"], data["test"]
+        for k, v in PAPER[data["row"]].items():               # your own data: the matching built-in row's values
+            setattr(args, k, v if getattr(args, k, None) is None else getattr(args, k))
+        name = os.path.basename(os.path.normpath(args.dataset))
+        normal = "-" if args.normal_classes is None else ",".join(map(str, args.normal_classes))
+        mine = "" if data["row"] == args.dataset else f"; read {data['text']}" + (
+            "" if ck else f"; hyperparameters of {data['row']}")          # your own data: what it was and became
+        log(f"cance: dataset={name} normal={normal} test={len(x_test)} (anomalies {int(y_test.sum())}){mine}")
+        if ck is None:
+            cap = lambda n: min(n, args.iters or n)
+            iters = dict(ae_iters=cap(args.ae_iters), decoder_iters=cap(args.decoder_iters),
+                         nce_iters=cap(args.nce_iters))
+            model = fit(x_normal, variants=VARIANTS, features=args.features, latent=args.latent, lam=args.lam,
+                        **iters, lr=args.lr, batch_size=args.batch_size, nu=args.nu, k_init=args.k_init,
+                        seed=args.seed, weights=args.weights, image_size=args.image_size, device=args.device, log=log)
+        else:
+            model = model_from_checkpoint(ck, args.device)
+            c = model.config
+            if tuple(model.input_shape) != tuple(x_test.shape[1:]):
+                raise DataError(f"'{args.load_model}' holds a model of inputs {tuple(model.input_shape)}, but "
+                                f"{name} gives {tuple(x_test.shape[1:])}. Score data of the kind it was trained on")
+            if set(model.heads) != set(VARIANTS):
+                raise DataError(f"'{args.load_model}' holds the variants {', '.join(model.heads)}; the command line "
+                                f"reports all of {', '.join(VARIANTS)}. Save a model fitted with variants=VARIANTS")
+            t = c.get("data", {})
+            log(f"--load-model {args.load_model}: trained on dataset={t.get('dataset', '?')} normal="
+                f"{t.get('normal', '?')} seed={c['seed']}; features={c['features']} latent={c['latent']} (no "
+                f"training; seed {args.seed})")
+        log(f"scoring: one pass of the {'AE' if model.ae is not None else 'ResNet-18 + PCA'} over the {len(x_test)} "
+            "test samples; the four scores share its features")
         ts = time.time()
-        z_test = model.features(x_test)
+        z_test = model.features(x_test, log)
         scores = {v: score_features(model, z_test, v) for v in ("cance", "error", "latnce", "cnce")}   # Table 1
         score_time = time.time() - ts
-        for name, s in scores.items():
-            if not np.all(np.isfinite(s)):
-                raise FloatingPointError(f"the {name} anomaly scores contain NaN/inf")
+        check_scores(scores, "the test set")
         k_final = model.heads["cance"][1].K().detach().cpu()
         log("ablation (Table 1): error = z_e alone; latnce = NCE on z_l; cnce = NCE on (z_l, z_e, z_c), both against "
             "N(mu, Sigma); cance = cnce + Eq. (8) + learned K (Eq. 10); each adds ln(nu p_n) of its own noise")
         log("K (cance) = " + " ".join(f"{k:.3f}" for k in k_final.tolist()))
         labels, suffix = y_test.cpu().numpy(), {"cance": "", "error": "_error", "latnce": "_latnce", "cnce": "_cnce"}
-        result = {"method": "cance", "dataset": args.dataset, "normal": ",".join(map(str, args.normal_classes)),
-                  "seed": args.seed}
-        if args.dataset in TABULAR_DATASETS:
+        split = args.dataset in TABULAR_DATASETS or args.dataset.endswith(".csv")
+        c = model.config
+        result = {"method": "cance", "dataset": name, "normal": normal, "seed": args.seed}
+        if x_test.dim() == 2:                   # rows: Table 6's F1 (the top r = test anomaly ratio flagged)
             result.update({f"f1{k}": round(float(f1_at_ratio(scores[v], labels)), 4) for v, k in suffix.items()})
-            result["tabular_split"] = args.tabular_split
-            if args.tabular_split == "drocc":      # DROCC's released metric is defined for its balanced split
+            if split:
+                result["tabular_split"] = args.tabular_split
+            if split and args.tabular_split == "drocc":   # DROCC's released metric is defined for its balanced split
                 result["f1_drocc_rule"] = round(float(f1_drocc_rule(scores["cance"], labels)), 4)
         result.update({f"auroc{k}": round(float(roc_auc_score(labels, scores[v])), 4) for v, k in suffix.items()})
         # error_reduce, trunc_loc and nce_select record readings that were once options (older runs carry them)
-        result.update({"features": args.features, "latent": args.latent, "lam": args.lam, "error_reduce": "sum",
-                       "k_init": round(args.k_init, 4), "trunc_loc": "mode", "nce_select": "val",
+        result.update({"features": c["features"], "latent": c["latent"], "lam": c["lam"], "error_reduce": "sum",
+                       "k_init": round(c["k_init"], 4), "trunc_loc": "mode", "nce_select": "val",
                        "k_mean": round(float(k_final.mean()), 4),
                        "nce_steps": "/".join(str(model.steps[v]) for v in VARIANTS),
-                       "iters": "/".join(str(n) for n in iters.values()), "batch_size": model.batch_size,
-                       "device": model.device.type, "nce_seconds": round(model.stats["nce_seconds"], 1),
+                       "iters": f"{c['ae_iters']}/{c['decoder_iters']}/{c['nce_iters']}",
+                       "batch_size": model.batch_size,
+                       "device": model.device.type, "nce_seconds": round(model.stats.get("nce_seconds", 0.0), 1),
                        "seconds": round(time.time() - t_start, 1),
-                       "train_samples_per_s": round(model.stats["train_samples_per_s"], 1),
+                       "train_samples_per_s": round(model.stats.get("train_samples_per_s", 0.0), 1),
                        "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
         if args.dataset == "mnist-c":
             result["corruption"] = args.corruption
-        write_result(result, args.json, log)
+        run = {"dataset": args.dataset, "normal": normal, "seed": args.seed, "hyperparameters_of": data["row"],
+               "device": str(model.device), **({"tabular_split": args.tabular_split} if split else {}),
+               **({"label_column": args.label_column, "normal_label": args.normal_label}
+                  if args.dataset.endswith(".csv") else {}),
+               **({"corruption": args.corruption} if args.dataset == "mnist-c" else {}),
+               **({"load_model": args.load_model} if ck is not None else {})}
+        config = dict(c, steps=model.steps, **run)
+        if args.save_scores:
+            variants = {"main": scores["cance"], "error": scores["error"], "latnce": scores["latnce"],
+                        "cnce": scores["cnce"]}
+            save_scores(args.save_scores, variants, labels, data["index"])
+        if args.save_model:
+            save(model, args.save_model, run)
+        write_result(result, None, log)
+        if args.json:                         # the RESULT keys, and what made them (not on the RESULT line)
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(dict(result, config=config, provenance=provenance(argv)), f, indent=1)
+            os.replace(args.json + ".tmp", args.json)
         return result
-    except (DataError, FloatingPointError) as e:
+    except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         print("\ninterrupted: no result was written", file=sys.stderr)
         sys.exit(130)

@@ -201,16 +201,15 @@ def test_f1_flags_the_test_anomaly_proportion_of_scores():
 
 def test_tabular_split_is_half_the_normal_rows_for_training(tiny_root):
     X, y = cance.load_tabular("thyroid", tiny_root)          # generated: 600 rows, 30 anomalies
-    x_train, (x_test, y_test) = cance.tabular_split(X, y, seed=0)
-    assert len(x_train) == 285 and len(x_test) == 315 and int(y_test.sum()) == 30
-    assert x_train.mean(0).abs().max() < 1e-5                 # z-scored with the training rows
+    train_idx, test_idx = cance.tabular_split(y, seed=0)
+    assert len(train_idx) == 285 and len(test_idx) == 315 and int(y[test_idx].sum()) == 30
+    assert int(y[train_idx].sum()) == 0 and len(set(train_idx.tolist()) | set(test_idx.tolist())) == 600
 
 
 def test_drocc_split_tests_every_anomaly_against_as_many_normal_rows(tiny_root):
     X, y = cance.load_tabular("thyroid", tiny_root)          # generated: 600 rows, 30 anomalies
-    x_train, (x_test, y_test) = cance.tabular_split(X, y, seed=0, protocol="drocc")
-    assert len(x_test) == 60 and int(y_test.sum()) == 30 and len(x_train) == 540   # process_odds.py's sizes
-    assert x_train.mean(0).abs().max() < 1e-5
+    train_idx, test_idx = cance.tabular_split(y, seed=0, protocol="drocc")
+    assert len(test_idx) == 60 and int(y[test_idx].sum()) == 30 and len(train_idx) == 540   # process_odds.py's sizes
 
 
 def test_f1_drocc_rule_is_the_normal_class_f1_at_80_percent_predicted_normal():
@@ -292,11 +291,13 @@ import numpy as np
 import cance                     # copy cance.py and common.py next to your code
 
 rng = np.random.default_rng(0)
-x_normal = rng.normal(size=(600, 20)).astype(np.float32)          # normal rows, z-scored (or images in [0, 1])
-x_new = np.concatenate([rng.normal(size=(50, 20)), rng.normal(2.0, 1.0, size=(50, 20))]).astype(np.float32)
+x_normal = rng.normal(5.0, 3.0, size=(600, 20)).astype(np.float32)  # rows (fit z-scores them), or images in [0, 1]
+x_new = np.concatenate([rng.normal(5.0, 3.0, size=(50, 20)), rng.normal(11.0, 3.0, size=(50, 20))]).astype(np.float32)
 model = cance.fit(x_normal, latent=3, ae_iters=100, decoder_iters=50, nce_iters=100, device="cpu")
 scores = cance.score(model, x_new)                                 # numpy, higher = more anomalous
 print("mean score of normal / shifted rows:", scores[:50].mean(), scores[50:].mean())
+cance.save(model, "cance_model.pt")                                # weights, moments, K, z-scoring, hyperparameters
+same = cance.score(cance.load("cance_model.pt"), x_new)            # tomorrow: score new rows, no training
 """
 
 API_CHECKS = """
@@ -310,6 +311,7 @@ def check(s, n):
 
 check(scores, 100)
 assert scores[50:].mean() > scores[:50].mean()
+assert np.array_equal(same, scores)                                       # the saved model scores identically
 for shape in ((1, 28, 28), (3, 32, 32)):
     x = rng.random((48, *shape), dtype=np.float32)
     m = cance.fit(x_normal=x, variants=("latnce", "cnce", "cance"), latent=4, lam=0.3, ae_iters=2, decoder_iters=2,
@@ -353,7 +355,8 @@ def test_command_line_and_api_give_the_same_scores_for_the_same_seed(tiny_root, 
     cli = dict(seen)
     if dataset == "thyroid":
         X, y = cance.load_tabular("thyroid", tiny_root)
-        x_normal, (x_test, _) = cance.tabular_split(X, y, seed=3)
+        train_idx, test_idx = cance.tabular_split(y, seed=3)
+        x_normal, x_test = X[train_idx], X[test_idx]                 # raw rows: fit() z-scores them
         kw = dict(cance.PAPER["thyroid"])
     else:
         x_tr, y_tr, x_te, y_te = cance.load_images("mnist", tiny_root)
@@ -610,6 +613,16 @@ EVERY_CLASS = ",".join(map(str, range(10)))
     (["--dataset", "thyroid", "--features", "resnet18-pca"], "image datasets"),
     (["--dataset", "mnist-c", "--corruption", "nope"], "'nope' is not 'all'"),
     (["--dataset", "mnist-c", "--normal", "3"], "fixed for mnist-c"),
+    (["--dataset", "my.csv", "--normal", "1"], "--normal does not apply to your own data ('my.csv')"),
+    (["--dataset", "./folder", "--normal", "0"], "--normal does not apply to your own data"),
+    (["--dataset", "mnist", "--label-column", "y"], "are for a .csv --dataset"),
+    (["--dataset", "x.npz", "--normal-label", "1"], "are for a .csv --dataset"),
+    (["--dataset", "x.npz", "--tabular-split", "drocc"], "--tabular-split splits a tabular set"),
+    (["--dataset", "mnist", "--tabular-split", "goad"], "--tabular-split splits a tabular set"),
+    (["--load-model", "m.pt", "--latent", "4", "--lr", "1"], "--latent, --lr cannot apply with --load-model"),
+    (["--load-model", "m.pt", "--save-model", "n.pt"], "--save-model cannot apply with --load-model"),
+    (["--dataset", "mnist", "--save-scores", "/no/such/dir/s.npz"], "does not exist"),
+    (["--dataset", "mnist", "--save-model", "/no/such/dir/m.pt"], "does not exist"),
 ])
 def test_bad_input_is_a_clear_error_before_any_data_is_read(tmp_path, capsys, args, message):
     """Every check runs inside parse_args, before the data: the data root here is EMPTY, so a check that ran after
@@ -659,8 +672,9 @@ def test_tabular_constant_column_is_reported_and_kept_finite(tmp_path, capsys):
     X[:10, 3] = 0.0                                     # the anomalies' column 3 is constant-free; train rows vary
     r = cance.main(["--dataset", "thyroid", "--data-root", tabular_root(tmp_path, X), "--iters", "2"])
     assert "1 of 6 columns are constant" in capsys.readouterr().out and 0 <= r["f1"] <= 1
-    x_train, (x_test, _) = cance.tabular_split(torch.tensor(X, dtype=torch.float32), torch.tensor([1] * 10 + [0] * 190), 0)
-    assert (x_train[:, 2] == 0).all() and (x_test[:, 2] == 0).all()
+    model = cance.fit(X[10:], latent=2, ae_iters=1, decoder_iters=1, nce_iters=1, batch_size=8, device="cpu", log=QUIET)
+    assert model.x_std[2] == 1 and model.x_mean[2] == 5                # fit() z-scores with the training rows
+    assert model.features(X).isfinite().all()
 
 
 def test_ctrl_c_exits_130_and_writes_no_result(tiny_root, tmp_path, monkeypatch, capsys):
@@ -689,10 +703,10 @@ def test_missing_data_offline_exits_with_one_paragraph(tmp_path, capsys):
     assert e.value.code == 2 and err.startswith("error: ") and "--data-root" in err and "MNIST/raw" in err
 
 
-def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys):
+def test_divergence_stops_with_a_message_saying_where_and_exit_3(tiny_root, capsys):
     with pytest.raises(SystemExit) as e:
         cance.main(["--dataset", "thyroid", "--data-root", tiny_root, "--iters", "50", "--lr", "1e30"])
-    assert e.value.code == 2
+    assert e.value.code == 3
     err = capsys.readouterr().err
     assert "diverged" in err and "iteration" in err
 
@@ -723,3 +737,291 @@ def test_learning_cnce_beats_reconstruction_error_on_unusual_latents():
     auroc_cnce = roc_auc_score(labels, cance.anomaly_score(T, noise, z_test, nu=8))
     auroc_error = roc_auc_score(labels, z_test[:, 3].numpy())
     assert auroc_error < 0.65 and auroc_cnce > 0.95
+
+
+# ------------------------------------------------------------------------------------------ your own data (issue 24)
+
+def write_csv(path, X, y, label="label"):
+    """Rows as exact float32 text (numpy's shortest round-trip form) and a label column."""
+    with open(path, "w") as f:
+        f.write(",".join([f"f{j}" for j in range(X.shape[1])] + [label]) + "\n")
+        for row, lab in zip(np.asarray(X, dtype=np.float32), np.asarray(y).tolist()):
+            f.write(",".join(str(v) for v in row) + f",{lab}\n")
+    return str(path)
+
+
+def blob_images(n, side, channels, anomalous, seed):
+    """uint8 (n, side, side, channels): normal images hold a bright square top left, anomalies bottom right."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 40, size=(n, side, side, channels))
+    q = side // 4
+    if anomalous:
+        x[:, -2 * q:-q, -2 * q:-q] += 200
+    else:
+        x[:, q:2 * q, q:2 * q] += 200
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def write_folder(root, side=28, channels=1, n=(40, 10, 10)):
+    from PIL import Image
+    for sub, count, anomalous, seed in (("train/good", n[0], False, 0), ("test/good", n[1], False, 1),
+                                        ("test/crack", n[2], True, 2)):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        for i, a in enumerate(blob_images(count, side, channels, anomalous, seed)):
+            Image.fromarray(a[..., 0] if channels == 1 else a).save(os.path.join(root, sub, f"{i:03d}.png"))
+    return str(root)
+
+
+def rows_npz(path, n_train=120, d=20, **extra):
+    rng = np.random.default_rng(0)
+    x_test = np.concatenate([rng.normal(size=(30, d)), rng.normal(4.0, 1.0, size=(10, d))])
+    arrays = dict(x_train=rng.normal(size=(n_train, d)), x_test=x_test, y_test=np.r_[np.zeros(30), np.ones(10)])
+    np.savez(path, **dict(arrays, **extra))
+    return str(path)
+
+
+def result_line(out):
+    return dict(kv.split("=", 1) for kv in out.strip().splitlines()[-1].split()[1:])
+
+
+def test_csv_gives_the_builtin_sets_result_and_a_score_file_that_recomputes_it(tiny_root, tmp_path, capsys):
+    """Thyroid written as CSV (exact float32 text, a label column): the same split, the same hyperparameters
+    (Thyroid's row), the same F1 and AUROC; the score file holds the four variants, the labels and each test row's
+    index in the file; the JSON adds the config and provenance, the RESULT line does not."""
+    X, y = cance.load_tabular("thyroid", tiny_root)
+    path = write_csv(tmp_path / "thyroid.csv", X.numpy(), y.numpy())
+    argv = ["--iters", "2", "--seed", "1"]
+    builtin = cance.main(["--dataset", "thyroid", "--data-root", tiny_root] + argv)
+    capsys.readouterr()
+    scores, out = tmp_path / "s.npz", tmp_path / "r.json"
+    mine = cance.main(["--dataset", path, "--save-scores", str(scores), "--json", str(out)] + argv)
+    stdout = capsys.readouterr().out
+    assert "read 600 rows of 6 features (30 anomalies); hyperparameters of thyroid" in stdout
+    assert mine["dataset"] == "thyroid.csv" and mine["normal"] == "-" and mine["latent"] == 3
+    for key in ("f1", "f1_error", "f1_latnce", "f1_cnce", "auroc", "auroc_error", "auroc_latnce", "auroc_cnce"):
+        assert mine[key] == builtin[key], key
+    f = np.load(scores)
+    assert sorted(f.files) == ["index", "labels", "scores", "scores_cnce", "scores_error", "scores_latnce"]
+    assert np.array_equal(f["index"], cance.tabular_split(y, 1)[1].numpy())
+    assert np.array_equal(f["labels"], y.numpy()[f["index"]])
+    assert round(cance.f1_at_ratio(f["scores"], f["labels"]), 4) == mine["f1"]
+    for variant, key in (("scores", "auroc"), ("scores_error", "auroc_error"), ("scores_cnce", "auroc_cnce")):
+        assert round(roc_auc_score(f["labels"], f[variant]), 4) == mine[key]
+    js = read_json(out)
+    assert js["config"]["hyperparameters_of"] == "thyroid" and js["config"]["label_column"] == "label"
+    assert js["config"]["lr"] == 1e-3 and js["config"]["input_shape"] == [6] and js["config"]["nce_iters"] == 2
+    assert set(js["provenance"]) >= {"command", "git_commit", "git_dirty", "versions"}
+    assert "--save-scores" in js["provenance"]["command"] and "torch" in js["provenance"]["versions"]
+    assert "config" not in stdout.strip().splitlines()[-1] and "provenance" not in stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("kind", ["rows", "grey", "rgb"])
+def test_npz_rows_and_images_run_end_to_end(tmp_path, capsys, kind):
+    """An .npz of (N, D) rows takes Thyroid's values and reports F1; grey images become 1x28x28 with MNIST's values,
+    RGB images (here (N, H, W, C) 40x40) 3x32x32 with CIFAR-10's; the header says what was read and what it became."""
+    if kind == "rows":
+        path = rows_npz(tmp_path / "d.npz")
+    else:
+        side, c = (28, 1) if kind == "grey" else (40, 3)
+        x = lambda n, anomalous, seed: blob_images(n, side, c, anomalous, seed)[..., 0] if c == 1 else \
+            blob_images(n, side, c, anomalous, seed)
+        path = str(tmp_path / "d.npz")
+        np.savez(path, x_train=x(60, False, 0), x_test=np.concatenate([x(10, False, 1), x(10, True, 2)]),
+                 y_test=[0] * 10 + [1] * 10)
+    r = cance.main(["--dataset", path, "--iters", "2", "--batch-size", "16"])
+    out = capsys.readouterr().out
+    assert r["dataset"] == "d.npz" and r["normal"] == "-" and 0 <= r["auroc"] <= 1
+    expected = {"rows": ("x_train: 120 rows of 20 features; hyperparameters of thyroid", 3),
+                "grey": ("60 1x28x28 images -> 1x28x28; hyperparameters of mnist", 6),
+                "rgb": ("60 3x40x40 images -> 3x32x32; hyperparameters of cifar10", 64)}[kind]
+    assert expected[0] in out and r["latent"] == expected[1]
+    assert ("f1" in r) == (kind == "rows") and "tabular_split" not in r
+
+
+def test_image_folder_runs_end_to_end(tmp_path, capsys):
+    scores = tmp_path / "s.npz"
+    r = cance.main(["--dataset", write_folder(tmp_path / "parts"), "--iters", "2", "--batch-size", "16",
+                    "--save-scores", str(scores)])
+    out = capsys.readouterr().out
+    assert "40 train/good, 10 test/good and 10 anomalous images (crack) of 28x28 grey, read as 1x28x28" in out
+    assert "scoring: one pass of the AE over the 20 test samples" in out
+    assert r["dataset"] == "parts" and r["normal"] == "-" and r["latent"] == 6
+    f = np.load(scores)
+    assert f["index"].tolist() == list(range(20)) and f["labels"].tolist() == [0] * 10 + [1] * 10
+    assert round(roc_auc_score(f["labels"], f["scores"]), 4) == r["auroc"]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def trap(*a, **k):
+        raise AssertionError("an optimiser step ran")
+    monkeypatch.setattr(torch.optim.Optimizer, "step", trap)
+    monkeypatch.setattr(torch.optim.Adam, "step", trap)
+    monkeypatch.setattr(torch.optim.AdamW, "step", trap)
+
+
+def resnet_weights(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["csv", "folder", "resnet18-pca"])
+def test_save_model_then_load_model_scores_identically_without_training(kind, tiny_root, tmp_path, capsys, request):
+    """Round trip: --load-model rebuilds every variant from the checkpoint (the AE or ResNet-18 + PCA, the rows'
+    z-scoring, each T_theta with its noise moments and K) and gives the saving run's scores exactly, with no
+    optimiser step; --seed and --tabular-split default to the checkpoint's."""
+    if kind == "csv":
+        X, y = cance.load_tabular("thyroid", tiny_root)
+        data = ["--dataset", write_csv(tmp_path / "t.csv", X.numpy() * 100 + 7, y.numpy())]
+        train = ["--seed", "2", "--tabular-split", "drocc"]
+    elif kind == "folder":
+        data, train = ["--dataset", write_folder(tmp_path / "f")], ["--batch-size", "16"]
+    else:
+        data = ["--dataset", "mnist", "--normal", "1", "--data-root", tiny_root]
+        train = ["--features", "resnet18-pca", "--weights", resnet_weights(tmp_path), "--image-size", "32"]
+    model, first, second = tmp_path / "m.pt", tmp_path / "a.npz", tmp_path / "b.npz"
+    saved = cance.main(data + train + ["--iters", "2", "--save-model", str(model), "--save-scores", str(first)])
+    capsys.readouterr()
+    request.getfixturevalue("no_training")                          # from here on, an optimiser step fails
+    loaded = cance.main(data + ["--load-model", str(model), "--save-scores", str(second)])
+    assert "(no training; seed" in capsys.readouterr().out
+    a, b = np.load(first), np.load(second)
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key
+    for key in ("auroc", "auroc_error", "auroc_latnce", "auroc_cnce", "k_mean", "latent", "nce_steps", "iters"):
+        assert loaded[key] == saved[key], key
+    if kind == "csv":
+        assert loaded["seed"] == 2 and loaded["tabular_split"] == "drocc"
+
+
+def test_load_model_refuses_another_scripts_checkpoint_another_input_shape_and_a_non_checkpoint(tiny_root, tmp_path,
+                                                                                               capsys, request):
+    model = cance.fit(np.random.default_rng(0).normal(size=(40, 6)), variants=cance.VARIANTS, latent=2, ae_iters=1,
+                      decoder_iters=1, nce_iters=1, batch_size=8, device="cpu", log=QUIET)
+    request.getfixturevalue("no_training")                          # from here on, an optimiser step fails
+    cance.save(model, str(tmp_path / "rows.pt"))
+    cance.save_checkpoint(str(tmp_path / "toll.pt"), "toll", {}, {}, {})
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    cases = [(["--dataset", "mnist", "--normal", "3", "--data-root", tiny_root, "--load-model",
+               str(tmp_path / "rows.pt")], "holds a model of inputs (6,), but mnist gives (1, 28, 28)"),
+             (["--dataset", "thyroid", "--data-root", tiny_root, "--load-model", str(tmp_path / "toll.pt")],
+              "is a checkpoint of toll.py, not of cance.py"),
+             (["--dataset", "thyroid", "--data-root", tiny_root, "--load-model", str(tmp_path / "junk.pt")],
+              "cannot read"),
+             (["--dataset", "thyroid", "--data-root", tiny_root, "--load-model", str(tmp_path / "none.pt")],
+              "cannot read")]
+    for argv, words in cases:
+        with pytest.raises(SystemExit) as e:
+            cance.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and words in err and "Traceback" not in err, err
+    assert np.array_equal(cance.score(cance.load(str(tmp_path / "rows.pt")), np.ones((3, 6))),
+                          cance.score(model, np.ones((3, 6))))
+
+
+def test_constant_scores_are_not_a_result_exit_3_and_nothing_written(tiny_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cance, "score_features", lambda model, z, variant="cance": np.full(len(z), 0.5))
+    outs = [tmp_path / "r.json", tmp_path / "s.npz", tmp_path / "m.pt"]
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--dataset", "thyroid", "--data-root", tiny_root, "--iters", "2", "--json", str(outs[0]),
+                    "--save-scores", str(outs[1]), "--save-model", str(outs[2])])
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and "every cance score of the test set is 0.5" in err and "Traceback" not in err
+    assert not any(os.path.exists(p) for p in outs) and os.listdir(tmp_path) == []
+
+
+def test_score_overflow_is_not_a_result_exit_3(tmp_path, capsys):
+    """A test row at 1e30 passes training (it is not in x_train) but its squared reconstruction error overflows
+    float32: the scores hold inf, which is an error (exit 3), not a traceback from scikit-learn."""
+    rng = np.random.default_rng(0)
+    x_test = rng.normal(size=(40, 20))
+    x_test[-1] = 1e30
+    path = rows_npz(tmp_path / "d.npz", x_test=x_test)
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--dataset", path, "--iters", "2", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and "NaN/inf values of 40" in err and "Traceback" not in err and not out.exists()
+
+
+def bad_files(tmp_path):
+    """(case, --dataset path, extra flags, words the error must hold) on generated files."""
+    t = lambda name: str(tmp_path / name)
+    rng = np.random.default_rng(0)
+    (tmp_path / "text.npz").write_text("not an npz")
+    np.savez(t("nokeys.npz"), x_train=rng.normal(size=(20, 4)), x_tst=rng.normal(size=(5, 4)))
+    rows_npz(t("lengths.npz"), y_test=np.zeros(39))
+    rows_npz(t("labels.npz"), y_test=np.r_[np.zeros(30), np.full(10, 2)])
+    x_nan = rng.normal(size=(120, 20))
+    x_nan[3, 4] = np.nan
+    rows_npz(t("nan.npz"), x_train=x_nan)
+    rows_npz(t("allnormal.npz"), y_test=np.zeros(40))
+    (tmp_path / "nolabel.csv").write_text("a,b,class\n1,2,0\n3,4,1\n")
+    (tmp_path / "text.csv").write_text("a,b,label\n1,x,0\n3,4,1\n")
+    write_folder(tmp_path / "notrain")
+    shutil.rmtree(tmp_path / "notrain" / "train")
+    write_folder(tmp_path / "nodefect")
+    shutil.rmtree(tmp_path / "nodefect" / "test" / "crack")
+    write_folder(tmp_path / "stray")
+    (tmp_path / "stray" / "test" / "crack" / "notes.txt").write_text("x")
+    (tmp_path / "plain.txt").write_text("x")
+    rows = write_csv(tmp_path / "rows.csv", rng.normal(size=(40, 5)), [0] * 30 + [1] * 10)
+    return [("missing-npz", t("none.npz"), [], "cannot read"), ("missing-csv", t("none.csv"), [], "cannot read"),
+            ("missing-folder", t("none") + os.sep, [], "does not exist"),
+            ("unreadable-npz", t("text.npz"), [], "cannot read"),
+            ("npz-keys", t("nokeys.npz"), [], "it holds x_train, x_tst"),
+            ("npz-lengths", t("lengths.npz"), [], "x_test has 40 samples but y_test has 39 labels"),
+            ("npz-labels", t("labels.npz"), [], "0 (normal) and 1 (anomaly) only"),
+            ("npz-nan", t("nan.npz"), [], "x_train holds NaN or inf"),
+            ("npz-one-class-test", t("allnormal.npz"), [], "every test sample is normal"),
+            ("csv-no-label", t("nolabel.csv"), [], "no column 'label' (columns: a, b, class)"),
+            ("csv-text-column", t("text.csv"), [], "column 'b' is not numeric"),
+            ("folder-no-train", t("notrain"), [], "no images in train/good"),
+            ("folder-no-anomalies", t("nodefect"), [], "no anomaly folder"),
+            ("folder-non-image", t("stray"), [], "notes.txt' is not an image"),
+            ("neither-kind", "." + os.sep + os.path.relpath(t("plain.txt")), [], "neither .npz nor .csv"),
+            ("rows-to-resnet", rows, ["--features", "resnet18-pca"], "resnet18-pca takes images")]
+
+
+def test_bad_files_are_one_error_naming_the_file_exit_2_before_training(tmp_path, capsys, no_training):
+    for case, path, flags, words in bad_files(tmp_path):
+        with pytest.raises(SystemExit) as e:
+            cance.main(["--dataset", path, "--iters", "2"] + flags)
+        out, err = capsys.readouterr()
+        lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert e.value.code == 2 and len(lines) == 1 and words in err and "Traceback" not in err, (case, err)
+        assert os.path.basename(path.rstrip(os.sep)) in err and "iter" not in out, (case, err)
+
+
+def test_long_phases_report_progress_with_the_time_left(monkeypatch):
+    """Training (each AE stage, each NCE model) and each feature pass report through Progress; with its 10 s
+    interval shrunk to 0, every step between the logged tenths prints 'i/n ... about Ns left'."""
+    real = cance.Progress
+    monkeypatch.setattr(cance, "Progress", lambda what, total, log: real(what, total, log, every=0))
+    lines = []
+    x = np.random.default_rng(0).normal(size=(60, 5))
+    model = cance.fit(x, variants=("cance",), latent=2, ae_iters=20, decoder_iters=20, nce_iters=20, batch_size=16,
+                      device="cpu", log=lines.append)
+    cance.score(model, x, log=lines.append)
+    for what in ("ae1 iter 1/20", "ae2 iter 1/20", "cance iter 1/20"):
+        assert any(line.startswith(what) and "s left" in line for line in lines), what
+    assert sum(line.startswith("AE features 60/60") for line in lines) == 1            # the scoring pass
+
+
+def test_the_same_images_from_a_folder_and_an_npz_score_identically(tmp_path):
+    """A one-channel image folder reads as (N, 1, H, W) with channels-last strides; fit() and score() lay every
+    input out row-major first, so the conv kernels (and their rounding) are those of the npz's arrays."""
+    from PIL import Image
+    folder = write_folder(tmp_path / "f")
+    read = lambda sub: np.stack([np.asarray(Image.open(os.path.join(folder, sub, f)))
+                                 for f in sorted(os.listdir(os.path.join(folder, sub)))])
+    np.savez(tmp_path / "f.npz", x_train=read("train/good"), x_test=np.concatenate([read("test/good"),
+                                                                                       read("test/crack")]),
+             y_test=[0] * 10 + [1] * 10)
+    for source, out in ((folder, "a.npz"), (str(tmp_path / "f.npz"), "b.npz")):
+        cance.main(["--dataset", source, "--iters", "3", "--batch-size", "16", "--save-scores", str(tmp_path / out)])
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key
