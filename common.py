@@ -385,7 +385,7 @@ def fit_images(x, channels, size):
         x = x.repeat(1, 3, 1, 1)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-    return x.contiguous()
+    return x.clone(memory_format=torch.contiguous_format)   # row-major strides (a view of C = 1 may have others)
 
 
 def _finite(x, path, key):
@@ -415,12 +415,11 @@ def _as_nchw(x, path, key):
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise DataError(f"{path}: {key} has shape {x.shape}; expected (N, D) features or images as (N, H, W), "
                         "(N, H, W, C) or (N, C, H, W) with C = 1 or 3. Reshape it")
-    if x.dtype == np.uint8:
-        return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
-    if x.min() < 0 or x.max() > 1:
+    if x.dtype != np.uint8 and (x.min() < 0 or x.max() > 1):
         raise DataError(f"{path}: {key} holds images with values in [{x.min():g}, {x.max():g}]; expected uint8 or "
                         "floats in [0, 1]. Rescale them")
-    return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    x = torch.tensor(x, dtype=torch.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
+    return x.clone(memory_format=torch.contiguous_format)          # row-major strides, also for C = 1
 
 
 def load_npz(path):

@@ -225,3 +225,14 @@ def test_fit_images_converts_channels_and_side():
     assert common.fit_images(torch.rand(2, 1, 28, 28), 3, 32).shape == (2, 3, 32, 32)
     same = torch.rand(2, 1, 28, 28)
     assert torch.equal(common.fit_images(same, 1, 28), same)
+
+
+def test_user_images_come_with_row_major_strides(tmp_path):
+    """Torch picks its convolution kernels by the strides: the same images from a folder and from an .npz must
+    have the same layout, or two runs on the same data round differently."""
+    import numpy as np
+    grey = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    for x in (common.load_npz(_npz(tmp_path, x_train=grey, x_test=grey, y_test=[0] * 5 + [1]))["train"],
+              common.fit_images(torch.rand(2, 28, 28, 1).permute(0, 3, 1, 2), 1, 28),
+              common.load_image_folder(_image_folder(tmp_path / "f"), channels=1)["train"]):
+        assert x.stride() == torch.empty(x.shape).stride()
