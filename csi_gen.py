@@ -12,7 +12,7 @@ CIFAR-10 and CIFAR-100 superclasses (not ImageNet-30), the Sec. 3.2 ablation (va
 full = + E), the scores M (Eq. 11) and M_ens (Sec. 2.3), and Figure 2's grid of inliers and outliers with
 their reconstructions G(E(x)), plus samples G(h) (--save-samples).
 
-Use: nets = build_models((1, 28, 28)); train(nets, x_normal); s = anomaly_scores(nets, x_normal, x_new)
+Use: build_models() -> train() -> normal_features() -> anomaly_scores(); save() and load() keep a trained model
     Sec. 2.1 shifts S, transformations T ...................... shift_batch(), random_hflip(), augment()
     Eq. (1)-(2) L_con-SI, NT-Xent over shifted instances ......... nt_xent()
     Eq. (3)-(4) L_cls-SI; L_CSI = L_con-SI + L_cls-SI ............ csi_loss()
@@ -20,7 +20,8 @@ Use: nets = build_models((1, 28, 28)); train(nets, x_normal); s = anomaly_scores
     Eq. (7) L_D; Eq. (8) L_REC ................................... loss_d(), loss_d_fool(); loss_rec()
     Eq. (9) L_LD; Eq. (10) L_LREC ................................ loss_ld(), loss_ld_fool(); loss_lrec()
     Alg. 1 (lines counted from "Initialize" = 1) ................. build_models(), train(), generative_step()
-    Eq. (11) M; M_ens (Sec. 2.3) ................................. score_m(), shifted_features(), anomaly_scores()
+    Eq. (11) M; M_ens (Sec. 2.3) ......... score_m(), shifted_features(), normal_features(), anomaly_scores()
+    Sec. 3 one-class protocol; your own images ................... prepare()
 
 Deviations: the paper is silent (S), the code follows CSI's released code alinlab/CSI (C), or adds (A)
   - (C) Schedule: 1000 epochs of the normal set at batch 32 (--iters, --batch-size; the paper names none and
@@ -29,7 +30,8 @@ Deviations: the paper is silent (S), the code follows CSI's released code alinla
     random resized crop (0.08, 1); no blur (--blur-p 0; Sec. 2.1 lists blur after SimCLR). Jitter steps in a
     fixed order (CSI: random); crops clamped to the image. NT-Xent tau 0.5 (--temperature), 128-d projection.
   - (C) M_ens: R draws of T (--ensemble 10) with the crop area fixed (--test-crop-scale 0.54); the R features
-    of an image and shift are averaged, then Eq. (11). Both scores use the projection head's output.
+    of an image and shift are averaged, then Eq. (11). Both scores use the projection head's output. (A) The
+    draws come from --seed on their own: one model, the same images and seed give the same M_ens.
   - (S) Eq. (11)'s arg max: x~ maximises sum_S m(S x_test, S x') (the printed arg max drops S), so M is one max.
   - (S) F's passes for L_CSI-S and L_REC run frozen in eval mode: only F's own steps (L_CSI, L_JOINT) move
     its BN statistics. D and D' minimise the cross-entropies of "real" = 1 (Alg. 1's arg min of L_D, Eq. 7,
@@ -43,15 +45,18 @@ Deviations: the paper is silent (S), the code follows CSI's released code alinla
     (adversarial autoencoders); h ~ N(0, I) 128-d (--width, --gan-width, --proj-dim, --latent-dim, --ld-width).
   - (A) Images in [0, 1]; 28x28 gray images are repeated to 3 channels and zero-padded to 32x32. On a CPU, F
     runs in channels_last memory format (speed; it changes float rounding, so it stays on to repeat runs).
-  - (A) --dataset digits (offline install check): widths 8 and --ensemble 2 unless given.
+  - (A) --dataset digits (offline install check): widths 8 and --ensemble 2 unless given. --dataset PATH: your
+    own images (.npz, MVTec-style folder) with the paper's values; 1x28x28 grey stays, others become 3x32x32.
 
 Run:  python csi_gen.py --dataset cifar10 --normal 0 --variant full
+      python csi_gen.py --dataset ./my_images --save-scores s.npz --save-model csi.pt    # your own images
 """
 import argparse
 import json
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,12 +67,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import DataError, IMAGE_DATASETS, ResNet18, load_images, one_class_split, parse_normal
+from common import (DataError, IMAGE_DATASETS, ResNet18, fit_images, is_user_dataset, load_image_folder,
+                    load_images, load_npz, one_class_split, parse_normal)
 
 SHIFTS = 4                  # rotations by 0, 90, 180, 270 degrees (Sec. 3)
 ADAM_BETAS = (0.9, 0.999)   # Sec. 3; lr 2e-4 is train()'s default
 EPOCHS = 1000               # CSI's released --epochs (the paper gives no schedule; Sec. 3 follows [32])
 INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))
+ARCH = ("input_shape", "variant", "width", "proj_dim", "gan_width", "latent_dim", "ld_width")   # build_models
 DIGITS = dict(width=8, gan_width=8, ensemble=2)   # --dataset digits, an offline install check (not in the paper)
 
 
@@ -181,6 +188,8 @@ def build_models(input_shape, variant="full", width=64, proj_dim=128, gan_width=
     if device.type == "cpu":   # speed: F dominates the cost; G, E, D stay in the default format
         nets["F"].to(memory_format=torch.channels_last)
     nets.input_shape = tuple(input_shape)
+    nets.arch = dict(input_shape=list(input_shape), variant=variant, width=width, proj_dim=proj_dim,
+                     gan_width=gan_width, latent_dim=latent_dim, ld_width=ld_width)     # what save() keeps
     return nets
 
 
@@ -452,17 +461,19 @@ def generative_step(nets, opts, x, temperature, blur_p, lambda_rec, it):
 
 
 def train(nets, x_normal, iters=None, batch_size=32, lr=2e-4, temperature=0.5, gen_every=5, lambda_rec=100.0,
-          blur_p=0.0, log=print, log_every=100):
+          blur_p=0.0, log=print):
     """Alg. 1 on the normal images x_normal (N, C, H, W) in [0, 1]: every batch F steps on L_CSI(X); on batches
     0, N, 2N, ... (N = gen_every) the generative block follows, when nets has a generator. iters = None: 1000
-    epochs of x_normal (CSI's schedule). Adam for every network (Sec. 3). log: any callable of one string.
-    Returns nets, trained in place."""
+    epochs of x_normal (CSI's schedule). Adam for every network (Sec. 3). log: any callable of one string; a
+    line with the losses and the time left at most every 10 s, and after the last batch.
+    Returns nets, trained in place; a non-finite loss raises FloatingPointError."""
     x = as_images(nets, x_normal, "x_normal")
     if batch_size < 2 or gen_every < 1:   # NT-Xent needs other instances in the batch
         raise ValueError(f"batch_size must be >= 2 and gen_every >= 1, got {batch_size} and {gen_every}")
-    n, t0, gen = len(x), time.time(), {}
+    n, gen = len(x), {}
     iters = iters or EPOCHS * math.ceil(n / batch_size)
     opts = {k: torch.optim.Adam(v.parameters(), lr=lr, betas=ADAM_BETAS) for k, v in nets.items()}
+    progress = Progress("iter", iters, log)
     for it in range(iters):                                                       # Alg. 1, line 2
         xb = x[torch.randint(n, (batch_size,), device=x.device)]
         l_csi, l_con, l_cls = csi_loss(nets["F"], xb, temperature, blur_p)         # Alg. 1, line 3
@@ -470,44 +481,39 @@ def train(nets, x_normal, iters=None, batch_size=32, lr=2e-4, temperature=0.5, g
         check_finite(l_csi.item(), f"L_CSI at iteration {it + 1}")
         if "G" in nets and it % gen_every == 0:                                   # Alg. 1, line 4
             gen = generative_step(nets, opts, xb, temperature, blur_p, lambda_rec, it + 1)
-        if (it + 1) % log_every == 0 or it + 1 == iters:
-            extra = "".join(f" {k}={v:.4f}" for k, v in gen.items())
-            log(f"iter {it + 1}/{iters} l_csi={l_csi.item():.4f} l_con={l_con.item():.4f} "
-                f"l_cls={l_cls.item():.4f}{extra} elapsed={time.time() - t0:.1f}s")
+        losses = dict(l_csi=l_csi.item(), l_con=l_con.item(), l_cls=l_cls.item(), **gen)
+        progress(it + 1, "".join(f" {k}={v:.4f}" for k, v in losses.items()))
     return nets
 
 
 # ------------------------------------------------------------------------------------------ scoring (Sec. 2.3)
 
 @torch.no_grad()
-def shifted_features(net, x, views=0, blur_p=0.0, crop_scale=0.54, chunk=64, log=None, what="images",
-                     log_seconds=30.0):
+def shifted_features(net, x, views=0, blur_p=0.0, crop_scale=0.54, chunk=64, progress=None):
     """F(S(x)) for every shift S: (N, 3, 32, 32) -> (4, N, d), in eval mode.
     views = 0: one plain view per shift (Eq. 11 as printed).
     views = R > 0 (M_ens, CSI's get_features): R random test-time draws per image and shift -- flip (drawn
     per image and per shift, before the rotation), then T with the crop area fixed at crop_scale -- and the
     R feature vectors are AVERAGED, so the score sees one mean feature per image and shift.
-    log: a progress line with the time left every log_seconds (long passes only)."""
+    progress: a Progress over N * max(R, 1) images (one image = its 4 shifts through F)."""
     was_training = net.training
     net.eval()
-    out, t0 = [], time.time()
-    last = t0
+    out = []
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
         if views == 0:
             feats = net(shift_batch(xb)[0])[0]                                      # (4b, d)
         else:
             feats = 0
-            for _ in range(views):
+            for r in range(views):
                 xs = torch.cat([torch.rot90(random_hflip(xb), k, dims=(2, 3)) for k in range(SHIFTS)])
                 feats = feats + net(augment(xs, blur_p, (crop_scale, crop_scale)))[0]
+                if progress and r + 1 < views:
+                    progress(i * views + (r + 1) * len(xb))
             feats = feats / views                                                   # mean over the R draws
         out.append(feats.view(SHIFTS, len(xb), -1))
-        done, now = i + len(xb), time.time()
-        if log is not None and now - last >= log_seconds and done < len(x):
-            log(f"scoring: {what} {done}/{len(x)}, elapsed={now - t0:.0f}s, "
-                f"left={(now - t0) * (len(x) - done) / done:.0f}s")
-            last = now
+        if progress:
+            progress((i + len(xb)) * max(views, 1))
     net.train(was_training)
     return torch.cat(out, 1)
 
@@ -527,28 +533,114 @@ def score_m(test_feats, train_feats, chunk=1024):
     return torch.cat(scores), torch.cat(nn_idx)
 
 
-def anomaly_scores(nets, x_normal, x, ensemble=0, blur_p=0.0, test_crop_scale=0.54, log=print):
+def seeded_features(nets, x, ensemble, blur_p, test_crop_scale, seed, log, what):
+    """shifted_features() of images x on their own random stream: M_ens's test-time draws of T come from seed,
+    and the global random state is left as it was (training and the other passes draw the same numbers)."""
+    name = f"M_ens (R={ensemble})" if ensemble else "M (Eq. 11)"
+    progress = Progress(f"{name}, {what}:", len(x) * max(ensemble, 1), log) if log else None
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return shifted_features(nets["F"], x, ensemble, blur_p, test_crop_scale, progress=progress)
+
+
+def normal_features(nets, x_normal, ensemble=0, blur_p=0.0, test_crop_scale=0.54, seed=0, log=print):
+    """Eq. (11)'s nearest-neighbour set: F(S x') of every normal training image x' (N, C, H, W) in [0, 1] and
+    shift S (ensemble = R > 0: M_ens's mean over R draws of T) -> dict(features=(4, N, d) tensor, ensemble=,
+    blur_p=, test_crop_scale=): all that anomaly_scores() needs of the normal images, and what save() keeps."""
+    x = as_images(nets, x_normal, "x_normal")
+    return dict(features=seeded_features(nets, x, ensemble, blur_p, test_crop_scale, seed, log, "normal images"),
+                ensemble=int(ensemble), blur_p=float(blur_p), test_crop_scale=float(test_crop_scale))
+
+
+def anomaly_scores(nets, normal, x, ensemble=0, blur_p=0.0, test_crop_scale=0.54, seed=0, log=print):
     """Anomaly score of every image of x = -M (Eq. 11; M scores normality, so the sign is flipped): higher =
-    more anomalous, as a numpy array (N,). x_normal: the normal training images (Eq. 11's nearest-neighbour
-    set). ensemble = R > 0: -M_ens instead, Eq. (11) on features averaged over R test-time draws of T (CSI's
-    evaluation, R = 10 there; blur_p as in training)."""
-    net = nets["F"]
-    x_normal, x = as_images(nets, x_normal, "x_normal"), as_images(nets, x, "x")
-    name = f"M_ens (R={ensemble})" if ensemble else "M"
-    test = shifted_features(net, x, ensemble, blur_p, test_crop_scale, log=log, what=f"{name}, scored images")
-    bank = shifted_features(net, x_normal, ensemble, blur_p, test_crop_scale, log=log, what=f"{name}, normal images")
-    return -score_m(test, bank)[0].cpu().numpy()
+    more anomalous, as a numpy array (N,). normal: the normal training images (Eq. 11's nearest-neighbour
+    set), or normal_features() of them made with the same ensemble, blur_p and test_crop_scale. ensemble = R >
+    0: -M_ens instead, Eq. (11) on features averaged over R test-time draws of T (CSI's evaluation, R = 10
+    there; blur_p as in training), drawn from seed: the same model, images and seed give the same scores."""
+    x = as_images(nets, x, "x")
+    if not isinstance(normal, dict):
+        normal = normal_features(nets, normal, ensemble, blur_p, test_crop_scale, seed, log)
+    asked = dict(ensemble=ensemble, blur_p=blur_p, test_crop_scale=test_crop_scale)
+    keys = list(asked) if ensemble or normal["ensemble"] else ["ensemble"]        # M draws nothing from T
+    if any(normal[k] != asked[k] for k in keys):
+        made = ", ".join(f"{k}={normal[k]:g}" for k in keys)
+        raise ValueError(f"normal holds features made with {made}, but {', '.join(f'{k}={asked[k]:g}' for k in keys)} "
+                         f"was asked; score with {made}, or make the features again with normal_features()")
+    test = seeded_features(nets, x, ensemble, blur_p, test_crop_scale, seed, log, "scored images")
+    return -score_m(test, normal["features"].to(test.device))[0].cpu().numpy()
+
+
+def save(path, nets, banks, config=None):
+    """Keep a trained model in one file, written atomically (read it with load() or --load-model): every
+    network's weights and sizes, `config` (e.g. the training settings) and `banks`, a list of normal_features()
+    results, kept instead of the normal images: 4 x proj_dim = 512 numbers per image and score against 3072
+    pixels of a 3x32x32 image (784 of a 1x28x28 one: smaller for M alone, larger for M and M_ens together),
+    and new images are scored without encoding the normal set again."""
+    state = {k: v.detach().cpu() for k, v in nets.state_dict().items()}
+    banks = [dict(b, features=b["features"].detach().cpu()) for b in banks]
+    save_checkpoint(path, "csi_gen", {**(config or {}), **nets.arch}, {"normal_features": banks}, state)
+
+
+def load(path, device="cpu"):
+    """A model written by save() or --save-model -> (nets, banks, config). New images x: anomaly_scores(nets, bank,
+    x, ensemble=bank["ensemble"], blur_p=bank["blur_p"], test_crop_scale=bank["test_crop_scale"])."""
+    ck = load_checkpoint(path, "csi_gen")
+    try:
+        nets = build_models(device=device, **{k: ck["config"][k] for k in ARCH})
+        nets.load_state_dict(ck["state"])
+        banks = list(ck["preprocess"]["normal_features"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"'{path}' is a csi_gen.py checkpoint whose weights do not fit its settings ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}). Write it again with --save-model") from None
+    return nets, banks, ck["config"]
 
 
 # ------------------------------------------------------------------------------------------ data and Figure 2
 
-def prepare(dataset, normal="0", root=None, seed=0):
-    """The one-class protocol (Sec. 3): the normal class(es) of the train split; the whole test split, label
-    1 = anomaly. Returns (x_normal, x_test, y_test, normal classes), images (N, C, H, W) in [0, 1]."""
-    normal = parse_normal(normal, IMAGE_DATASETS[dataset][0])
-    x_tr, y_tr, x_te, y_te = load_images(dataset, root)
-    split = one_class_split(x_tr, y_tr, x_te, y_te, normal, seed=seed)
-    return split["train"], split["test"][0], split["test"][1].numpy(), normal
+def prepare(dataset, normal=None, root=None, seed=0):
+    """The images to train on and to score -> dict(x_train = the normal training images, x_test, y_test (numpy,
+    1 = anomaly), normal = the normal classes (None for your own data), index = each test image's index in its
+    source, source = what was read (None for a built-in set)); images (N, C, H, W) in [0, 1], (1, 28, 28) or
+    (3, 32, 32). A built-in dataset: the one-class protocol (Sec. 3), the normal class(es) of the train split
+    (default "0") and the whole test split. Your own images (dataset = a path; normal unused): an .npz file
+    (x_train normal, x_test, y_test; x_val / y_val unused) or a folder (train/good, test/good, test/<defect>),
+    read by common.py: 1x28x28 grey images stay as MNIST's, any other size or colour becomes 3x32x32."""
+    if dataset in IMAGE_DATASETS:
+        normal = parse_normal("0" if normal is None else normal, IMAGE_DATASETS[dataset][0])
+        x_tr, y_tr, x_te, y_te = load_images(dataset, root)
+        split = one_class_split(x_tr, y_tr, x_te, y_te, normal, seed=seed)
+        x_train, (x_test, y_test), source = split["train"], split["test"], None
+    else:
+        name, normal = os.path.basename(os.path.normpath(dataset)), None
+        tabular = f"csi_gen.py takes images, and '{dataset}' {{}}. Use toll.py or cance.py for tabular data"
+        fit = lambda x: x if tuple(x.shape[1:]) == (1, 28, 28) else fit_images(x, 3, 32)
+        shape = lambda x: "x".join(map(str, x.shape[1:]))
+        if dataset.endswith(".csv"):
+            raise DataError(tabular.format("is a CSV file of feature rows"))
+        if dataset.endswith(".npz"):
+            d = load_npz(dataset)
+            if d["train"].ndim == 2:
+                raise DataError(tabular.format(f"holds {tuple(d['train'].shape)} feature rows"))
+            x_train, (x_test, y_test) = fit(d["train"]), d["test"]
+            source = f"{len(x_train)} x_train and {len(x_test)} x_test images of {shape(d['train'])}, read as " \
+                     f"{shape(x_train)}" + ("; x_val / y_val unused (csi_gen.py does not validate)" if d["val"] else "")
+            x_test = fit(x_test)
+        elif os.path.isfile(dataset):
+            raise DataError(f"'{dataset}' is neither an .npz file nor an image folder. Give an .npz file (x_train, "
+                            "x_test, y_test), a folder with train/good/ and test/<name>/ subfolders, or a built-in "
+                            "dataset name")
+        else:
+            d = load_image_folder(dataset)                 # grey -> 1x28x28, RGB -> 3x32x32 (common.py's choice)
+            if d["train"].shape[1] == 1 and "of 28x28 grey, read as" not in d["source"]:
+                d = load_image_folder(dataset, channels=3, size=32)          # grey of another size: 3x32x32
+            x_train, (x_test, y_test), source = d["train"], d["test"], d["source"]
+        source = f"{name}: {source}; F sees 3x32x32 (grey repeated to 3 channels, 28x28 zero-padded)"
+        if y_test.min() == y_test.max():
+            raise DataError(f"the test set of '{dataset}' holds {'only anomalies' if y_test[0] else 'no anomalies'}; "
+                            "AUROC needs both. Give a test set with normal and anomalous images")
+    return dict(x_train=x_train, x_test=x_test, y_test=y_test.numpy(), normal=normal, index=np.arange(len(x_test)),
+                source=source)
 
 
 @torch.no_grad()
@@ -581,7 +673,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
 
     def error(self, message):
-        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
+        print(f"error: {message}. Run `python {os.path.basename(__file__)} --help` for the accepted values.",
+              file=sys.stderr)
         sys.exit(2)
 
 
@@ -608,7 +701,8 @@ def number(kind=float, low=None, high=None, low_open=False):
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
         if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
-            rng = f"{'>' if low_open else '>='} {plain(low)}" if high is None else f"in [{plain(low)}, {plain(high)}]"
+            rng = (f"{'>' if low_open else '>='} {plain(low)}" if high is None else
+                   f"in {'(' if low_open else '['}{plain(low)}, {plain(high)}]")
             raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
         return value
     return parse
@@ -660,6 +754,99 @@ def write_result(result, json_path=None, log=print):
             json.dump(result, f, indent=1)
         os.replace(json_path + ".tmp", json_path)
 
+
+# Issue 24 additions to the command-line block: the same lines in all five scripts, pasted after write_result.
+# Needs also: import subprocess, time; and `import sklearn, torchvision` inside provenance().
+
+class Progress:
+    """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
+    (and at the end), so that no phase stays silent for long."""
+
+    def __init__(self, what, total, log=print, every=10.0):
+        self.what, self.total, self.log, self.every = what, total, log, every
+        self.t0 = self.last = time.time()
+
+    def __call__(self, done, extra=""):
+        now = time.time()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last, spent = now, now - self.t0
+        left = f", about {spent / done * (self.total - done):.0f}s left" if 0 < done < self.total else ""
+        self.log(f"{self.what} {done}/{self.total}{extra} {spent:.0f}s elapsed{left}")
+
+
+def check_scores(scores, where):
+    """A degenerate run is not a result: NaN/inf scores, or one value for every sample, stop the run (exit 3)."""
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        if not np.isfinite(s).all():
+            raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
+                                     f"values of {s.size}: the model diverged. Try a smaller --lr")
+        if s.size > 1 and s.min() == s.max():
+            raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
+                                     "every sample, so no metric means anything. Try another --lr or more --iters")
+
+
+def provenance(argv):
+    """What made this result: the command line, package versions, and the git commit of the script's folder."""
+    import sklearn
+    import torchvision
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = git.stdout.strip() if git.returncode == 0 else None
+        dirty = commit and subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                          capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"command": " ".join([os.path.basename(sys.argv[0]) or "python", *argv]), "git_commit": commit,
+            "git_dirty": dirty, "python": sys.version.split()[0],
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+                         "scikit-learn": sklearn.__version__}}
+
+
+def save_scores(path, scores, labels, index):
+    """--save-scores: every reported variant's test scores (higher = more anomalous; `scores` is the main one,
+    `scores_<variant>` the others), the labels (1 = anomaly) and the test samples' indices, written atomically."""
+    arrays = {("scores" if k == "main" else f"scores_{k}"): np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, labels=np.asarray(labels, dtype=np.int64), index=np.asarray(index, dtype=np.int64), **arrays)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, script, config, preprocess, state):
+    """--save-model: the weights, every resolved hyperparameter and the preprocessing constants, atomically."""
+    torch.save({"script": script, "config": config, "preprocess": preprocess, "state": state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, script):
+    """--load-model: a checkpoint this script wrote, or a DataError saying what it is instead."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                        f"Give a file written by `{script}.py --save-model`") from None
+    if not isinstance(ck, dict) or ck.get("script") != script:
+        who = ck.get("script") if isinstance(ck, dict) else None
+        raise DataError(f"'{path}' is {f'a checkpoint of {who}.py' if who else 'not a checkpoint of this project'}, "
+                        f"not of {script}.py. Load it with the script that wrote it")
+    return ck
+
+
+def dataset_name(name):
+    """argparse type: a built-in dataset's name, else a path to your own images (read when the data is prepared)."""
+    if name in IMAGE_DATASETS or is_user_dataset(name):
+        return name
+    raise argparse.ArgumentTypeError(f"invalid choice: '{name}' (choose from {', '.join(IMAGE_DATASETS)}, or give your "
+                                     "own images: an .npz file or an image folder)")
+
+
+# the model, its training and M_ens's settings: --load-model reads them from the checkpoint and refuses them here
+TRAINING = ARCH[1:] + ("iters", "batch_size", "lr", "temperature", "gen_every", "lambda_rec", "blur_p", "ensemble",
+                       "test_crop_scale")
+
+
 def parse_args(argv=None):
     pre = ArgumentParser(add_help=False, allow_abbrev=False)      # the dataset first: --help shows its defaults
     pre.add_argument("--dataset", default="cifar10")
@@ -667,17 +854,23 @@ def parse_args(argv=None):
     p = ArgumentParser(description="CSI + adversarial-autoencoder synthetic inliers (Yu & Chiu, MVA 2021)",
                        formatter_class=HelpFormatter)
     pos, pos0, unit = number(int, 1), number(int, 0), number(float, 0, 1)
-    p.add_argument("--dataset", default="cifar10", choices=list(IMAGE_DATASETS),
+    p.add_argument("--dataset", type=dataset_name, default="cifar10", metavar="NAME|PATH",
                    help="cifar10, cifar100 (20 superclasses) as in Sec. 3; the others follow the same protocol "
-                        "(not in the paper: 28x28 gray sets become 3 x 32 x 32; digits = offline install check)")
-    p.add_argument("--normal", default="0", help="normal class, or a comma list of classes (Sec. 3: one class)")
+                        "(not in the paper: 28x28 gray sets become 3 x 32 x 32; digits = offline install check); or "
+                        "your own images, with the paper's values (one set for every dataset): an .npz file "
+                        "(x_train normal, x_test, y_test with 1 = anomaly) or a folder (train/good, test/good, "
+                        "test/<defect>); 1x28x28 grey images are padded as MNIST's, any other size or colour resized "
+                        "to 3x32x32")
+    p.add_argument("--normal", help="normal class, or a comma list (Sec. 3: one class); default 0 for the built-in "
+                                    "sets, not used with your own images (y_test or test/<defect>/ marks anomalies)")
     p.add_argument("--variant", default="full", choices=["csi", "g", "full"],
                    help="csi = F alone (the CSI baseline); g = + generator G, no encoder; full = + encoder E, all of "
                         "Alg. 1 (Sec. 3.2 ablation)")
     p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
                    help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
     p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
-                   help="random seed (not in the paper: CPU runs repeat exactly)")
+                   help="random seed of training and of M_ens's test-time draws (not in the paper: CPU runs repeat "
+                        "exactly)")
     p.add_argument("--device", type=device_type, default="auto", help="auto = cuda if present, else cpu (not in the "
                                                                      "paper)")
     p.add_argument("--iters", type=pos, default=None,
@@ -715,72 +908,142 @@ def parse_args(argv=None):
                    help="area fraction of M_ens's test-time random resized crop; the other test-time steps are T's: "
                         "flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p (not in the paper: "
                         "CSI's README eval, --resize_factor 0.54 --resize_fix)")
-    p.add_argument("--log-every", type=pos, default=100, help="progress line every this many batches (not in the "
-                                                             "paper)")
     p.add_argument("--save-samples", type=output_path, default=None,
                    help="write a PNG grid: real inliers, G(E(x)), real outliers of the test split, G(E(x)) (full "
                         "only), samples G(h) (Figure 2, Sec. 3.1)")
-    p.add_argument("--json", type=output_path, default=None, help="also write the RESULT keys to this JSON file")
+    p.add_argument("--json", type=output_path, default=None,
+                   help="also write the RESULT keys, the resolved settings and the provenance to this file (not in "
+                        "the paper)")
+    p.add_argument("--save-scores", type=output_path, metavar="FILE.npz",
+                   help="write the test scores, higher = more anomalous (-M, -M_ens): scores (M, Eq. 11, the RESULT's "
+                        "auroc), scores_ens (M_ens, auroc_ens; unless --ensemble 0), labels (1 = anomaly), index "
+                        "(each test image's index in its source) (not in the paper)")
+    p.add_argument("--save-model", type=output_path, metavar="FILE.pt",
+                   help="write every network's weights, every setting and the normal training images' features "
+                        "(Eq. 11's nearest-neighbour set, for M and M_ens) to this file (not in the paper)")
+    p.add_argument("--load-model", metavar="FILE.pt",
+                   help="score the test set with a model written by --save-model, without training; the model, "
+                        "training and M_ens options come from it and may not be given (not in the paper)")
     if dataset == "digits":
         p.set_defaults(**DIGITS)
     args = p.parse_args(argv)
-    if args.save_samples and args.variant == "csi":
+    if args.dataset not in IMAGE_DATASETS and args.normal is not None:
+        p.error(f"--normal names classes of a built-in dataset; in your own images ({args.dataset}) y_test = 1 or a "
+                "test/<defect>/ folder marks the anomalies. Drop --normal")
+    if args.load_model:
+        unset = object()
+        given = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(TRAINING + ("save_model",), unset)))
+        given = ["--" + k.replace("_", "-") for k in TRAINING + ("save_model",) if getattr(given, k) is not unset]
+        if given:
+            p.error(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} the model, its training or M_ens, which "
+                    f"--load-model reads from the checkpoint. Drop {'it' if len(given) == 1 else 'them'}")
+    elif args.save_samples and args.variant == "csi":
         p.error("--save-samples needs a generator, and --variant csi has none; use --variant g or full, or drop "
                 "--save-samples")
     return args
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     log = lambda line: print(line, flush=True)
     t_start = time.time()
     try:
+        nets, banks, saved = load(args.load_model, args.device) if args.load_model else (None, [], None)
         set_seed(args.seed)
-        x_train, x_test, y_test, normal = prepare(args.dataset, args.normal, args.data_root, args.seed)
-        iters = args.iters or EPOCHS * math.ceil(len(x_train) / args.batch_size)
-        if args.dataset == "digits":
+        data = prepare(args.dataset, args.normal, args.data_root, args.seed)
+        x_train, x_test, y_test, normal = data["x_train"], data["x_test"], data["y_test"], data["normal"]
+        shape = tuple(x_train.shape[1:])
+        if saved:            # the training settings as saved (save() without config: None); M_ens's, the features'
+            ens = [b for b in banks if b["ensemble"]][:1]
+            cfg = {**{k: saved.get(k) for k in TRAINING}, "ensemble": 0,
+                   **{k: ens[0][k] for k in ("ensemble", "blur_p", "test_crop_scale") if ens}}
+            if not any(b["ensemble"] == 0 for b in banks):
+                raise DataError(f"'{args.load_model}' holds no features for M (normal_features() with ensemble=0). "
+                                "Save the model with them")
+            if tuple(saved["input_shape"]) != shape:
+                raise DataError(f"'{args.load_model}' holds a model for {'x'.join(map(str, saved['input_shape']))} "
+                                f"images, but {args.dataset} gives {'x'.join(map(str, shape))} images. Score images of "
+                                "the model's shape, or train a model on these")
+            if args.save_samples and "G" not in nets:
+                raise DataError(f"--save-samples needs a generator, and '{args.load_model}' holds a --variant csi "
+                                "model. Drop --save-samples")
+        else:
+            cfg = {k: getattr(args, k) for k in TRAINING}
+            cfg["iters"] = args.iters or EPOCHS * math.ceil(len(x_train) / args.batch_size)
+            nets = build_models(shape, **{k: cfg[k] for k in ARCH[1:]}, device=args.device)
+        name = args.dataset if normal else os.path.basename(os.path.normpath(args.dataset))
+        normal_text, r = ",".join(map(str, normal)) if normal else "-", cfg["ensemble"]
+        if args.dataset == "digits" and not saved:
             log(f"csi_gen: digits is an offline install check: widths {DIGITS['width']}, --ensemble "
                 f"{DIGITS['ensemble']} unless given (paper scale: widths 64, --ensemble 10)")
-        nets = build_models(x_train.shape[1:], variant=args.variant, width=args.width, proj_dim=args.proj_dim,
-                            gan_width=args.gan_width, latent_dim=args.latent_dim, ld_width=args.ld_width,
-                            device=args.device)
-        log(f"csi_gen: variant={args.variant} dataset={args.dataset} normal={','.join(map(str, normal))} "
-            f"train={len(x_train)} test={len(x_test)} (anomalies {int(y_test.sum())}) iters={iters} "
-            f"batch={args.batch_size} lr={args.lr:g} tau={args.temperature:g} N={args.gen_every} "
-            f"width={args.width} gan_width={args.gan_width} blur_p={args.blur_p:g} ensemble={args.ensemble} "
-            f"device={args.device}")
+        if data["source"]:
+            log(f"csi_gen: read {data['source']}; the paper's values where not given (one set for every dataset, "
+                "the values of --dataset mnist and cifar10)")
+        if saved:
+            log(f"csi_gen: model {args.load_model} (trained on {saved.get('dataset')}, seed {saved.get('seed')}), not "
+                "trained here; its settings and normal-set features")
+        log(f"csi_gen: variant={cfg['variant']} dataset={name} normal={normal_text} train={len(x_train)} "
+            f"test={len(x_test)} (anomalies {int(y_test.sum())}) iters={cfg['iters']} batch={cfg['batch_size']} "
+            f"lr={cfg['lr']} tau={cfg['temperature']} N={cfg['gen_every']} width={cfg['width']} "
+            f"gan_width={cfg['gan_width']} blur_p={cfg['blur_p']} ensemble={r} device={args.device}")
+        passes = f"{1 + r} pass{'es' if r else ''} over"
+        log(f"scoring: {passes} the {len(x_test)} test images (M 1" + (f", M_ens {r}" if r else "") + "; a pass = "
+            "the 4 shifts of every image through F); the normal set's features: "
+            + ("the checkpoint's" if saved else f"{passes} its {len(x_train)} images"))
         t_train = time.time()
-        train(nets, x_train, iters=iters, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
-              gen_every=args.gen_every, lambda_rec=args.lambda_rec, blur_p=args.blur_p, log=log,
-              log_every=args.log_every)
-        train_time = time.time() - t_train
+        if not saved:
+            train(nets, x_train, iters=cfg["iters"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                  temperature=cfg["temperature"], gen_every=cfg["gen_every"], lambda_rec=cfg["lambda_rec"],
+                  blur_p=cfg["blur_p"], log=log)
+        train_time, t_score = time.time() - t_train, time.time()
+        scores, kept = {}, []                                  # "main": M (Eq. 11), "ens": M_ens (Sec. 2.3)
+        for key, views in (("main", 0), ("ens", r))[:1 + (r > 0)]:
+            kw = dict(ensemble=views, blur_p=cfg["blur_p"], test_crop_scale=cfg["test_crop_scale"], seed=args.seed,
+                      log=log)
+            bank = next((b for b in banks if b["ensemble"] == views), None)
+            bank = bank or normal_features(nets, x_train, **kw)
+            scores[key] = anomaly_scores(nets, bank, x_test, **kw)
+            kept.append(bank)
+        score_time = time.time() - t_score
+        check_scores({"M (Eq. 11)" if k == "main" else f"M_ens (R={r})": s for k, s in scores.items()}, "the test set")
+        result = {"method": "csi_gen", "dataset": name, "normal": normal_text, "seed": args.seed,
+                  "auroc": round(roc_auc_score(y_test, scores["main"]), 4),
+                  "auroc_ens": round(roc_auc_score(y_test, scores["ens"]), 4) if r else None,
+                  "variant": cfg["variant"], "iters": cfg["iters"], "batch_size": cfg["batch_size"],
+                  "width": cfg["width"], "gan_width": cfg["gan_width"], "blur_p": cfg["blur_p"], "ensemble": r,
+                  "test_crop_scale": cfg["test_crop_scale"], "device": args.device.type,
+                  "seconds": round(time.time() - t_start, 1),
+                  "train_samples_per_s": None if saved else round(cfg["iters"] * cfg["batch_size"] /
+                                                                  max(train_time, 1e-9), 1),
+                  "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)}
+        result = {k: v for k, v in result.items() if v is not None}
+        config = dict(cfg, input_shape=list(shape), dataset=args.dataset, normal=normal_text, seed=args.seed,
+                      device=args.device.type, **({"loaded_from": args.load_model, "trained_on": saved.get("dataset")}
+                                                  if saved else {"values_of": "digits" if args.dataset == "digits"
+                                                                 else "paper"}))
         if args.save_samples:
             rows = save_samples(nets, x_train, args.save_samples, x_test[torch.as_tensor(y_test) == 1])
             log(f"csi_gen: sample grid ({rows} rows, Figure 2) written to {args.save_samples}")
-        t_score = time.time()
-        scores = anomaly_scores(nets, x_train, x_test, ensemble=0, log=log)                 # M, Eq. (11)
-        scores_ens = None
-        if args.ensemble > 0:                                                                 # M_ens, Sec. 2.3
-            scores_ens = anomaly_scores(nets, x_train, x_test, ensemble=args.ensemble, blur_p=args.blur_p,
-                                        test_crop_scale=args.test_crop_scale, log=log)
-        score_time = time.time() - t_score
-    except (DataError, FloatingPointError) as e:
+        if args.save_scores:
+            save_scores(args.save_scores, scores, y_test, data["index"])
+            log(f"csi_gen: wrote {args.save_scores}: scores (M)" + (", scores_ens (M_ens)" if r else "") +
+                ", labels, index")
+        if args.save_model:
+            save(args.save_model, nets, kept, config)
+            log(f"csi_gen: wrote {args.save_model}: weights, settings and the normal set's features")
+    except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:                      # a degenerate run (divergence, NaN/inf or equal scores)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         print("\ninterrupted: no result was written", file=sys.stderr)
         sys.exit(130)
-    result = {"method": "csi_gen", "dataset": args.dataset, "normal": ",".join(map(str, normal)), "seed": args.seed,
-              "auroc": round(roc_auc_score(y_test, scores), 4)}
-    if scores_ens is not None:
-        result["auroc_ens"] = round(roc_auc_score(y_test, scores_ens), 4)
-    result.update({"variant": args.variant, "iters": iters, "batch_size": args.batch_size, "width": args.width,
-                   "gan_width": args.gan_width, "blur_p": args.blur_p, "ensemble": args.ensemble,
-                   "test_crop_scale": args.test_crop_scale, "device": args.device.type,
-                   "seconds": round(time.time() - t_start, 1),
-                   "train_samples_per_s": round(iters * args.batch_size / max(train_time, 1e-9), 1),
-                   "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
-    write_result(result, args.json, log)
+    write_result(result, None, log)                              # the RESULT line: its keys only
+    if args.json:                                                # the JSON: the same keys, config and provenance
+        write_result(dict(result, config=config, provenance=provenance(argv)), args.json, log=lambda line: None)
     return result
 
 

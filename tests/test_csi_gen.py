@@ -20,7 +20,7 @@ import csi_gen  # noqa: E402
 from conftest import read_json, run_script  # noqa: E402
 
 TINY = ["--width", "4", "--proj-dim", "16", "--gan-width", "4", "--latent-dim", "8", "--ld-width", "16",
-        "--batch-size", "8", "--log-every", "1", "--ensemble", "2"]
+        "--batch-size", "8", "--ensemble", "2"]
 TINY_NETS = dict(width=4, proj_dim=16, gan_width=4, latent_dim=8, ld_width=16)    # the same sizes, for the API
 QUIET = lambda line: None
 
@@ -33,7 +33,11 @@ x_normal = np.random.rand(64, 1, 28, 28)      # your normal images: (N, 1, 28, 2
 x_new = np.random.rand(10, 1, 28, 28)         # images to score
 nets = csi_gen.build_models(input_shape=(1, 28, 28), variant="full", width=8, gan_width=8)   # defaults 64: the paper's
 csi_gen.train(nets, x_normal, iters=5, batch_size=8)     # defaults: 1000 epochs at batch 32 (CSI's schedule)
-scores = csi_gen.anomaly_scores(nets, x_normal, x_new)   # numpy (10,), higher = more anomalous
+bank = csi_gen.normal_features(nets, x_normal)           # Eq. (11)'s nearest-neighbour set: the normal images' features
+scores = csi_gen.anomaly_scores(nets, bank, x_new)       # numpy (10,), higher = more anomalous
+csi_gen.save("csi_gen.pt", nets, [bank])                 # weights, sizes and the features (not the images)
+nets, banks, config = csi_gen.load("csi_gen.pt")         # later: score new images without the normal set
+assert np.array_equal(csi_gen.anomaly_scores(nets, banks[0], x_new), scores)
 """
 
 
@@ -280,13 +284,25 @@ def test_m_ens_averages_features_over_draws_before_scoring(monkeypatch):
     assert len(calls) == 3 and torch.allclose(plain[:, :, 0], x.flatten(1).sum(1).expand(4, 3), rtol=1e-5)
 
 
-def test_scoring_passes_report_progress_with_the_time_left():
-    lines = []
-    feats = csi_gen.shifted_features(SumNet(), torch.rand(10, 3, 32, 32), chunk=3, log=lines.append,
-                                     what="M, scored images", log_seconds=0)
+def test_every_long_phase_reports_progress_with_the_time_left(monkeypatch):
+    """Issue 24: training, the normal set's features and each scoring pass (M_ens: R draws per image) report
+    through Progress, here forced to print every update: 'what i/n ... elapsed, about ...s left'."""
+    real, lines = csi_gen.Progress, []
+    monkeypatch.setattr(csi_gen, "Progress", lambda *a, **k: real(*a, **dict(k, every=0)))
+    feats = csi_gen.shifted_features(SumNet(), torch.rand(10, 3, 32, 32), views=2, chunk=3,
+                                     progress=csi_gen.Progress("M_ens, scored images:", 20, lines.append, every=0))
     assert feats.shape == (4, 10, 2)
-    assert [ln.split(",")[1].split()[-1] for ln in lines] == ["3/10", "6/10", "9/10"]   # none after the last chunk
-    assert all(ln.startswith("scoring: M, scored images ") and " left=" in ln for ln in lines)
+    assert [ln.split()[3] for ln in lines] == ["3/20", "6/20", "9/20", "12/20", "15/20", "18/20", "19/20", "20/20"]
+    assert all(" left" in ln for ln in lines[:-1]) and "left" not in lines[-1]
+    nets, lines = tiny_nets("csi", (1, 28, 28)), []
+    x = np.random.rand(6, 1, 28, 28)
+    csi_gen.train(nets, x, iters=3, batch_size=2, log=lines.append)
+    assert [ln.split()[:2] for ln in lines] == [["iter", "1/3"], ["iter", "2/3"], ["iter", "3/3"]]
+    assert " l_csi=" in lines[0] and "about" in lines[0]
+    lines.clear()
+    csi_gen.anomaly_scores(nets, x, x[:4], ensemble=2, log=lines.append)
+    assert lines[-1].startswith("M_ens (R=2), scored images: 8/8 ") and any(
+        ln.startswith("M_ens (R=2), normal images: 12/12 ") for ln in lines)
 
 
 def test_csi_augmentation_order_and_probabilities(monkeypatch):
@@ -350,7 +366,7 @@ assert scores.shape == (10,) and np.isfinite(scores).all() and np.ptp(scores) > 
 x32 = np.random.rand(12, 3, 32, 32).astype(np.float32)
 nets = csi_gen.build_models(input_shape=(3, 32, 32), variant="g", width=4, proj_dim=16, gan_width=4, latent_dim=8)
 csi_gen.train(nets=nets, x_normal=x32, iters=2, batch_size=4, log=lambda line: None)
-s32 = csi_gen.anomaly_scores(nets=nets, x_normal=x32, x=x32[:6], ensemble=2, log=lambda line: None)
+s32 = csi_gen.anomaly_scores(nets=nets, normal=x32, x=x32[:6], ensemble=2, log=lambda line: None)
 assert s32.shape == (6,) and np.isfinite(s32).all() and np.ptp(s32) > 0, s32
 print("API OK")
 """
@@ -358,6 +374,7 @@ print("API OK")
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert p.returncode == 0 and "API OK" in p.stdout, p.stderr[-3000:]
     assert "iter 5/5 l_csi=" in p.stdout and "l_rec=" in p.stdout         # log=print by default
+    assert (tmp_path / "csi_gen.pt").exists()
 
 
 def test_cli_and_api_give_the_same_scores(tiny_root, monkeypatch, capsys):
@@ -368,7 +385,8 @@ def test_cli_and_api_give_the_same_scores(tiny_root, monkeypatch, capsys):
     r = csi_gen.main(["--dataset", "mnist", "--normal", "0", "--data-root", tiny_root, "--iters", "6",
                       "--device", "cpu", *TINY])
     csi_gen.set_seed(0)
-    x_normal, x_test, y_test, _ = csi_gen.prepare("mnist", "0", tiny_root, seed=0)
+    data = csi_gen.prepare("mnist", "0", tiny_root, seed=0)
+    x_normal, x_test, y_test = data["x_train"], data["x_test"], data["y_test"]
     nets = csi_gen.build_models(input_shape=x_normal.shape[1:], variant="full", **TINY_NETS)
     csi_gen.train(nets, x_normal, iters=6, batch_size=8, log=QUIET)
     m = real(nets, x_normal, x_test, log=QUIET)
@@ -436,7 +454,7 @@ BAD_INPUTS = [   # (argv, words the error must contain); every case must stop be
     (["--temperature", "0"], "--temperature: must be > 0"), (["--lambda-rec", "-1"], "--lambda-rec: must be >= 0"),
     (["--blur-p", "1.5"], "--blur-p: must be in"), (["--test-crop-scale", "0"], "--test-crop-scale: must be in"),
     (["--test-crop-scale", "2"], "--test-crop-scale: must be in"), (["--width", "0"], "--width: must be >= 1"),
-    (["--log-every", "0"], "--log-every: must be >= 1"), (["--dataset"], "expected one argument"),
+    (["--dataset"], "expected one argument"),
 ]
 
 
@@ -488,5 +506,295 @@ def test_learning_separates_an_easy_synthetic_anomaly_set(tiny_root, capsys):
     M_ens is not checked here: its test-time crops move the blob, the one thing that tells these classes apart."""
     r = csi_gen.main(["--dataset", "mnist", "--normal", "0", "--data-root", tiny_root, "--iters", "60",
                       "--variant", "csi", "--width", "8", "--proj-dim", "32", "--batch-size", "16", "--ensemble", "0",
-                      "--log-every", "20"])
+                      ])
     assert r["auroc"] > 0.95
+
+
+# ------------------------------------------------------------------------------------------ issue 24: your own data
+
+def own_npz(path, channels=1, side=28, n_test=30, **arrays):
+    """A user's .npz: uint8 images (N, side, side[, channels]), normal = a bright block top left, anomaly = one
+    bottom right; x_train normal only, y_test 1 = anomaly. `arrays` replace or add keys."""
+    rng = np.random.default_rng(0)
+
+    def draw(n, anomalous):
+        x = rng.integers(0, 40, (n, side, side, channels))
+        r = slice(side // 2, side - 2) if anomalous else slice(2, side // 2)
+        x[:, r, r] += 200
+        return x.astype(np.uint8)[..., 0] if channels == 1 else x.astype(np.uint8)
+
+    y = np.arange(n_test) % 2
+    mask = y.reshape(-1, *[1] * (2 if channels == 1 else 3))
+    data = dict(x_train=draw(40, False), x_test=np.where(mask, draw(n_test, True), draw(n_test, False)), y_test=y)
+    np.savez(path, **{**data, **arrays})
+    return str(path)
+
+
+def own_folder(path, rgb=True, side=(40, 50), files=None):
+    """A user's MVTec AD folder of PNGs: train/good, test/good, test/crack; `files` add {relative path: bytes}."""
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    h, w = side
+    for sub, n, hot in (("train/good", 12, False), ("test/good", 5, False), ("test/crack", 5, True)):
+        os.makedirs(path / sub)
+        for i in range(n):
+            a = rng.integers(0, 40, (h, w, 3) if rgb else (h, w))
+            a[h // 2:h - 2, w // 2:w - 2] += 200 if hot else 0
+            Image.fromarray(a.astype(np.uint8)).save(path / sub / f"{i:02d}.png")
+    for rel, blob in (files or {}).items():
+        (path / rel).write_bytes(blob)
+    return str(path)
+
+
+def run_main(argv, capsys):
+    """main(argv) -> (exit status, stdout, stderr, RESULT dict or None)."""
+    try:
+        r, code = csi_gen.main(argv), 0
+    except SystemExit as e:
+        r, code = None, e.code
+    out, err = capsys.readouterr()
+    return code, out, err, r
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Booby-trap the optimiser: a run that takes a step fails (loading a model, or an input refused in time)."""
+    def step(*a, **k):
+        raise AssertionError("an optimiser step ran")
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+def same_files(a, b):
+    return sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+@pytest.mark.parametrize("kind,shape", [("npz-grey-28", "1x28x28"), ("npz-rgb-36", "3x32x32"),
+                                        ("folder-rgb", "3x32x32"), ("folder-grey-28", "1x28x28"),
+                                        ("folder-grey-40x50", "3x32x32")])
+def test_own_images_end_to_end_score_file_and_checkpoint_round_trip(tmp_path, capsys, monkeypatch, kind, shape):
+    """Each kind of own images trains and scores through --dataset PATH (1x28x28 grey stays as MNIST's, anything
+    else becomes 3x32x32), the score file gives the RESULT's AUROCs (scores = M, scores_ens = M_ens), and
+    --load-model reproduces every array without training or encoding the normal images."""
+    if kind.startswith("npz"):
+        data = own_npz(tmp_path / "mine.npz", channels=1 if "grey" in kind else 3, side=28 if "28" in kind else 36)
+    else:
+        data = own_folder(tmp_path / "mine", rgb="rgb" in kind, side=(28, 28) if "28" in kind else (40, 50))
+    a, b, ck = (str(tmp_path / f) for f in ("a.npz", "b.npz", "m.pt"))
+    code, out, err, r = run_main(["--dataset", data, "--iters", "2", *TINY, "--save-scores", a, "--save-model", ck],
+                                 capsys)
+    assert code == 0, err
+    assert r["dataset"] == os.path.basename(data) and r["normal"] == "-" and r["width"] == 4
+    assert f"read as {shape}" in out and "the paper's values where not given" in out
+    assert "scoring: 3 passes over the" in out and "normal set's features: 3 passes over its" in out
+    fa = np.load(a)
+    assert r["auroc"] == round(roc_auc_score(fa["labels"], fa["scores"]), 4)
+    assert r["auroc_ens"] == round(roc_auc_score(fa["labels"], fa["scores_ens"]), 4)
+    assert np.array_equal(fa["index"], np.arange(len(fa["labels"]))) and 0 < fa["labels"].mean() < 1
+    monkeypatch.setattr(csi_gen, "normal_features", lambda *a, **k: pytest.fail("the normal set was encoded"))
+    monkeypatch.setattr(torch.optim.Adam, "step", None)                            # loading trains nothing
+    code, out, err, r2 = run_main(["--dataset", data, "--load-model", ck, "--save-scores", b], capsys)
+    assert code == 0, err
+    assert same_files(fa, np.load(b)) and "not trained here" in out and "the checkpoint's" in out
+    assert {k: r2[k] for k in ("auroc", "auroc_ens", "iters", "width")} == {k: r[k] for k in ("auroc", "auroc_ens",
+                                                                                               "iters", "width")}
+    assert "train_samples_per_s" not in r2
+
+
+def test_builtin_round_trip_json_config_and_provenance(tiny_root, tmp_path, capsys, monkeypatch):
+    """MNIST (tiny): the JSON has every resolved setting and the provenance, the RESULT keeps its keys, the score
+    file holds the built-in test split's indices, and the checkpoint reproduces M and M_ens exactly; the
+    checkpoint keeps the normal images' features (4 x proj_dim per image and score), not the images."""
+    base = ["--dataset", "mnist", "--normal", "2", "--data-root", tiny_root]
+    code, _, err, r = run_main(base + TINY + ["--iters", "3", "--save-scores", str(tmp_path / "a.npz"), "--json",
+                                              str(tmp_path / "r.json"), "--save-model", str(tmp_path / "m.pt")],
+                               capsys)
+    assert code == 0, err
+    a = np.load(tmp_path / "a.npz")
+    from common import load_images
+    y_te = load_images("mnist", tiny_root)[3].numpy()
+    assert np.array_equal(a["labels"], (y_te[a["index"]] != 2).astype(int)) and len(a["index"]) == len(y_te)
+    js = read_json(tmp_path / "r.json")
+    assert {k: js[k] for k in r} == r and "config" not in r and "provenance" not in r
+    assert set(csi_gen.TRAINING) <= set(js["config"]) and js["config"]["input_shape"] == [1, 28, 28]
+    assert js["config"]["lr"] == 2e-4 and js["config"]["proj_dim"] == 16 and js["config"]["temperature"] == 0.5
+    prov = js["provenance"]
+    assert "--save-model" in prov["command"] and set(prov["versions"]) == {"torch", "torchvision", "numpy",
+                                                                           "scikit-learn"}
+    assert "git_commit" in prov and "git_dirty" in prov
+    ck = torch.load(tmp_path / "m.pt", weights_only=True)
+    banks = ck["preprocess"]["normal_features"]
+    n_normal = int((load_images("mnist", tiny_root)[1] == 2).sum())
+    assert [b["ensemble"] for b in banks] == [0, 2] and all(b["features"].shape == (4, n_normal, 16) for b in banks)
+    assert set(ck["state"]) == set(csi_gen.build_models((1, 28, 28), **TINY_NETS).state_dict())
+    monkeypatch.setattr(torch.optim.Adam, "step", None)
+    code, out, err, r2 = run_main(base + ["--load-model", str(tmp_path / "m.pt"), "--save-scores",
+                                          str(tmp_path / "b.npz")], capsys)
+    assert code == 0, err
+    assert same_files(a, np.load(tmp_path / "b.npz")) and r2["auroc_ens"] == r["auroc_ens"]
+
+
+def test_api_save_load_and_m_ens_draws_from_their_own_seed(tmp_path):
+    """save() / load() keep weights, sizes, config and features; M_ens is a function of (model, images, seed) and
+    leaves the global random state alone; features made with other M_ens settings are refused."""
+    torch.manual_seed(0)
+    nets = tiny_nets("g", (3, 32, 32))
+    x, x_new = torch.rand(8, 3, 32, 32), torch.rand(5, 3, 32, 32)
+    csi_gen.train(nets, x, iters=2, batch_size=4, log=QUIET)
+    bank = csi_gen.normal_features(nets, x, ensemble=2, log=QUIET)
+    state = torch.get_rng_state()
+    s = csi_gen.anomaly_scores(nets, bank, x_new, ensemble=2, log=QUIET)
+    assert torch.equal(torch.get_rng_state(), state)                                # the global stream is untouched
+    assert np.array_equal(s, csi_gen.anomaly_scores(nets, x, x_new, ensemble=2, log=QUIET))   # images = their features
+    assert not np.array_equal(s, csi_gen.anomaly_scores(nets, bank, x_new, ensemble=2, seed=1, log=QUIET))
+    csi_gen.save(str(tmp_path / "m.pt"), nets, [bank], config={"note": "mine"})
+    nets2, banks, config = csi_gen.load(str(tmp_path / "m.pt"))
+    assert config["note"] == "mine" and config["variant"] == "g" and config["proj_dim"] == 16 and sorted(nets2) == \
+        ["D", "F", "G"]
+    assert np.array_equal(csi_gen.anomaly_scores(nets2, banks[0], x_new, ensemble=2, log=QUIET), s)
+    with pytest.raises(ValueError, match=r"features made with ensemble=2, blur_p=0, test_crop_scale=0.54, but "
+                                         r"ensemble=0, blur_p=0, test_crop_scale=0.54 was asked; score with ensemble=2"):
+        csi_gen.anomaly_scores(nets2, banks[0], x_new, log=QUIET)
+    with pytest.raises(ValueError, match=r"test_crop_scale=0.54, but ensemble=2, blur_p=0, test_crop_scale=0.3"):
+        csi_gen.anomaly_scores(nets2, banks[0], x_new, ensemble=2, test_crop_scale=0.3, log=QUIET)
+
+
+def test_cli_scores_a_model_saved_through_the_api(tmp_path, capsys, no_training):
+    """A checkpoint of save() without training settings: --load-model scores it as anomaly_scores() does; one
+    without M's features (ensemble=0) is refused."""
+    data, ck = own_npz(tmp_path / "g.npz"), str(tmp_path / "m.pt")
+    with np.load(data) as f:
+        x_train, x_test = f["x_train"][:, None] / 255.0, f["x_test"][:, None] / 255.0
+    nets = tiny_nets("csi", (1, 28, 28))
+    bank = csi_gen.normal_features(nets, x_train, log=QUIET)
+    csi_gen.save(ck, nets, [bank])
+    code, out, err, r = run_main(["--dataset", data, "--load-model", ck, "--save-scores", str(tmp_path / "a.npz")],
+                                 capsys)
+    assert code == 0, err
+    assert np.array_equal(np.load(tmp_path / "a.npz")["scores"], csi_gen.anomaly_scores(nets, bank, x_test, log=QUIET))
+    assert "auroc_ens" not in r and "iters" not in r and r["ensemble"] == 0 and "lr=None" in out
+    csi_gen.save(ck, nets, [csi_gen.normal_features(nets, x_train, ensemble=2, log=QUIET)])
+    code, _, err, _ = run_main(["--dataset", data, "--load-model", ck], capsys)
+    assert code == 2 and "holds no features for M (normal_features() with ensemble=0)" in err
+
+
+@pytest.mark.parametrize("case,message", [
+    ("other-script", "is a checkpoint of toll.py, not of csi_gen.py"),
+    ("not-a-checkpoint", "cannot read"),
+    ("other-shape", "holds a model for 1x28x28 images, but"),
+    ("training-flags", "--width, --lr, --ensemble set the model, its training or M_ens, which --load-model reads"),
+    ("samples-without-generator", "--save-samples needs a generator"),
+])
+def test_load_model_refuses_what_it_cannot_use(tmp_path, capsys, no_training, case, message):
+    ck = tmp_path / "m.pt"
+    if case == "other-script":
+        csi_gen.save_checkpoint(str(ck), "toll", {}, {}, {})
+    elif case == "not-a-checkpoint":
+        ck.write_bytes(b"not a torch file")
+    else:
+        nets = tiny_nets("csi", (1, 28, 28))
+        csi_gen.save(str(ck), nets, [csi_gen.normal_features(nets, np.random.rand(4, 1, 28, 28), log=QUIET)])
+    data = own_folder(tmp_path / "rgb") if case == "other-shape" else own_npz(tmp_path / "g.npz")
+    extra = {"training-flags": ["--width", "8", "--lr", "0.01", "--ensemble", "0"],
+             "samples-without-generator": ["--save-samples", str(tmp_path / "s.png")]}.get(case, [])
+    code, _, err, _ = run_main(["--dataset", data, "--load-model", str(ck), *extra], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def bad_input(tmp_path, case):
+    """(argv, words the error must contain) for one bad input, with the files it needs generated in tmp_path."""
+    npz = lambda **kw: own_npz(tmp_path / "d.npz", **kw)
+    if case == "missing-file":
+        return ["--dataset", str(tmp_path / "nothing.npz")], "nothing.npz"
+    if case == "missing-folder":
+        return ["--dataset", str(tmp_path / "nowhere")], "does not exist"
+    if case == "unreadable-file":
+        (tmp_path / "d.npz").write_bytes(b"garbage")
+        return ["--dataset", str(tmp_path / "d.npz")], "cannot read"
+    if case == "npz-without-keys":
+        np.savez(tmp_path / "d.npz", images=np.zeros((3, 8, 8)))
+        return ["--dataset", str(tmp_path / "d.npz")], "it holds images"
+    if case == "lengths-differ":
+        return ["--dataset", npz(y_test=np.zeros(29))], "has 30 samples but y_test has 29"
+    if case == "labels-not-0-1":
+        return ["--dataset", npz(y_test=np.arange(30) % 3)], "0 (normal) and 1 (anomaly) only"
+    if case == "nan-features":
+        return ["--dataset", npz(x_train=np.full((5, 28, 28), np.nan))], "NaN or inf"
+    if case == "only-normal-test":
+        return ["--dataset", npz(y_test=np.zeros(30, dtype=int))], "holds no anomalies"
+    if case == "tabular-npz":
+        return ["--dataset", npz(x_train=np.zeros((5, 20)), x_test=np.zeros((30, 20)))], \
+            "holds (5, 20) feature rows. Use toll.py or cance.py"
+    if case == "csv":
+        (tmp_path / "t.csv").write_text("a,label\n1,0\n2,1\n")
+        return ["--dataset", str(tmp_path / "t.csv")], "is a CSV file of feature rows. Use toll.py or cance.py"
+    if case == "other-file":
+        (tmp_path / "t.txt").write_text("x")
+        return ["--dataset", str(tmp_path / "t.txt")], "neither an .npz file nor an image folder"
+    if case == "folder-without-train-good":
+        os.makedirs(tmp_path / "f" / "test" / "crack")
+        return ["--dataset", str(tmp_path / "f")], "no images in train/good"
+    if case == "folder-without-anomalies":
+        d = own_folder(tmp_path / "f")
+        shutil.rmtree(os.path.join(d, "test", "crack"))
+        return ["--dataset", d], "no anomaly folder"
+    if case == "folder-non-image":
+        return ["--dataset", own_folder(tmp_path / "f", files={"train/good/notes.txt": b"x"})], "notes.txt"
+    if case == "folder-broken-image":
+        return ["--dataset", own_folder(tmp_path / "f", files={"test/crack/x.png": b"no png"})], "cannot be decoded"
+    if case == "normal-with-own-data":
+        return ["--dataset", npz(), "--normal", "3"], "Drop --normal"
+    raise KeyError(case)
+
+
+BAD_OWN = ["missing-file", "missing-folder", "unreadable-file", "npz-without-keys", "lengths-differ", "labels-not-0-1",
+           "nan-features", "only-normal-test", "tabular-npz", "csv", "other-file", "folder-without-train-good",
+           "folder-without-anomalies", "folder-non-image", "folder-broken-image", "normal-with-own-data"]
+
+
+@pytest.mark.parametrize("case", BAD_OWN)
+def test_bad_own_data_is_one_error_naming_the_file_exit_2_before_training(tmp_path, capsys, no_training, case):
+    argv, words = bad_input(tmp_path, case)
+    code, out, err, _ = run_main(argv + ["--iters", "2", *TINY], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in err, err
+    assert "Traceback" not in err and "RESULT" not in out
+    if case != "normal-with-own-data":
+        assert str(tmp_path) in err                                                 # the file is named
+
+
+@pytest.mark.parametrize("case", ["constant-model", "score-overflow", "training-divergence"])
+def test_a_degenerate_run_exits_3_and_writes_nothing(tiny_root, tmp_path, capsys, monkeypatch, case):
+    """One score for every image (F's projection zeroed after training), NaN/inf scores (--lr 1e30, F alone: the
+    one step leaves L_CSI finite and F's weights huge, so the scores overflow) and a diverged training (--lr 1e30
+    with a generator: a loss of the generative block is NaN at iteration 1) stop the run with one error and exit
+    3; nothing is written."""
+    outs = {f: str(tmp_path / f) for f in ("r.json", "s.npz", "m.pt", "g.png")}
+    flags = ["--json", outs["r.json"], "--save-scores", outs["s.npz"], "--save-model", outs["m.pt"], "--save-samples",
+             outs["g.png"]]
+    argv = ["--dataset", "mnist", "--normal", "0", "--data-root", tiny_root, *TINY]
+    if case == "constant-model":
+        real = csi_gen.train
+
+        def zeroed(nets, *a, **k):
+            real(nets, *a, **k)
+            nn.init.zeros_(nets["F"].projection[-1].weight)
+            nn.init.zeros_(nets["F"].projection[-1].bias)
+            return nets
+
+        monkeypatch.setattr(csi_gen, "train", zeroed)
+        argv, words = argv + ["--iters", "2"], "every M (Eq. 11) score of the test set is"
+    elif case == "score-overflow":                         # --variant csi: no generator, so no sample grid
+        argv, words = argv + ["--variant", "csi", "--iters", "1", "--lr", "1e30"], "the M (Eq. 11) scores of the test"
+        flags = flags[:-2]
+    else:
+        argv, words = argv + ["--iters", "1", "--lr", "1e30"], "training diverged"
+    code, out, err, _ = run_main(argv + flags, capsys)
+    assert code == 3 and err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1, err
+    assert "RESULT" not in out and not any(os.path.exists(p) for p in outs.values())
+
+
+def test_help_for_own_data_names_kinds_values_and_outputs(capsys):
+    out = help_text(capsys, ["--dataset", "mine.npz"])
+    assert "(default: None)" not in out and "--dataset NAME|PATH" in out and "one set for every dataset" in out
+    assert "1x28x28 grey images are padded as MNIST's" in out and "default 0 for the built-in sets" in out
+    assert "scores_ens (M_ens, auroc_ens" in out and "--load-model FILE.pt" in out
