@@ -12,14 +12,14 @@ beta = 0 ablation of Table 7 and the beta grid of Fig. 4 (--beta), and Table 8's
 Fig. 2 and Theorems 1-2 (linear autoencoder) live in benchmarks/toll_figures.py and the tests. Not here:
 Tables 5-6 (the collapse term added to FITYMI, a classifier on a pre-trained ViT).
 
-Equation map (a user calls build_model -> train -> anomaly_scores)
+Equation map (a user calls build_model -> train -> anomaly_scores; save / load keep a trained model)
     Appendix B.1 / B.2 / B.3 architectures ........................ build_model(): MnistAE, CifarAE, TabularAE
     Eq. (2) loss, batch mean of the per-sample term ................ toll_loss()
     Eq. (3) anomaly score, the same per-sample term ................ toll_score(), anomaly_scores()
     Table 8: ||z||_1, ||z||_2 or ||z||_inf in Eq. (2) and (3) alike .. p= (--norm)
     Sec. 4.1: random batches, Adam, validation, model selection .... train()
     Sec. 4.1: AUROC; Arrhythmia's F1 of the top-scored 15% ......... auroc(), f1_top_ratio()
-    Sec. 4.1: splits and preprocessing of the built-in datasets .... prepare()
+    Sec. 4.1: splits and preprocessing (built-in sets, your data) .. prepare(), normalise()
 
 Deviations: where the paper is silent, or this file differs or adds
     - No padding: the printed kernels and strides reach 64x4x4 (MNIST) and 1x1 (CIFAR) without it.
@@ -41,9 +41,14 @@ Deviations: where the paper is silent, or this file differs or adds
       42 for every seed: their batch order is the same for all seeds).
     - Not in the paper: thyroid (Arrhythmia's protocol with its own ratio), digits (an offline install check
       with the MNIST model), --select last (no labels: the final model is tested).
+    - Your own data (--dataset PATH, not in the paper): tabular rows take Arrhythmia's model and values, features
+      as given (a CSV split and scored as Arrhythmia, F1 at the file's anomaly ratio; an .npz by its own splits,
+      the ratio of y_test); grey images MNIST's, standardised with the training images' mean and std; RGB
+      images CIFAR-10's.
 
 Run:  python toll.py --dataset mnist --normal 8 --beta 1000
       python toll.py --dataset arrhythmia --split official --data-root ./data
+      python toll.py --dataset sensors.csv --save-scores s.npz --save-model toll.pt    # your own data
 """
 import argparse
 import copy
@@ -51,6 +56,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,8 +66,9 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import f1_score, roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, data_root, global_contrast_normalization, is_anomaly, load_images,
-                    load_tabular, minmax_scale, one_class_split, parse_normal, standardize)
+from common import (DataError, IMAGE_DATASETS, data_root, fit_images, global_contrast_normalization, is_anomaly,
+                    is_user_dataset, load_csv, load_image_folder, load_images, load_npz, load_tabular, minmax_scale,
+                    one_class_split, parse_normal, standardize)
 
 # The paper's values per dataset (Sec. 4.1 batch sizes and validation size, Appendix B beta, lr and latent size);
 # the keys are the keyword names of build_model(), train(), anomaly_scores() and prepare().
@@ -102,6 +109,7 @@ class MnistAE(TollAE):
 
     def __init__(self, latent=128):
         super().__init__()
+        self.latent = latent
         lrelu = lambda: nn.LeakyReLU(0.2)
         self.encoder = nn.Sequential(
             nn.Conv2d(1, 64, 4, 1), nn.BatchNorm2d(64), lrelu(),        # (B, 64, 25, 25)
@@ -126,6 +134,7 @@ class CifarAE(TollAE):
 
     def __init__(self, latent=64):
         super().__init__()
+        self.latent = latent
         lrelu = lambda: nn.LeakyReLU(0.1)
 
         def conv(cin, cout, k, s=1, t=False):
@@ -149,7 +158,7 @@ class TabularAE(TollAE):
 
     def __init__(self, dim, latent=16):
         super().__init__()
-        self.input_shape = (dim,)
+        self.input_shape, self.latent = (dim,), latent
         self.encoder = nn.Sequential(nn.Linear(dim, 256), nn.BatchNorm1d(256), nn.ReLU(),
                                      nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, latent))
         self.decoder = nn.Sequential(nn.Linear(latent, 128), nn.BatchNorm1d(128), nn.ReLU(),
@@ -194,17 +203,20 @@ def toll_loss(x, x_hat, z, beta, p=2.0):
 
 
 @torch.no_grad()
-def anomaly_scores(model, x, beta=PAPER["mnist"]["beta"], p=2, chunk=1000):
+def anomaly_scores(model, x, beta=PAPER["mnist"]["beta"], p=2, chunk=1000, log=None, what="scoring"):
     """Eq. (3) for every sample of x -> numpy (N,), higher = more anomalous; in eval mode (BN running statistics).
-    Use the beta and p the model was trained with: Eq. (3) is Eq. (2)'s per-sample term."""
+    Use the beta and p the model was trained with: Eq. (3) is Eq. (2)'s per-sample term. With log, a pass of more
+    than one chunk reports its progress."""
     x = as_input(model, x)
     was_training = model.training
     model.eval()
-    out = []
+    out, progress = [], Progress(what, len(x), log) if log and len(x) > chunk else None
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
         x_hat, z = model(xb)
         out.append(toll_score(xb, x_hat, z, beta, p)[0])
+        if progress:
+            progress(i + len(xb))
     model.train(was_training)
     return torch.cat(out).cpu().numpy()
 
@@ -234,7 +246,8 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
     """Sec. 4.1: `iters` random batches of normal samples (no repeats within a batch), Adam with a fixed learning
     rate on the Eq. (2) loss. With labelled validation data (y_val: 1 = anomaly), every `eval_every` batches
     metric(y_val, scores) is computed and the best checkpoint is loaded at the end; without it the final model
-    stays. Returns (model, dict(best_val, best_iter, train_seconds)); best_val is None without validation."""
+    stays. Returns (model, dict(best_val, best_iter, train_seconds)); best_val is None without validation.
+    A non-finite loss, or NaN/inf or all-equal validation scores, raise FloatingPointError (a degenerate run)."""
     x_normal = as_input(model, x_normal, "x_normal")
     if not 2 <= batch_size <= len(x_normal):
         raise ValueError(f"batch_size must be in [2, {len(x_normal)}] (BatchNorm needs 2; x_normal has "
@@ -248,7 +261,7 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
     name = getattr(metric, "__name__", "metric")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best = (-1.0, 0, None)  # (metric, iteration, state)
-    n, t0, train_time = len(x_normal), time.time(), 0.0
+    n, t0, train_time, progress = len(x_normal), time.time(), 0.0, Progress("training", iters, log)
     for it in range(1, iters + 1):
         ts = time.time()
         xb = x_normal[torch.randperm(n, device=x_normal.device)[:batch_size]]
@@ -260,11 +273,13 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
         loss_value = loss.item()
         train_time += time.time() - ts
         check_finite(loss_value, f"the Eq. (2) loss at iteration {it}")
-        if it % eval_every == 0 or it == iters:
+        if it % eval_every and it != iters:
+            progress(it)                                          # a line at most every 10 s between validations
+        else:
             line = f"iter {it}/{iters} loss={loss_value:.4f} rec={rec.item():.4f} znorm={reg.item():.4f}"
             if x_val is not None:
-                scores = anomaly_scores(model, x_val, beta, p)
-                check_finite(scores, f"an Eq. (3) validation score at iteration {it}")
+                scores = anomaly_scores(model, x_val, beta, p, log=log, what=f"validation scoring at iteration {it}")
+                check_scores({"Eq. (3)": scores}, f"the validation set at iteration {it}")
                 m = metric(y_val, scores)
                 if m > best[0]:
                     best = (m, it, copy.deepcopy(model.state_dict()))
@@ -274,6 +289,27 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
         model.load_state_dict(best[2])
     info = dict(best_val=best[0], best_iter=best[1]) if x_val is not None else dict(best_val=None, best_iter=iters)
     return model, dict(info, train_seconds=train_time)
+
+
+def save(model, path, beta=PAPER["mnist"]["beta"], p=2, constants=None, config=None):
+    """Keep a trained model: its weights, input shape and latent size (plus any hyperparameters in config), and
+    what scoring new data needs: beta, p and prepare()'s constants (the "preprocess" entry). Written atomically."""
+    config = dict(config or {}, input_shape=list(model.input_shape), latent=model.latent)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_checkpoint(path, "toll", config, dict(constants or {}, beta=beta, p=p), state)
+
+
+def load(path, device="cpu"):
+    """A model written by save() or --save-model -> (model in eval mode, config, preprocess). New data:
+    anomaly_scores(model, normalise(x, preprocess), beta=preprocess["beta"], p=preprocess["p"])."""
+    ck = load_checkpoint(path, "toll")
+    model = build_model(ck["config"]["input_shape"], latent=ck["config"]["latent"])
+    try:
+        model.load_state_dict(ck["state"])
+    except RuntimeError as e:
+        raise DataError(f"'{path}' holds weights that do not fit its own config ({str(e).splitlines()[0][:200]}). "
+                        "Save the model again") from None
+    return model.to(device).eval(), ck["config"], ck["preprocess"]
 
 
 # ------------------------------------------------------------------------------------------ data (Sec. 4.1)
@@ -298,7 +334,7 @@ def tabular_split(X, y, seed=0, paths=None):
         if label == 0:
             parts["train"].append(idx[b:])
     test, val = torch.cat(parts["test"]), torch.cat(parts["val"])
-    return {"train": X[parts["train"][0]], "val": (X[val], y[val]), "test": (X[test], y[test])}
+    return {"train": X[parts["train"][0]], "val": (X[val], y[val]), "test": (X[test], y[test]), "index": test}
 
 
 def split_paths(dataset, root=None):
@@ -343,41 +379,95 @@ def load_index_file(path, n, what, exact=False):
     return torch.from_numpy(a.astype(np.int64))
 
 
-def prepare(dataset, normal="0", root=None, seed=0, val_size=None, split="random"):
-    """Load, split and preprocess a built-in dataset as Sec. 4.1 specifies -> (dict(train=x, val=(x, y) or None,
-    test=(x, y), anomaly_ratio= on tabular sets), the normal classes). Labels: 1 = anomaly. val_size: the
-    labelled hold-out of the image train split (None: the dataset's PAPER value; unused with split="official")."""
+def normalise(x, constants):
+    """prepare()'s preprocessing with its constants (a checkpoint's `preprocess`): grey images standardised with
+    mean / std, RGB images GCN (L1) then min-max with gcn_min / gcn_max, tabular rows as they are."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if "mean" in constants:
+        return standardize(x, torch.tensor(constants["mean"]), torch.tensor(constants["std"]))
+    if "gcn_min" in constants:
+        return minmax_scale(global_contrast_normalization(x), torch.tensor(constants["gcn_min"]),
+                            torch.tensor(constants["gcn_max"]))
+    return x
+
+
+def prepare(dataset, normal=None, root=None, seed=0, val_size=None, split="random", label_column="label",
+            normal_label="0", constants=None):
+    """Load, split and preprocess a dataset -> (dict, the normal classes; None for your own data). The dict:
+    train=x (normal samples), val=(x, y) or None, test=(x, y) (labels 1 = anomaly), index=each test sample's index
+    in its source, constants=normalise()'s (tabular: the anomaly_ratio, also under anomaly_ratio=), row=the PAPER
+    row whose values fit, source=what was read (your own data).
+    Built-in sets as Sec. 4.1 specifies: normal default "0"; val_size, the labelled hold-out of an image train split
+    (None: PAPER's; unused with split="official"). Your own data (dataset = a path): an .npz by its own splits, a
+    .csv (label_column, normal_label) split like Arrhythmia, an image folder (no validation set); see common.py.
+    constants (a checkpoint's): used instead of the ones fitted here when they are of the data's kind."""
     paths = split_paths(dataset, root) if split == "official" else None
+    x_fit, source = None, None                     # x_fit: the images whose mean / std standardise grey data
     if dataset in TABULAR:
         X, y = load_tabular(dataset, root)
-        parts = tabular_split(X, y, seed, paths)
-        return dict(parts, anomaly_ratio=float(y.float().mean())), [0]
-    normal = parse_normal(normal, IMAGE_DATASETS[dataset][0])
-    x_tr, y_tr, x_te, y_te = load_images(dataset, root)
-    if paths:      # --split official: the listed train-split indices validate, the normal rest trains
-        val_idx = load_index_file(paths[0], len(x_tr), "train-split images")
-        rest = torch.ones(len(x_tr), dtype=torch.bool)
-        rest[val_idx] = False
-        rest &= torch.isin(y_tr, torch.as_tensor(normal))
-        if not rest.any():
-            raise DataError(f"no training samples of normal class(es) {normal} are left outside {paths[0]}. "
-                            "Use the authors' file for this dataset, or --split random")
-        parts = {"train": x_tr[rest], "val": (x_tr[val_idx], is_anomaly(y_tr[val_idx], normal)),
-                 "test": (x_te, is_anomaly(y_te, normal))}
+        parts, ratio, normal = tabular_split(X, y, seed, paths), float(y.float().mean()), [0]
+    elif dataset in PAPER:
+        normal = parse_normal("0" if normal is None else normal, IMAGE_DATASETS[dataset][0])
+        x_tr, y_tr, x_te, y_te = load_images(dataset, root)
+        if paths:      # --split official: the listed train-split indices validate, the normal rest trains
+            val_idx = load_index_file(paths[0], len(x_tr), "train-split images")
+            rest = torch.ones(len(x_tr), dtype=torch.bool)
+            rest[val_idx] = False
+            rest &= torch.isin(y_tr, torch.as_tensor(normal))
+            if not rest.any():
+                raise DataError(f"no training samples of normal class(es) {normal} are left outside {paths[0]}. "
+                                "Use the authors' file for this dataset, or --split random")
+            parts = {"train": x_tr[rest], "val": (x_tr[val_idx], is_anomaly(y_tr[val_idx], normal)),
+                     "test": (x_te, is_anomaly(y_te, normal))}
+        else:
+            val_size = PAPER[dataset]["val_size"] if val_size is None else val_size
+            parts = one_class_split(x_tr, y_tr, x_te, y_te, normal, val_size=val_size, seed=seed)
+        x_fit = x_tr   # MNIST-type data: the whole training split's mean and std (MNIST 0.1307/0.3081)
+    elif dataset.endswith(".csv"):
+        X, y = load_csv(dataset, label_column, normal_label)
+        parts, ratio, normal = tabular_split(X, y, seed), float(y.float().mean()), None
+        source = f"{len(X)} rows of {X.shape[1]} features, {int(y.sum())} anomalies; 20% test / 30% validation " \
+                 "per class drawn from --seed"
+    elif dataset.endswith(".npz"):
+        parts, normal = load_npz(dataset), None
+        shape, val = tuple(parts["train"].shape[1:]), parts["val"]
+        source = (f"{len(parts['train'])} x_train, {len(parts['test'][0])} x_test and "
+                  f"{len(val[0]) if val else 'no'} x_val")
+        if len(shape) == 1:
+            ratio = float(parts["test"][1].float().mean())
+            source += f" rows of {shape[0]} features"
+        else:          # images -> the input of MnistAE (grey) or CifarAE (RGB)
+            fit = lambda x: fit_images(x, shape[0], 28 if shape[0] == 1 else 32)
+            parts = {"train": fit(parts["train"]), "val": None if val is None else (fit(val[0]), val[1]),
+                     "test": (fit(parts["test"][0]), parts["test"][1])}
+            source += f" images of {'x'.join(map(str, shape))}, read as {'x'.join(map(str, parts['train'].shape[1:]))}"
+    elif os.path.isfile(dataset):
+        raise DataError(f"'{dataset}' is a file toll.py cannot read. Give an .npz or .csv file, an image folder "
+                        "(train/good/, test/good/, test/<defect>/) or a built-in dataset name")
     else:
-        val_size = PAPER[dataset]["val_size"] if val_size is None else val_size
-        parts = one_class_split(x_tr, y_tr, x_te, y_te, normal, val_size=val_size, seed=seed)
-    if dataset.startswith("cifar"):
-        # Deep-SVDD convention: GCN (L1) per image, then min-max with the normal training images' extremes
-        lo_hi = global_contrast_normalization(parts["train"])
-        lo, hi = lo_hi.min(), lo_hi.max()
-        f = lambda x: minmax_scale(global_contrast_normalization(x), lo, hi)
-    else:
-        # per-dataset standardisation with the whole training split's mean and std (MNIST 0.1307/0.3081)
-        mean, std = x_tr.mean(), x_tr.std()
-        f = lambda x: standardize(x, mean, std)
-    val = (f(parts["val"][0]), parts["val"][1]) if parts["val"] else None
-    return {"train": f(parts["train"]), "val": val, "test": (f(parts["test"][0]), parts["test"][1])}, normal
+        parts, normal = load_image_folder(dataset), None
+        source, canon = parts["source"], lambda x: x.clone(memory_format=torch.contiguous_format)
+        # the loader's grey images carry channels-last strides, which change the CPU convolutions' rounding
+        parts = dict(parts, train=canon(parts["train"]), test=(canon(parts["test"][0]), parts["test"][1]))
+    x_train, (x_test, y_test) = parts["train"], parts["test"]
+    if y_test.min() == y_test.max():
+        raise DataError(f"the test set of {dataset} holds {'only anomalies' if y_test[0] else 'no anomalies'}; "
+                        "AUROC and F1 need both kinds. Give a test set with normal and anomalous samples")
+    kind = "tabular" if x_train.ndim == 2 else ("grey" if x_train.shape[1] == 1 else "RGB")
+    if kind == "tabular":      # features as given (Arrhythmia: the raw ODDS matrix, as in the authors' code)
+        fitted = {"anomaly_ratio": ratio}
+    elif kind == "grey":       # standardisation (Sec. 4.1: "zero mean and a standard deviation of 1")
+        x_fit = x_train if x_fit is None else x_fit
+        fitted = {"mean": float(x_fit.mean()), "std": float(x_fit.std())}
+    else:                      # Deep-SVDD convention: GCN (L1), then min-max with the normal training images' extremes
+        gcn = global_contrast_normalization(x_train)
+        fitted = {"gcn_min": float(gcn.min()), "gcn_max": float(gcn.max())}
+    constants = {k: (constants if constants and set(fitted) <= set(constants) else fitted)[k] for k in fitted}
+    val = None if parts["val"] is None else (normalise(parts["val"][0], constants), parts["val"][1])
+    out = {"train": normalise(x_train, constants), "val": val, "test": (normalise(x_test, constants), y_test),
+           "index": parts.get("index", torch.arange(len(x_test))), "constants": constants, "source": source,
+           "row": dataset if dataset in PAPER else {"tabular": "arrhythmia", "grey": "mnist", "RGB": "cifar10"}[kind]}
+    return dict(out, anomaly_ratio=constants["anomaly_ratio"]) if kind == "tabular" else out, normal
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -388,7 +478,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
 
     def error(self, message):
-        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
+        print(f"error: {message}. Run `python {os.path.basename(__file__)} --help` for the accepted values.",
+              file=sys.stderr)
         sys.exit(2)
 
 
@@ -415,7 +506,8 @@ def number(kind=float, low=None, high=None, low_open=False):
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
         if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
-            rng = f"{'>' if low_open else '>='} {plain(low)}" if high is None else f"in [{plain(low)}, {plain(high)}]"
+            rng = (f"{'>' if low_open else '>='} {plain(low)}" if high is None else
+                   f"in {'(' if low_open else '['}{plain(low)}, {plain(high)}]")
             raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
         return value
     return parse
@@ -468,18 +560,115 @@ def write_result(result, json_path=None, log=print):
         os.replace(json_path + ".tmp", json_path)
 
 
+# Issue 24 additions to the command-line block: the same lines in all five scripts, pasted after write_result.
+# Needs also: import subprocess, time; and `import sklearn, torchvision` inside provenance().
+
+class Progress:
+    """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
+    (and at the end), so that no phase stays silent for long."""
+
+    def __init__(self, what, total, log=print, every=10.0):
+        self.what, self.total, self.log, self.every = what, total, log, every
+        self.t0 = self.last = time.time()
+
+    def __call__(self, done, extra=""):
+        now = time.time()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last, spent = now, now - self.t0
+        left = f", about {spent / done * (self.total - done):.0f}s left" if 0 < done < self.total else ""
+        self.log(f"{self.what} {done}/{self.total}{extra} {spent:.0f}s elapsed{left}")
+
+
+def check_scores(scores, where):
+    """A degenerate run is not a result: NaN/inf scores, or one value for every sample, stop the run (exit 3)."""
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        if not np.isfinite(s).all():
+            raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
+                                     f"values of {s.size}: the model diverged. Try a smaller --lr")
+        if s.size > 1 and s.min() == s.max():
+            raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
+                                     "every sample, so no metric means anything. Try another --lr or more --iters")
+
+
+def provenance(argv):
+    """What made this result: the command line, package versions, and the git commit of the script's folder."""
+    import sklearn
+    import torchvision
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = git.stdout.strip() if git.returncode == 0 else None
+        dirty = commit and subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                          capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"command": " ".join([os.path.basename(sys.argv[0]) or "python", *argv]), "git_commit": commit,
+            "git_dirty": dirty, "python": sys.version.split()[0],
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+                         "scikit-learn": sklearn.__version__}}
+
+
+def save_scores(path, scores, labels, index):
+    """--save-scores: every reported variant's test scores (higher = more anomalous; `scores` is the main one,
+    `scores_<variant>` the others), the labels (1 = anomaly) and the test samples' indices, written atomically."""
+    arrays = {("scores" if k == "main" else f"scores_{k}"): np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, labels=np.asarray(labels, dtype=np.int64), index=np.asarray(index, dtype=np.int64), **arrays)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, script, config, preprocess, state):
+    """--save-model: the weights, every resolved hyperparameter and the preprocessing constants, atomically."""
+    torch.save({"script": script, "config": config, "preprocess": preprocess, "state": state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, script):
+    """--load-model: a checkpoint this script wrote, or a DataError saying what it is instead."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                        f"Give a file written by `{script}.py --save-model`") from None
+    if not isinstance(ck, dict) or ck.get("script") != script:
+        who = ck.get("script") if isinstance(ck, dict) else None
+        raise DataError(f"'{path}' is {f'a checkpoint of {who}.py' if who else 'not a checkpoint of this project'}, "
+                        f"not of {script}.py. Load it with the script that wrote it")
+    return ck
+
+
+def dataset_name(name):
+    """argparse type: a built-in dataset's name, else a path to your own data (checked when it is read)."""
+    if name in PAPER or is_user_dataset(name):
+        return name
+    raise argparse.ArgumentTypeError(f"unknown dataset '{name}': choose one of {', '.join(PAPER)}, or give your own "
+                                     "data as an .npz or .csv file or an image folder (a path)")
+
+
+LOADED = ("beta", "norm", "lr", "latent", "iters", "batch_size", "eval_every", "select", "val_size")  # --load-model's
+
+
 def parse_args(argv=None):
     pre = ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--dataset", default="mnist")
-    pre.add_argument("--split", default="random")
+    for flag, default in (("--dataset", "mnist"), ("--split", "random"), ("--load-model", None)):
+        pre.add_argument(flag, default=default)
     known = pre.parse_known_args(argv)[0]
     p = ArgumentParser(description="Toll: targeted collapse regularized autoencoder (Ghafourian et al., TNNLS 2024)",
                        formatter_class=HelpFormatter, allow_abbrev=False)
-    p.add_argument("--dataset", default="mnist", choices=list(PAPER),
+    p.add_argument("--dataset", type=dataset_name, default="mnist", metavar="NAME|PATH",
                    help="mnist, fashion-mnist, cifar10, cifar100 (20 superclasses), arrhythmia (Sec. 4.1); not in "
-                        "the paper: thyroid (Arrhythmia's values), digits (install check: MNIST's, batch 64, val 300)")
-    p.add_argument("--normal", default="0", help="normal class, or a comma list; tabular sets ignore it, their "
-                                                 "normal label is 0 (Sec. 4.1: one class)")
+                        "the paper: thyroid (Arrhythmia's values), digits (install check: MNIST's, batch 64, val 300) "
+                        "and your own data: an .npz (x_train normal samples, x_test, y_test 1 = anomaly, optional "
+                        "x_val / y_val), a .csv (features as given, split and F1 as Arrhythmia's) or an image folder "
+                        "(train/good, test/good, test/<defect>), with Arrhythmia's model and values for tabular data, "
+                        "MNIST's for grey images (1x28x28), CIFAR-10's for RGB ones (3x32x32)")
+    p.add_argument("--normal", help="normal class, or a comma list (default 0 for the built-in image sets; Sec. 4.1: "
+                                    "one class); tabular sets and your own data have their own normal label")
+    p.add_argument("--label-column", help="a .csv dataset's label column (default: label; not in the paper)")
+    p.add_argument("--normal-label", help="a .csv dataset's label of normal rows, the others are anomalies "
+                                          "(default: 0; not in the paper)")
     p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
                    help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
     p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
@@ -510,67 +699,134 @@ def parse_args(argv=None):
     p.add_argument("--select", default="val", choices=["val", "last"],
                    help="val: test the checkpoint of the best validation metric (Sec. 4.1, uses anomaly labels); "
                         "last: test the final model (not in the paper: for data without labels)")
-    p.add_argument("--json", type=output_path, help="also write the RESULT keys to this file (not in the paper)")
-    defaults = dict(PAPER.get(known.dataset, PAPER["mnist"]))
+    p.add_argument("--json", type=output_path, help="also write the RESULT keys, the resolved configuration and "
+                                                    "the provenance to this file (not in the paper)")
+    p.add_argument("--save-scores", type=output_path, metavar="FILE.npz",
+                   help="write the test scores (Eq. 3, higher = more anomalous), labels (1 = anomaly) and each test "
+                        "sample's index in its source (not in the paper)")
+    p.add_argument("--save-model", type=output_path, metavar="FILE.pt",
+                   help="write the trained weights, the resolved hyperparameters and the preprocessing constants "
+                        "(not in the paper)")
+    p.add_argument("--load-model", metavar="FILE.pt",
+                   help="score the test data with a model written by --save-model instead of training; its "
+                        "hyperparameters and preprocessing constants are used (not in the paper)")
+    user = known.dataset not in PAPER
+    defaults = dict.fromkeys(PAPER["mnist"]) if user else dict(PAPER[known.dataset])   # your data: after reading it
     if known.split == "official" or known.dataset in TABULAR:
         defaults["val_size"] = None                              # fixed by the split, not by --val-size
+    if known.load_model:
+        defaults.update(dict.fromkeys(LOADED))                   # the checkpoint's values
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
-    if args.val_size is not None and args.split == "official" and args.dataset not in TABULAR:
+    tabular = args.dataset in TABULAR
+    given = [f"--{k.replace('_', '-')}" for k in LOADED + ("save_model",) if getattr(args, k) is not None]
+    if args.load_model and given:
+        p.error(f"{', '.join(given)} cannot be used with --load-model: the model is scored as the checkpoint holds it, "
+                "with its hyperparameters, and nothing is trained. Drop them, or train a model without --load-model")
+    if args.normal is not None and (user or tabular):
+        why = "its normal label is 0" if tabular else "your own data labels its anomalies itself"
+        p.error(f"--normal does not apply to {args.dataset}: {why}. Leave --normal out")
+    if (args.label_column is not None or args.normal_label is not None) and not args.dataset.endswith(".csv"):
+        p.error(f"--label-column and --normal-label apply to a .csv dataset only, not to {args.dataset}. Drop them")
+    if args.val_size is not None and (user or tabular):
+        p.error(f"--val-size does not apply to {args.dataset}: tabular sets validate on 30% of each class (Sec. 4.1), "
+                "your own data brings its validation set (an .npz's x_val / y_val). Drop --val-size")
+    if args.val_size is not None and args.split == "official":
         p.error("--val-size does not apply with --split official: the validation set is the index file's samples "
                 "(10000 in the authors' files). Drop --val-size, or use --split random")
-    if args.select == "val" and args.val_size == 0 and args.dataset not in TABULAR:
+    if args.select == "val" and args.val_size == 0:
         p.error("--select val needs a validation set, and --val-size is 0. Pass --val-size > 0, or --select last")
     return args
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     log = lambda line: print(line, flush=True)
     t_start = time.time()
     try:
-        tabular, p = args.dataset in TABULAR, NORMS[args.norm]
+        model, config, constants = load(args.load_model, args.device) if args.load_model else (None, {}, None)
         set_seed(args.seed)
-        split, normal = prepare(args.dataset, args.normal, args.data_root, args.seed, args.val_size, args.split)
-        if args.batch_size > len(split["train"]):
-            raise DataError(f"--batch-size {args.batch_size} exceeds the {len(split['train'])} normal training "
-                            "samples. Pass a smaller --batch-size")
-        x_test, y_test = split["test"][0], split["test"][1].numpy()
+        data, normal = prepare(args.dataset, args.normal, args.data_root, args.seed, args.val_size, args.split,
+                               args.label_column or "label", args.normal_label or "0", constants)
+        shape, (x_test, y_test) = tuple(data["train"].shape[1:]), data["test"]
+        y_test, tabular = y_test.numpy(), len(shape) == 1
+        if model is not None and tuple(config["input_shape"]) != shape:
+            raise DataError(f"'{args.load_model}' is a model for inputs of shape {tuple(config['input_shape'])}, but "
+                            f"{args.dataset} gives {shape}. Score data of that shape, or train a model on this data")
+        # the resolved hyperparameters: the checkpoint's; else the flags, whose defaults are the dataset's PAPER row
+        # (your own data: the row that fits it, tabular -> arrhythmia, grey -> mnist, RGB -> cifar10)
+        if model is not None:
+            cfg = {k: config[k] for k in LOADED}
+        else:
+            cfg = {k: PAPER[data["row"]].get(k) if getattr(args, k) is None else getattr(args, k) for k in LOADED}
+        p = NORMS[cfg["norm"]]
         if tabular:
             def f1(labels, scores):
-                return f1_top_ratio(labels, scores, split["anomaly_ratio"])
+                return f1_top_ratio(labels, scores, data["anomaly_ratio"])
         metric = f1 if tabular else auroc
-        model = build_model(split["train"].shape[1:], latent=args.latent).to(args.device)
-        x_val, y_val = split["val"] if args.select == "val" else (None, None)
-        log(f"toll: dataset={args.dataset} normal={','.join(map(str, normal))} split={args.split} "
-            f"train={len(split['train'])} val={len(split['val'][0]) if split['val'] else 0} test={len(x_test)} "
-            f"(anomalies {int(y_test.sum())}) beta={args.beta:g} norm=L{args.norm} lr={args.lr:g} "
-            f"batch={args.batch_size} latent={args.latent} select={args.select} device={args.device}")
-        model, info = train(model, split["train"], x_val, y_val, beta=args.beta, lr=args.lr, iters=args.iters,
-                            batch_size=args.batch_size, eval_every=args.eval_every, p=p, metric=metric, log=log)
+        x_val, y_val = data["val"] if cfg["select"] == "val" and data["val"] and model is None else (None, None)
+        if model is None:
+            if cfg["batch_size"] > len(data["train"]):
+                raise DataError(f"--batch-size {cfg['batch_size']} exceeds the {len(data['train'])} normal training "
+                                "samples. Pass a smaller --batch-size")
+            if cfg["select"] == "val" and (x_val is None or y_val.min() == y_val.max()):
+                raise DataError(f"--select val needs labelled validation data with normal and anomalous samples, and "
+                                f"{args.dataset} has {'none' if x_val is None else 'only one kind'}. Pass --select last"
+                                + (", or add x_val and y_val to the .npz" if args.dataset.endswith(".npz") else ""))
+            model = build_model(shape, latent=cfg["latent"]).to(args.device)
+        name = os.path.basename(os.path.normpath(args.dataset)) if normal is None else args.dataset
+        split = args.split if args.dataset in PAPER or args.dataset.endswith(".csv") else "own"   # own: the file's
+        if data["source"]:
+            log(f"toll: read {name}: {data['source']}; the model and hyperparameters of --dataset {data['row']}")
+        if args.load_model:
+            log(f"toll: model {args.load_model} (trained on {config.get('dataset')}, seed {config.get('seed')}): its "
+                "hyperparameters and preprocessing constants, no training")
+        log(f"toll: dataset={name} normal={'-' if normal is None else ','.join(map(str, normal))} split={split} "
+            f"train={len(data['train'])} val={len(data['val'][0]) if data['val'] else 0} test={len(x_test)} "
+            f"(anomalies {int(y_test.sum())}) beta={cfg['beta']:g} norm=L{cfg['norm']} lr={cfg['lr']:g} "
+            f"batch={cfg['batch_size']} latent={cfg['latent']} select={cfg['select']} device={args.device}; "
+            "scores: Eq. (3), one pass over the test set")
+        if args.load_model:
+            info = dict(best_val=None, best_iter=None, train_seconds=None)
+        else:
+            model, info = train(model, data["train"], x_val, y_val, beta=cfg["beta"], lr=cfg["lr"],
+                                iters=cfg["iters"], batch_size=cfg["batch_size"], eval_every=cfg["eval_every"], p=p,
+                                metric=metric, log=log)
         ts = time.time()
-        scores = anomaly_scores(model, x_test, beta=args.beta, p=p)
+        scores = anomaly_scores(model, x_test, beta=cfg["beta"], p=p, log=log)
         score_time = time.time() - ts
-        check_finite(scores, "an Eq. (3) test score")
-    except (DataError, FloatingPointError) as e:
+        check_scores({"Eq. (3)": scores}, "the test set")
+        metric_name = metric.__name__
+        result = {"method": "toll", "dataset": name, "normal": "-" if normal is None else ",".join(map(str, normal)),
+                  "seed": args.seed, metric_name: round(metric(y_test, scores), 4)}
+        if tabular:
+            result["auroc"] = round(auroc(y_test, scores), 4)
+        train_s = info["train_seconds"]
+        val = None if x_val is None else round(info["best_val"], 4)
+        result.update({"select": cfg["select"], f"val_{metric_name}": val, "best_iter": info["best_iter"],
+                       "beta": cfg["beta"], "norm": cfg["norm"], "split": split, "iters": cfg["iters"],
+                       "batch_size": cfg["batch_size"], "device": args.device.type,
+                       "seconds": round(time.time() - t_start, 1),
+                       "train_samples_per_s": None if train_s is None else
+                       round(cfg["iters"] * cfg["batch_size"] / max(train_s, 1e-9), 1),
+                       "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
+        result = {k: v for k, v in result.items() if v is not None}
+        config = dict(config, **cfg, dataset=args.dataset, normal=result["normal"], seed=args.seed,
+                      split=split, input_shape=list(shape), paper_row=config.get("paper_row", data["row"]))
+        if args.save_scores:
+            save_scores(args.save_scores, {"main": scores}, y_test, data["index"])
+        if args.save_model:
+            save(model, args.save_model, beta=cfg["beta"], p=p, constants=data["constants"], config=config)
+    except (DataError, FloatingPointError) as e:     # a degenerate run (FloatingPointError) is not a result: exit 3
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(3 if isinstance(e, FloatingPointError) else 2)
     except KeyboardInterrupt:
         print("\ninterrupted: no result was written", file=sys.stderr)
         sys.exit(130)
-    name = metric.__name__
-    result = {"method": "toll", "dataset": args.dataset, "normal": ",".join(map(str, normal)), "seed": args.seed,
-              name: round(metric(y_test, scores), 4)}
-    if tabular:
-        result["auroc"] = round(auroc(y_test, scores), 4)
-    result.update({"select": args.select, f"val_{name}": None if x_val is None else round(info["best_val"], 4),
-                   "best_iter": info["best_iter"], "beta": args.beta, "norm": args.norm, "split": args.split,
-                   "iters": args.iters, "batch_size": args.batch_size, "device": args.device.type,
-                   "seconds": round(time.time() - t_start, 1),
-                   "train_samples_per_s": round(args.iters * args.batch_size / max(info["train_seconds"], 1e-9), 1),
-                   "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
-    result = {k: v for k, v in result.items() if v is not None}
-    write_result(result, args.json, log)
+    write_result(result, None, log)                              # the RESULT line: its keys only
+    if args.json:                                                # the JSON: the same keys, config and provenance
+        write_result(dict(result, config=config, provenance=provenance(argv)), args.json, log=lambda line: None)
     return result
 
 

@@ -193,7 +193,9 @@ def test_seed_makes_cpu_runs_repeatable(tiny_root):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--dataset", "svhn"], "invalid choice"),
+    (["--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["--dataset", "thyroid", "--normal", "1"], "--normal does not apply to thyroid"),      # issue 26
+    (["--dataset", "arrhythmia", "--val-size", "10"], "--val-size does not apply to arrhythmia"),
     (["--dataset", "mnist", "--normal", "10"], "out of range"),
     (["--dataset", "mnist", "--normal", "1;2"], "comma list"),
     (["--dataset", "mnist", "--normal", "0", "--batch-size", "100000", "--val-size", "10"], "exceeds"),
@@ -222,7 +224,7 @@ def test_missing_data_offline_exits_with_one_paragraph_and_no_traceback(tmp_path
 def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys):
     with pytest.raises(SystemExit) as e:
         toll.main(["--dataset", "arrhythmia", "--data-root", tiny_root, "--iters", "50", "--lr", "1e30"])
-    assert e.value.code == 2
+    assert e.value.code == 3
     err = capsys.readouterr().err
     assert "diverged" in err and "iteration" in err
 
@@ -290,10 +292,14 @@ x_new = np.random.randn(200, 20).astype(np.float32) * 2
 model = toll.build_model(x_train.shape[1:], latent=16)   # Appendix B's autoencoder for that shape
 model, info = toll.train(model, x_train, beta=10, lr=1e-3, iters=200, batch_size=100)   # Eq. (2), Sec. 4.1
 scores = toll.anomaly_scores(model, x_new, beta=10)      # Eq. (3): numpy (200,), higher = more anomalous
+toll.save(model, "toll.pt", beta=10)                      # weights, shape, latent size, beta and p
+model, config, preprocess = toll.load("toll.pt")          # later: the same scores for the same data
+again = toll.anomaly_scores(model, toll.normalise(x_new, preprocess), beta=preprocess["beta"], p=preprocess["p"])
 """
 
 API_CHECK = """
 assert scores.shape == (200,) and np.isfinite(scores).all() and np.ptp(scores) > 0, scores
+assert np.array_equal(again, scores) and config["input_shape"] == [20] and config["latent"] == 16
 assert info["best_val"] is None and info["best_iter"] == 200
 assert np.median(scores) > np.median(toll.anomaly_scores(model, x_train[:200], beta=10))  # wider data score higher
 lines = []
@@ -382,10 +388,307 @@ def test_help_and_defaults_are_each_datasets_paper_values(capsys):
     assert toll.parse_args(["--dataset", "mnist", "--split", "official"]).val_size is None
 
 
-def test_scores_that_overflow_stop_with_an_error_not_a_traceback(capsys):
-    """Issue 26's case (a huge beta with a huge lr): finite losses, infinite validation scores -> error: exit 2."""
+def test_scores_that_overflow_stop_with_exit_3_and_write_nothing(capsys, tmp_path):
+    """Issues 24 and 26's case (a huge beta with a huge lr): finite losses, infinite validation scores -> one
+    error: paragraph naming the phase and iteration, exit 3, no JSON, score file or checkpoint."""
+    outs = [tmp_path / "r.json", tmp_path / "s.npz", tmp_path / "m.pt"]
     with pytest.raises(SystemExit) as e:
         toll.main(["--dataset", "digits", "--normal", "3", "--beta", "1e30", "--lr", "10", "--iters", "3",
-                   "--eval-every", "1", "--val-size", "50"])
+                   "--eval-every", "1", "--val-size", "50", "--json", str(outs[0]), "--save-scores", str(outs[1]),
+                   "--save-model", str(outs[2])])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "diverged" in err and "iteration" in err and "Traceback" not in err
+    assert e.value.code == 3 and "Traceback" not in err and [ln[:7] for ln in err.splitlines()] == ["error: "]
+    assert "validation set at iteration" in err and "diverged" in err and "--lr" in err
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ your own data (issue 24)
+
+def own_table(n_normal=250, n_anomalous=30, d=20, seed=0):
+    """float32 rows: a normal cloud and anomalies 4 sigma away; labels 1 = anomaly."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(size=(n_normal, d)), rng.normal(size=(n_anomalous, d)) + 4.0]).astype(np.float32)
+    return x, np.r_[np.zeros(n_normal), np.ones(n_anomalous)].astype(np.int64)
+
+
+def write_csv(path, x, y, label="label", extra=None):
+    """Exact float32 text (repr of each value), a header row and the label column last."""
+    with open(path, "w") as f:
+        f.write(",".join([f"f{i}" for i in range(x.shape[1])] + [label]) + (",kind" if extra else "") + "\n")
+        for row, lab in zip(x, y):
+            f.write(",".join([repr(float(v)) for v in row] + [str(lab)]) + (f",{extra}" if extra else "") + "\n")
+    return str(path)
+
+
+def own_images(n, channels, side, anomalous, seed):
+    """uint8 (n, side, side, channels): a bright square top-left (normal) or bottom-right (anomaly), plus noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 40, size=(n, side, side, channels))
+    a, b = (side // 2, side) if anomalous else (0, side // 2)
+    x[:, a:b, a:b] += 200
+    return x.astype(np.uint8)
+
+
+def write_own(tmp_path, kind, side=None):
+    """One generated dataset of each kind toll.py takes -> its path (images: 8x8 grey, 20x20 RGB unless side)."""
+    if kind in ("csv", "npz-tabular"):
+        x, y = own_table()
+        if kind == "csv":
+            return write_csv(tmp_path / "table.csv", x, y)
+        normal, anomalous = x[y == 0], x[y == 1]
+        np.savez(tmp_path / "table.npz", x_train=normal[:80], x_val=np.r_[normal[80:100], anomalous[:10]],
+                 y_val=np.r_[np.zeros(20), np.ones(10)], x_test=np.r_[normal[100:120], anomalous[10:]],
+                 y_test=np.r_[np.zeros(20), np.ones(20)])
+        return str(tmp_path / "table.npz")
+    channels, side = (1, side or 8) if "grey" in kind else (3, side or 20)
+    img = lambda n, anomalous, seed: own_images(n, channels, side, anomalous, seed)
+    if kind.startswith("npz"):
+        squeeze = (lambda x: x[..., 0]) if channels == 1 else (lambda x: x)       # (N, H, W) grey, (N, H, W, 3) RGB
+        np.savez(tmp_path / "images.npz", x_train=squeeze(img(24, False, 1)),
+                 x_val=squeeze(np.r_[img(6, False, 2), img(6, True, 3)]), y_val=np.r_[np.zeros(6), np.ones(6)],
+                 x_test=squeeze(np.r_[img(8, False, 4), img(8, True, 5)]), y_test=np.r_[np.zeros(8), np.ones(8)])
+        return str(tmp_path / "images.npz")
+    from PIL import Image
+    root = tmp_path / "folder"
+    for sub, n, anomalous, seed in (("train/good", 24, False, 1), ("test/good", 8, False, 4),
+                                    ("test/crack", 8, True, 5)):
+        (root / sub).mkdir(parents=True)
+        for i, a in enumerate(img(n, anomalous, seed)):
+            Image.fromarray(a[..., 0] if channels == 1 else a).save(root / sub / f"{i:03d}.png")
+    return str(root)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Booby-trap the optimiser: a run that should be refused (or only score) must not take a training step."""
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda *a, **k: pytest.fail("an optimiser step ran"))
+
+
+@pytest.mark.parametrize("kind,beta,latent,metric,shape", [
+    ("csv", 10, 16, "f1", "280 rows of 20 features"),
+    ("npz-tabular", 10, 16, "f1", "80 x_train, 40 x_test and 30 x_val rows of 20 features"),
+    ("npz-grey", 1000, 128, "auroc", "24 x_train, 16 x_test and 12 x_val images of 1x8x8, read as 1x28x28"),
+    ("npz-rgb", 10, 64, "auroc", "images of 3x20x20, read as 3x32x32"),
+    ("folder-grey", 1000, 128, "auroc", "of 8x8 grey, read as 1x28x28"),
+    ("folder-rgb", 10, 64, "auroc", "of 20x20 RGB, read as 3x32x32")],
+    ids=["csv", "npz-tabular", "npz-grey", "npz-rgb", "folder-grey", "folder-rgb"])
+def test_each_kind_of_own_data_runs_end_to_end(tmp_path, capsys, kind, beta, latent, metric, shape):
+    """--dataset PATH: tabular rows take Arrhythmia's values, grey images MNIST's, RGB images CIFAR-10's; the header
+    says what was read and what it became; RESULT: the file's base name and normal=-."""
+    path = write_own(tmp_path, kind)
+    flags = ["--select", "last"] if kind.startswith("folder") else ["--eval-every", "1"]
+    r = toll.main(["--dataset", path, "--iters", "2", "--batch-size", "8"] + flags)
+    out = capsys.readouterr().out
+    assert r["dataset"] == os.path.basename(path) and r["normal"] == "-" and r["beta"] == beta and 0 <= r[metric] <= 1
+    assert f"toll: read {os.path.basename(path)}: " in out and shape in out and f"latent={latent} " in out
+    assert r["split"] == ("random" if kind == "csv" else "own") and (f"val_{metric}" in r) != kind.startswith("folder")
+
+
+def test_arrhythmia_written_as_csv_gives_the_built_in_run(tiny_root, tmp_path):
+    """A CSV is split and scored as the built-in tabular sets: Arrhythmia's matrix written out as exact float32 text
+    with a label column gives the same split, scores, F1 and AUROC as --dataset arrhythmia with the same seed."""
+    x, y = toll.load_tabular("arrhythmia", tiny_root)
+    path = write_csv(tmp_path / "arrhythmia.csv", x.numpy(), y.numpy())
+    flags = ["--iters", "6", "--eval-every", "2", "--seed", "5"]
+    a = toll.main(["--dataset", "arrhythmia", "--data-root", tiny_root, "--save-scores", str(tmp_path / "a.npz")]
+                  + flags)
+    b = toll.main(["--dataset", path, "--save-scores", str(tmp_path / "b.npz")] + flags)
+    keys = ("f1", "auroc", "val_f1", "best_iter")
+    assert [a[k] for k in keys] == [b[k] for k in keys]
+    sa, sb = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    for key in ("scores", "labels", "index"):
+        np.testing.assert_array_equal(sa[key], sb[key])
+
+
+def test_saved_scores_give_the_results_metrics_and_index_the_source_rows(tmp_path):
+    """--save-scores: scores (higher = more anomalous), labels and each test sample's row in the CSV; F1 (the top
+    anomaly-ratio of scores, Sec. 4.1) and AUROC recomputed from the file equal the RESULT's."""
+    x, y = own_table()
+    path = write_csv(tmp_path / "t.csv", x, y)
+    r = toll.main(["--dataset", path, "--iters", "3", "--eval-every", "1", "--save-scores", str(tmp_path / "s.npz")])
+    s = np.load(tmp_path / "s.npz")
+    assert sorted(s.files) == ["index", "labels", "scores"] and s["scores"].dtype == np.float64
+    np.testing.assert_array_equal(s["labels"], y[s["index"]])                   # index = the CSV's data rows
+    assert round(toll.f1_top_ratio(s["labels"], s["scores"], y.mean()), 4) == r["f1"]
+    assert round(toll.auroc(s["labels"], s["scores"]), 4) == r["auroc"]
+    assert not [f for f in os.listdir(tmp_path) if "tmp" in f]
+
+
+@pytest.mark.parametrize("kind", ["csv", "npz-grey", "folder-rgb"])
+def test_loaded_model_scores_exactly_as_the_saving_run_without_training(tmp_path, monkeypatch, kind):
+    """--save-model then --load-model: the same test data scored by the loaded weights, beta, p and preprocessing
+    constants (grey: mean/std; RGB: GCN extremes; tabular: the anomaly ratio) equal the saving run's scores, and
+    no optimiser step runs. The Python API (load + normalise) gives them too."""
+    path = write_own(tmp_path, kind)
+    flags = ["--select", "last"] if kind.startswith("folder") else []
+    a = toll.main(["--dataset", path, "--iters", "3", "--batch-size", "8", "--beta", "3", "--norm", "1",
+                   "--save-model", str(tmp_path / "m.pt"), "--save-scores", str(tmp_path / "a.npz")] + flags)
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda *a, **k: pytest.fail("--load-model trained"))
+    b = toll.main(["--dataset", path, "--load-model", str(tmp_path / "m.pt"), "--save-scores", str(tmp_path / "b.npz")])
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["scores"], np.load(tmp_path / "b.npz")["scores"])
+    metric = "f1" if kind == "csv" else "auroc"
+    assert a[metric] == b[metric] and b["beta"] == 3 and b["norm"] == "1" and "train_samples_per_s" not in b
+    model, config, pre = toll.load(str(tmp_path / "m.pt"))
+    assert config["beta"] == pre["beta"] == 3 and pre["p"] == 1.0 and config["batch_size"] == 8
+    assert set(pre) - {"beta", "p"} == {"csv": {"anomaly_ratio"}, "npz-grey": {"mean", "std"},
+                                         "folder-rgb": {"gcn_min", "gcn_max"}}[kind]
+    data, _ = toll.prepare(path, seed=0)
+    raw = {"csv": lambda x: x, "npz-grey": lambda x: x * pre["std"] + pre["mean"]}.get(kind)
+    if raw:        # new data: the raw samples through normalise() with the checkpoint's constants
+        api = toll.anomaly_scores(model, toll.normalise(raw(data["test"][0]), pre), beta=pre["beta"], p=pre["p"])
+        np.testing.assert_allclose(api, np.load(tmp_path / "a.npz")["scores"], rtol=1e-5)
+
+
+def test_load_model_refuses_another_scripts_checkpoint_another_shape_and_model_flags(tmp_path, capsys, no_training):
+    x, y = own_table()
+    path = write_csv(tmp_path / "t.csv", x, y)
+    toll.save(toll.build_model((21,), latent=4), str(tmp_path / "wide.pt"), beta=10)
+    toll.save_checkpoint(str(tmp_path / "other.pt"), "cance", {}, {}, {})
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for extra, words in ((["--load-model", str(tmp_path / "wide.pt")], "inputs of shape (21,), but"),
+                         (["--load-model", str(tmp_path / "other.pt")], "is a checkpoint of cance.py, not of toll.py"),
+                         (["--load-model", str(tmp_path / "junk.pt")], "cannot read"),
+                         (["--load-model", str(tmp_path / "none.pt")], "cannot read"),
+                         (["--load-model", str(tmp_path / "wide.pt"), "--latent", "4", "--iters", "3"],
+                          "--latent, --iters cannot be used with --load-model")):
+        with pytest.raises(SystemExit) as e:
+            toll.main(["--dataset", path] + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_json_carries_the_resolved_config_and_provenance_the_result_line_does_not(tmp_path, capsys):
+    x, y = own_table()
+    out = tmp_path / "r.json"
+    r = toll.main(["--dataset", write_csv(tmp_path / "t.csv", x, y), "--iters", "2", "--json", str(out)])
+    j = read_json(out)
+    assert {k: j[k] for k in r} == r and "config" not in r
+    assert {k: j["config"][k] for k in ("lr", "latent", "beta", "batch_size", "eval_every", "paper_row")} == \
+        dict(lr=1e-3, latent=16, beta=10, batch_size=100, eval_every=20, paper_row="arrhythmia")
+    assert j["config"]["input_shape"] == [20] and j["config"]["iters"] == 2
+    prov = j["provenance"]
+    assert prov["command"].endswith(f"--json {out}") and set(prov["versions"]) == {"torch", "torchvision", "numpy",
+                                                                                      "scikit-learn"}
+    assert "git_commit" in prov and "RESULT " in capsys.readouterr().out
+
+
+def test_constant_scores_are_not_a_result_exit_3_and_nothing_written(tmp_path, monkeypatch, capsys):
+    """A model that gives every test sample one score (here forced) stops the run before anything is written."""
+    x, y = own_table()
+    path = write_csv(tmp_path / "t.csv", x, y)
+    monkeypatch.setattr(toll, "anomaly_scores", lambda model, x, **k: np.full(len(x), 0.5))
+    outs = ["--json", str(tmp_path / "r.json"), "--save-scores", str(tmp_path / "s.npz"), "--save-model",
+            str(tmp_path / "m.pt")]
+    with pytest.raises(SystemExit) as e:
+        toll.main(["--dataset", path, "--iters", "2", "--select", "last"] + outs)
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and "every Eq. (3) score of the test set is 0.5" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["t.csv"]
+
+
+def test_long_phases_report_progress_with_time_left(monkeypatch):
+    """Training and each scoring pass of more than one chunk report through Progress (here every call)."""
+    real = toll.Progress
+    monkeypatch.setattr(toll, "Progress", lambda what, total, log: real(what, total, log, every=0.0))
+    lines = []
+    model = toll.build_model((5,), latent=2)
+    x = np.random.default_rng(0).normal(size=(30, 5))
+    toll.train(model, x, x[:6], np.array([0, 0, 0, 1, 1, 1]), beta=1, lr=1e-3, iters=4, batch_size=10,
+               eval_every=4, log=lines.append)
+    toll.anomaly_scores(model, x, beta=1, chunk=8, log=lines.append)
+    training = [ln.split(" ")[:2] for ln in lines if ln.startswith("training")]
+    assert training == [["training", f"{i}/4"] for i in (1, 2, 3)]
+    assert lines[-1].startswith("scoring 30/30 ") and any("s left" in ln for ln in lines if ln.startswith("scoring"))
+
+
+def bad_own_data(tmp_path, case):
+    """Generated bad inputs -> (argv, words the error must contain)."""
+    x, y = own_table(40, 10, d=4)
+    t = tmp_path
+    if case == "npz-missing":
+        return [str(t / "none.npz")], "none.npz"
+    if case == "csv-missing":
+        return [str(t / "none.csv")], "none.csv"
+    if case == "folder-missing":
+        return [str(t / "nowhere") + "/"], "does not exist"
+    if case == "npz-keys":
+        np.savez(t / "k.npz", x_train=x, x_tst=x)
+        return [str(t / "k.npz")], "it holds x_train, x_tst"
+    if case == "npz-lengths":
+        np.savez(t / "l.npz", x_train=x, x_test=x, y_test=y[:-1])
+        return [str(t / "l.npz")], "x_test has 50 samples but y_test has 49"
+    if case == "npz-labels":
+        np.savez(t / "b.npz", x_train=x, x_test=x, y_test=y * 2)
+        return [str(t / "b.npz")], "0 (normal) and 1 (anomaly) only"
+    if case == "npz-nan":
+        x[3, 1] = np.nan
+        np.savez(t / "n.npz", x_train=x, x_test=x, y_test=y)
+        return [str(t / "n.npz")], "NaN or inf"
+    if case == "npz-no-val-select-val":
+        np.savez(t / "v.npz", x_train=x[y == 0], x_test=x, y_test=y)
+        return [str(t / "v.npz"), "--batch-size", "8"], "add x_val and y_val"
+    if case == "npz-test-without-anomalies":
+        np.savez(t / "a.npz", x_train=x[y == 0], x_test=x[y == 0], y_test=y[y == 0])
+        return [str(t / "a.npz")], "holds no anomalies"
+    if case == "csv-inf":
+        x[2, 0] = np.inf
+        return [write_csv(t / "i.csv", x, y)], "NaN or inf"
+    if case == "csv-no-label-column":
+        return [write_csv(t / "c.csv", x, y, label="class")], "no column 'label' (columns: f0, f1, f2, f3, class)"
+    if case == "csv-text-column":
+        return [write_csv(t / "s.csv", x, y, extra="abc")], "column 'kind' is not numeric"
+    if case == "csv-normal-with-own-data":
+        return [write_csv(t / "n.csv", x, y), "--normal", "0"], "--normal does not apply"
+    if case == "npz-label-column":
+        np.savez(t / "lc.npz", x_train=x, x_test=x, y_test=y)
+        return [str(t / "lc.npz"), "--label-column", "y"], "apply to a .csv dataset only"
+    if case == "csv-val-size":
+        return [write_csv(t / "v.csv", x, y), "--val-size", "10"], "--val-size does not apply to"
+    if case == "csv-split-official":
+        return [write_csv(t / "o.csv", x, y), "--split", "official"], "ship no index files for"
+    if case == "not-a-data-file":
+        (t / "notes.txt").write_text("hello")
+        return [str(t / "notes.txt")], "cannot read"
+    folder = write_own(t, "folder-grey")
+    if case == "folder-no-train-good":
+        shutil.rmtree(os.path.join(folder, "train"))
+        return [folder], "no images in train/good/"
+    if case == "folder-no-anomaly-folder":
+        shutil.rmtree(os.path.join(folder, "test", "crack"))
+        return [folder], "no anomaly folder"
+    if case == "folder-not-an-image":
+        (t / "folder" / "test" / "good" / "notes.txt").write_text("hello")
+        return [folder, "--select", "last"], "is not an image"
+    if case == "folder-select-val":
+        return [folder, "--batch-size", "8"], "--select val needs labelled validation data"
+    raise KeyError(case)
+
+
+BAD_OWN = ["npz-missing", "csv-missing", "folder-missing", "npz-keys", "npz-lengths", "npz-labels", "npz-nan",
+           "npz-no-val-select-val", "npz-test-without-anomalies", "csv-inf", "csv-no-label-column", "csv-text-column",
+           "csv-normal-with-own-data", "npz-label-column", "csv-val-size", "csv-split-official", "not-a-data-file",
+           "folder-no-train-good", "folder-no-anomaly-folder", "folder-not-an-image", "folder-select-val"]
+
+
+@pytest.mark.parametrize("case", BAD_OWN)
+def test_bad_own_data_is_one_error_line_and_exit_2_before_training(tmp_path, capsys, no_training, case):
+    argv, words = bad_own_data(tmp_path, case)
+    with pytest.raises(SystemExit) as e:
+        toll.main(["--dataset"] + argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in err, err
+
+
+@pytest.mark.parametrize("channels", ["grey", "rgb"])
+def test_the_same_images_as_a_folder_and_as_an_npz_give_the_same_scores(tmp_path, channels):
+    """PNG files and the same uint8 arrays in an .npz are one dataset: identical inputs, preprocessing, training and
+    scores (the folder loader's channels-last strides would change the CPU convolutions' rounding)."""
+    runs = []
+    for kind in (f"folder-{channels}", f"npz-{channels}"):
+        path = write_own(tmp_path, kind, side=28 if channels == "grey" else 32)    # no resizing
+        toll.main(["--dataset", path, "--iters", "2", "--batch-size", "8", "--select", "last", "--save-scores",
+                   str(tmp_path / f"{kind}.npz")])
+        runs.append(np.load(tmp_path / f"{kind}.npz"))
+    for key in ("scores", "labels", "index"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key])
