@@ -10,7 +10,9 @@ z^T z (Eq. 23): the entropy term shrinks anomalies' codes faster than normal one
 Reproduces the base model (Alg. 1-2, Eq. 13 / 23) and the extension model (Alg. 3-5, Eq. 21 / 24) on Table IV's
 encoder (Table III); Table I (--mi jsd, --entropy l2); the beta study of Fig. 1-3 (--beta; --curve-every K stores
 Fig. 2's test AUROC over training in the JSON); Table II's scores in every RESULT line: auroc = NormalScore_ori (Eq.
-23 / 24), auroc_rand (Eq. 22), auroc_mc (Eq. 29). Not here: ImageNet (Table V's encoder).
+23 / 24), auroc_rand (Eq. 22), auroc_mc (Eq. 29). Not here: ImageNet (Table V's encoder). Your own images
+(--dataset PATH: an .npz file or a train/good, test/good, test/<defect> folder, read by common.py); --save-scores
+keeps every score, --save-model / --load-model the encoder with its training BatchNorm buffers.
 
 Equation map (a user calls build_encoder -> train -> anomaly_scores)
     Table IV encoder; phi_theta2 of Alg. 4 ........................ build_encoder(), AmdimEncoder, LocalProjection
@@ -22,6 +24,8 @@ Equation map (a user calls build_encoder -> train -> anomaly_scores)
     Alg. 1 / Alg. 4, the training loop ............................ train()
     Eq. (23) / Alg. 2, Eq. (24) / Alg. 5; Eq. (22) and (29) ....... ori_score(); pair_score()
     Alg. 2 / 5 on a test set, anomaly score = -NormalScore ........ anomaly_scores(kind="ori" | "rand" | "mc")
+    every RESULT score and Fig. 2-3's diagnostics, each once ...... evaluate()
+    a trained encoder to a file and back .......................... save(), load()
 
 Readings where the text is open (default first). c1, "the size of z_i" (Alg. 1) = sqrt(d), the scale AMDIM's code
 (ref. [36], followed by the paper) gives its scores before the same tanh clip at c2 = 20 (c1 = d leaves a unit-variance
@@ -39,7 +43,8 @@ Deviations (flag in brackets)
   - Augmentation, AMDIM's CIFAR policy (Sec. III-C) with per-sample parameters: one flip per image for both views;
     per view a shift by up to 4 px, reflect padding (p 0.8), colour jitter 0.4/0.4/0.4/0.2 in a fixed order, hue
     as a YIQ chroma rotation (p 0.8), grayscale (p 0.25). Grey images are expanded to 3 channels (Sec. IV-E), 28x28
-    zero-padded to 32x32, pixels scaled to [-1, 1] (Sec. IV-A).
+    zero-padded to 32x32, pixels scaled to [-1, 1] (Sec. IV-A). Your own images: 1x28x28 grey as MNIST's, any
+    other size or colour resized to 3x32x32 (common.fit_images), with the paper's values (the same for all sets).
   - Encoder: AMDIM's (no BN inside, residual branches' last conv zero-initialised), but a strided kxk conv shortcut
     where a layer widens: AMDIM's zero-padded average pool left all but ndf code dimensions constant and
     gradient-free at initialisation (Table IV prints shapes, not an initialisation).
@@ -61,6 +66,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,7 +77,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import DataError, IMAGE_DATASETS, load_images, one_class_split, parse_normal, to_minus1_1
+from common import (DataError, IMAGE_DATASETS, fit_images, is_user_dataset, load_image_folder, load_images, load_npz,
+                    one_class_split, parse_normal, to_minus1_1)
 
 # The paper's values: beta (Sec. IV-B), L1 entropy (Table I), lr and epochs (Sec. IV-A), c2 (Alg. 1), H of Eq. 29
 # (Sec. IV-D), Table IV's encoder sizes; batch 200 is AMDIM's (the paper gives none).
@@ -341,25 +348,26 @@ def train(model, x_normal, beta=PAPER["beta"], lr=PAPER["lr"], epochs=PAPER["epo
     `iters` steps in all (default: epochs x floor(N / batch_size)). entropy "l1" | "l2" (q of Eq. 16-17, Table I),
     mi "nce" | "jsd" (Eq. 28, Table I). With curve_every = K > 0 and a labelled test set (y_test: 1 = anomaly),
     every K steps (and after step 1) the test AUROC of the Eq. 23 / 24 score under both BatchNorm statistics, mean
-    ||z|| and dims_alive (Fig. 2); no random numbers are drawn for it, so training is the same without it.
-    Returns (model, info): info = iters, "<mi>_end" and "entropy_end" (means over the last 10% of the steps),
-    train_seconds, curve (a list of dicts)."""
+    ||z|| and dims_alive (Fig. 2; evaluate() with rand=False, mc_samples=0); no random numbers are drawn for it, so
+    training is the same without it. Returns (model, info): info = iters, "<mi>_end" and "entropy_end" (means over
+    the last 10% of the steps), train_seconds, curve (a list of dicts)."""
     x = as_input(model, x_normal, "x_normal")
     n = len(x)
     if not 2 <= batch_size <= n:
         raise ValueError(f"batch_size must be in [2, {n}] (the number of normal images), got {batch_size}")
     if curve_every and (x_test is None or y_test is None):
         raise ValueError("curve_every needs x_test and y_test (1 = anomaly)")
-    test = (as_input(model, x_test, "x_test"), np.asarray(y_test)) if curve_every else None
+    if curve_every:
+        as_input(model, x_test, "x_test")                                              # checked before training
     iters = iters or epochs * (n // batch_size)
     c1, q = math.sqrt(model.z_dim), 1 if entropy == "l1" else 2
     loss_kw = dict(beta=beta, c2=c2, q=q, reduce=entropy_reduce, mi=mi)
     log(f"{'Alg. 4' if model.phi is not None else 'Alg. 1'}: {iters} steps of {batch_size} images ({2 * batch_size} "
         f"views), c1 = sqrt({model.z_dim}), c2 = {c2:g}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    per_epoch, every = n // batch_size, max(1, iters // 20)
-    trace, curve, train_time, t0 = [], [], 0.0, time.time()
-    last_log = t0
+    per_epoch, progress = n // batch_size, Progress("iter", iters, log)
+    quiet = lambda line: log(line) if "left" in line else None     # a curve point's passes: only when they are slow
+    trace, curve, train_time = [], [], 0.0
     model.train()
     for it in range(1, iters + 1):
         ts = time.time()
@@ -380,15 +388,13 @@ def train(model, x_normal, beta=PAPER["beta"], lr=PAPER["lr"], epochs=PAPER["epo
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training diverged: the loss at step {it} is {loss_value}. Try a smaller --lr")
         trace.append((mi_value.item(), ent.item()))
-        if it % every == 0 or it == iters or time.time() - last_log >= 60:            # 20 lines, or one a minute
-            last_log, elapsed = time.time(), time.time() - t0
-            log(f"iter {it}/{iters} loss={loss_value:.4f} {mi}={mi_value.item():.4f} entropy={ent.item():.4f} "
-                f"elapsed={elapsed:.1f}s left~{elapsed / it * (iters - it):.0f}s")
+        progress(it, f" loss={loss_value:.4f} {mi}={trace[-1][0]:.4f} entropy={trace[-1][1]:.4f}")
         if curve_every and (it % curve_every == 0 or it == 1):
             recent = trace[-curve_every:]
+            _, metrics = evaluate(model, x_test, y_test, bn_stats, rand=False, mc_samples=0, c2=c2,
+                                  where=f"the test set at step {it} (--curve-every)", log=quiet)
             point = dict(iter=it, **{mi: round(float(np.mean([t[0] for t in recent])), 4),
-                                     "entropy": round(float(np.mean([t[1] for t in recent])), 4)},
-                         **curve_point(model, *test, bn_stats, c2))
+                                     "entropy": round(float(np.mean([t[1] for t in recent])), 4)}, **metrics)
             curve.append(point)
             log("curve " + " ".join(f"{k}={v}" for k, v in point.items()))
     tail = trace[-max(1, len(trace) // 10):]                                           # the last 10% of the steps
@@ -396,18 +402,47 @@ def train(model, x_normal, beta=PAPER["beta"], lr=PAPER["lr"], epochs=PAPER["epo
                    "entropy_end": float(np.mean([t[1] for t in tail])), "train_seconds": train_time, "curve": curve}
 
 
+def save(model, path, bn_stats="test", config=None, rng=None):
+    """Keep a trained encoder: its weights with the BatchNorm buffers of training, its architecture and input shape
+    (plus `config`, e.g. the training settings), and the scoring choice bn_stats; written atomically. rng: a
+    random state stored beside the weights (the command line stores the one its Eq. 22 / 29 augmentations started
+    from, so that --load-model reproduces those scores too)."""
+    arch = dict(input_shape=list(model.input_shape), ndf=model.stem[0].out_channels, nrkhs=model.z_dim,
+                ndepth=len(model.block1), model="base" if model.phi is None else "extension",
+                local_size=model.local_size)
+    preprocess = {"bn_stats": bn_stats, "input": "images in [0, 1] of input_shape (uint8 / 255; common.fit_images "
+                                                 "converts and resizes); the encoder scales them to [-1, 1]"}
+    state = {"encoder": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "rng": rng or {}}
+    save_checkpoint(path, "itad", {**(config or {}), **arch}, preprocess, state)
+
+
+def load(path, device="cpu"):
+    """An encoder written by save() or --save-model -> (model, checkpoint dict with "config" and "preprocess").
+    Score new images x: anomaly_scores(model, x, bn_stats=checkpoint["preprocess"]["bn_stats"], c2=config's c2)."""
+    ck = load_checkpoint(path, "itad")
+    try:
+        cfg = ck["config"]
+        model = build_encoder(cfg["input_shape"], ndf=cfg["ndf"], nrkhs=cfg["nrkhs"], ndepth=cfg["ndepth"],
+                              model=cfg["model"], local_size=cfg["local_size"])
+        model.load_state_dict(ck["state"]["encoder"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"'{path}' is an itad.py checkpoint whose weights do not fit its settings ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}). Write it again with --save-model") from None
+    return model.to(device).eval(), ck
+
+
 # ------------------------------------------------------------------------------------------ scoring
 
-def progress(what, total, log, every=30.0):
-    """done -> a progress line for a long pass, at most one every `every` seconds, with the time left (linear)."""
-    t0, last = time.time(), [time.time()]
-
-    def tick(done):
-        now = time.time()
-        if log is not None and now - last[0] >= every and 0 < done < total:
-            last[0] = now
-            log(f"{what}: {done}/{total} elapsed={now - t0:.0f}s left~{(now - t0) / done * (total - done):.0f}s")
-    return tick
+@torch.no_grad()
+def encode(model, x, batch=100, progress=None, done=0):
+    """The model's codes of x (M, 3, 32, 32) in [-1, 1], `batch` images at a time, calling progress(done + images
+    encoded) after each batch. In eval mode the codes are those of one call (no batch statistics)."""
+    out = []
+    for j in range(0, len(x), batch):
+        out.append(model(x[j:j + batch]))
+        if progress:
+            progress(done + min(j + batch, len(x)))
+    return tuple(torch.cat(t) for t in zip(*out)) if isinstance(out[0], tuple) else torch.cat(out)
 
 
 @contextlib.contextmanager
@@ -428,12 +463,24 @@ def bn_statistics(model, x, which="test", chunk=500, log=None):
             for m in bns:
                 m.reset_running_stats()
                 m.momentum = None                            # cumulative average over the chunks
-            model.train()
-            tick = progress("BatchNorm statistics of the test images", len(x), log)
-            with torch.no_grad():
+            # The BatchNorms are the encoder's last layers (none inside, AMDIM's use_bn=0): a chunk's train-mode
+            # statistics are those of their inputs, gathered in eval mode a batch at a time (for progress).
+            inputs = {m: [] for m in bns}
+            hooks = [m.register_forward_hook(lambda m, inp, out: inputs[m].append(inp[0])) for m in bns]
+            progress = Progress("BatchNorm statistics of the test images", len(x), log or (lambda line: None))
+            model.eval()
+            try:
                 for i in range(0, len(x), chunk):
-                    model(to_minus1_1(x[i:i + chunk]))
-                    tick(i + chunk)
+                    encode(model, to_minus1_1(x[i:i + chunk]), progress=progress, done=i)
+                    with torch.no_grad():
+                        for m, h in [(m, torch.cat(inputs[m])) for m in bns]:
+                            m.train()(h)                     # one train-mode batch of the chunk's images
+                            m.eval()
+                    for m in bns:
+                        inputs[m].clear()
+            finally:
+                for hook in hooks:
+                    hook.remove()
         model.eval()
         yield model
     finally:
@@ -445,26 +492,30 @@ def bn_statistics(model, x, which="test", chunk=500, log=None):
         model.train(was_training)
 
 
+EQUATION = {"ori": "Eq. 23 / 24", "rand": "Eq. 22", "mc": "Eq. 29"}
+
+
 @torch.no_grad()
 def normal_scores(model, x, kind="ori", mc_samples=PAPER["mc_samples"], c2=PAPER["c2"], chunk=500, log=None):
     """NormalScore of x (M, 3, 32, 32) in [0, 1] with the model as it is (mode, BatchNorm statistics), float64,
     larger = more normal. ori: Eq. (23) / (24); rand: Eq. (22), one random augmented pair per image; mc: Eq. (29),
-    the mean over mc_samples pairs (H)."""
+    the mean over mc_samples pairs (H), augmentations drawn `chunk` images at a time. Passes over x: 1 (ori), 2
+    (rand), 2 H (mc)."""
     c1 = math.sqrt(model.z_dim)
     h = {"ori": 1, "rand": 1, "mc": mc_samples}[kind]
-    tick = progress(f"scoring ({kind})", len(x) * h, log)
+    progress = Progress(f"scoring {kind} ({EQUATION[kind]}), {'images' if kind == 'ori' else 'augmented views'}",
+                        len(x) * h * (1 if kind == "ori" else 2), log or (lambda line: None))
     out = []
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
         if kind == "ori":
-            out.append(ori_score(model(to_minus1_1(xb)), c1, c2))
-            tick(i + len(xb))
+            out.append(ori_score(encode(model, to_minus1_1(xb), progress=progress, done=i), c1, c2))
             continue
         total = torch.zeros(len(xb), device=x.device, dtype=torch.float64)
         for k in range(h):
-            views = two_views(xb)
-            total += pair_score(model(views[0::2]), model(views[1::2]), c1, c2)
-            tick(i * h + (k + 1) * len(xb))
+            views, done = two_views(xb), 2 * (i * h + k * len(xb))
+            codes_a = encode(model, views[0::2], progress=progress, done=done)
+            total += pair_score(codes_a, encode(model, views[1::2], progress=progress, done=done + len(xb)), c1, c2)
         out.append(total / h)
     return torch.cat(out).cpu().numpy()
 
@@ -475,7 +526,8 @@ def anomaly_scores(model, x, kind="ori", bn_stats="test", mc_samples=PAPER["mc_s
     negative of the paper's NormalScore (larger = normal, Alg. 2 line 9), kind "ori" (Eq. 23 / 24, the paper's
     main score), "rand" (Eq. 22) or "mc" (Eq. 29, mc_samples pairs). bn_stats "test" re-estimates the codes'
     BatchNorm statistics on x itself (transductive: pass the whole test set at once); "train" uses the running
-    averages of training. The model's training buffers are left as they were."""
+    averages of training. The model's training buffers are left as they were. evaluate() computes every kind, and
+    the metrics, with one re-estimation."""
     if kind not in ("ori", "rand", "mc") or bn_stats not in ("train", "test") or (kind == "mc" and mc_samples < 1):
         raise ValueError(f"kind must be ori, rand or mc (mc with mc_samples >= 1) and bn_stats train or test, got "
                          f"{kind!r}, {bn_stats!r}, mc_samples={mc_samples}")
@@ -496,13 +548,19 @@ def global_codes(model, x, pre_norm=False, chunk=500):
     return torch.cat(codes)
 
 
+def alive(pre):
+    """Fraction of the dimensions of pre-BatchNorm codes (M, d) that vary across the images (variance > 1e-5, the
+    BatchNorm's eps)."""
+    return (pre.double().var(0) > 1e-5).double().mean().item()
+
+
 def dims_alive(model, x):
-    """Fraction of the code's dimensions that vary across the images x (M, 3, 32, 32) before the code's BatchNorm
-    (variance > 1e-5, its eps), whatever the BatchNorm statistics: a diagnostic (not in the paper)."""
+    """Fraction of the code's dimensions that vary across the images x (M, 3, 32, 32) before the code's BatchNorm,
+    whatever the BatchNorm statistics: a diagnostic (not in the paper)."""
     was_training = model.training
     pre = global_codes(model.eval(), x, pre_norm=True)
     model.train(was_training)
-    return (pre.double().var(0) > 1e-5).double().mean().item()
+    return alive(pre)
 
 
 def auroc(labels, scores):
@@ -510,35 +568,100 @@ def auroc(labels, scores):
     return roc_auc_score(np.asarray(labels), scores)
 
 
-def curve_point(model, x, y, bn_stats="test", c2=PAPER["c2"], log=None):
-    """One point of AUROC over training (Fig. 2 records it every 5 epochs, Sec. IV-B) on test images x (M, 3, 32, 32)
-    with labels y (1 = anomaly): the Eq. 23 / 24 score's AUROC under both BatchNorm statistics (auroc under bn_stats,
-    auroc_<other>bn), Fig. 3's mean ||z||_2 of normal and anomalous codes and z_spread (mean per-dimension std of
-    the normal codes), both under bn_stats, and dims_alive. Draws no random numbers; the model is left as it was."""
-    other = "train" if bn_stats == "test" else "test"
+def scoring_passes(mc_samples, rand=True):
+    """Passes over the test set that evaluate() makes: the BatchNorm re-estimation, Eq. 23 / 24 under both
+    statistics, two views for Eq. 22, 2 H for Eq. 29."""
+    return 3 + 2 * rand + 2 * mc_samples
+
+
+def evaluate(model, x, y, bn_stats="test", rand=True, mc_samples=PAPER["mc_samples"], c2=PAPER["c2"],
+             where="the test set", log=None, timing=None):
+    """Every score and diagnostic the RESULT line reports, each computed once, on the test images x (N,
+    *model.input_shape) in [0, 1] with labels y (1 = anomaly); with rand=False and mc_samples=0, one point of
+    Fig. 2's curve (no random numbers drawn). Under bn_stats: the Eq. 23 / 24 score "ori", and from the same pass
+    Fig. 3's mean ||z||_2 of normal and anomalous codes and z_spread (the normal codes' mean per-dimension std);
+    Eq. 22 "rand"; Eq. 29 "mc" (mc_samples = H > 0). Under the other statistics: the Eq. 23 / 24 score again,
+    "<other>bn". Returns (anomaly scores {kind: numpy (N,)}, higher = more anomalous, checked by check_scores
+    (where names the set in its error); metrics: auroc, auroc_rand, auroc_mc, znorm_normal, znorm_anomaly,
+    z_spread, auroc_<other>bn, dims_alive). The model's training buffers and mode are left as they were. timing: a
+    dict that receives the seconds of the main score, "ori" (its BatchNorm re-estimation included)."""
+    x, other = as_input(model, x), "train" if bn_stats == "test" else "test"
     is_normal = torch.as_tensor(np.asarray(y) == 0, device=x.device)
+    scores, seen, t0 = {}, [], time.time()
     with bn_statistics(model, x, bn_stats, log=log):
-        point = {"auroc": round(auroc(y, -normal_scores(model, x, "ori", c2=c2, log=log)), 4)}
-        z = global_codes(model, x)
-        norms = z.norm(dim=1)
-        point.update(znorm_normal=round(norms[is_normal].mean().item(), 4),
-                     znorm_anomaly=round(norms[~is_normal].mean().item(), 4),
-                     z_spread=round(z[is_normal].std(0).mean().item(), 4))
+        hook = model.norm.register_forward_hook(lambda m, inp, out: seen.append((inp[0].flatten(1), out.flatten(1))))
+        try:
+            scores["ori"] = -normal_scores(model, x, "ori", c2=c2, log=log)
+        finally:
+            hook.remove()
+        if timing is not None:
+            timing["ori"] = time.time() - t0
+        if rand:
+            scores["rand"] = -normal_scores(model, x, "rand", c2=c2, log=log)
+        if mc_samples > 0:
+            scores["mc"] = -normal_scores(model, x, "mc", mc_samples, c2, log=log)
     with bn_statistics(model, x, other, log=log):
-        point[f"auroc_{other}bn"] = round(auroc(y, -normal_scores(model, x, "ori", c2=c2, log=log)), 4)
-    point["dims_alive"] = round(dims_alive(model, x), 4)
-    return point
+        scores[f"{other}bn"] = -normal_scores(model, x, "ori", c2=c2, log=log)
+    names = dict(EQUATION, **{f"{other}bn": f"{EQUATION['ori']} ({other} BatchNorm statistics)"})
+    check_scores({names[k]: s for k, s in scores.items()}, where)
+    pre, z = (torch.cat(t) for t in zip(*seen))                                        # (N, d) before / after the BN
+    norms = z.norm(dim=1)
+    metrics = {f"auroc{'' if k == 'ori' else '_' + k}": round(auroc(y, s), 4) for k, s in scores.items()
+               if not k.endswith("bn")}
+    metrics.update(znorm_normal=round(norms[is_normal].mean().item(), 4),
+                   znorm_anomaly=round(norms[~is_normal].mean().item(), 4),
+                   z_spread=round(z[is_normal].std(0).mean().item(), 4),
+                   **{f"auroc_{other}bn": round(auroc(y, scores[f"{other}bn"]), 4)}, dims_alive=round(alive(pre), 4))
+    return scores, metrics
 
 
 # ------------------------------------------------------------------------------------------ data
 
-def prepare(dataset, normal="0", data_root=None):
-    """The one-class split (Sec. IV-A): the normal classes' training images, the whole test set and its labels
-    (1 = anomaly), as images (N, C, H, W) in [0, 1] (as_input expands and pads them for the encoder)."""
-    x_tr, y_tr, x_te, y_te = load_images(dataset, data_root)
-    normal = parse_normal(normal, IMAGE_DATASETS[dataset][0])
-    split = one_class_split(x_tr, y_tr, x_te, y_te, normal)
-    return split["train"], split["test"][0], split["test"][1].numpy(), normal
+def prepare(dataset, normal=None, data_root=None):
+    """The normal training images and the labelled test set as images (N, C, H, W) in [0, 1] of an encoder input,
+    (1, 28, 28) or (3, 32, 32) (as_input expands and pads them). A built-in dataset: the one-class split (Sec.
+    IV-A), normal = the normal class(es), default 0. Your own images, a path (normal unused): an .npz file (x_train
+    normal, x_test, y_test with 1 = anomaly; x_val / y_val unused) or an image folder (train/good, test/good,
+    test/<defect>), read by common.py: 1x28x28 grey images stay as MNIST's do, any other size or colour becomes
+    3x32x32 (common.fit_images). Returns a dict: x_train, x_test, y_test (numpy), normal (a list, None for your own
+    data), index (each test image's index in its source), source (what was read; None for the built-in sets)."""
+    if dataset in IMAGE_DATASETS:
+        x_tr, y_tr, x_te, y_te = load_images(dataset, data_root)
+        normal = parse_normal("0" if normal is None else normal, IMAGE_DATASETS[dataset][0])
+        split = one_class_split(x_tr, y_tr, x_te, y_te, normal)
+        x_train, (x_test, y_test), source = split["train"], split["test"], None
+    else:
+        name, normal = os.path.basename(os.path.normpath(dataset)), None
+        tabular = f"itad.py takes images, and '{dataset}' {{}}. Use toll.py or cance.py for tabular data"
+        fit = lambda x: x if tuple(x.shape[1:]) == (1, 28, 28) else fit_images(x, 3, 32)
+        shape = lambda x: "x".join(map(str, x.shape[1:]))
+        if dataset.endswith(".csv"):
+            raise DataError(tabular.format("is a CSV file of feature rows"))
+        if dataset.endswith(".npz"):
+            d = load_npz(dataset)
+            if d["train"].ndim == 2:
+                raise DataError(tabular.format(f"holds {tuple(d['train'].shape)} feature rows"))
+            x_train, (x_test, y_test) = fit(d["train"]), d["test"]
+            source = f"{len(x_train)} x_train and {len(x_test)} x_test images of {shape(d['train'])}, read as " \
+                     f"{shape(x_train)}" + ("; x_val / y_val unused (ITAD does not validate)" if d["val"] else "")
+            x_test = fit(x_test)
+        elif os.path.isfile(dataset):
+            raise DataError(f"'{dataset}' is neither an .npz file nor an image folder. Give an .npz file (x_train, "
+                            "x_test, y_test), a folder with train/good/ and test/<name>/ subfolders, or a built-in "
+                            "dataset name")
+        else:
+            d = load_image_folder(dataset)                 # grey -> 1x28x28, RGB -> 3x32x32 (common.py's choice)
+            if d["train"].shape[1] == 1 and "of 28x28 grey, read as" not in d["source"]:
+                d = load_image_folder(dataset, channels=3, size=32)          # grey of another size: resized to 32
+            x_train, (x_test, y_test), source = d["train"], d["test"], d["source"]
+        if x_train.shape[1] == 1:
+            source += "; the encoder sees 3x32x32 (grey repeated to 3 channels, zero-padded as MNIST's)"
+        source = f"{name}: {source}"
+        if y_test.min() == y_test.max():
+            raise DataError(f"the test set of '{dataset}' holds {'only anomalies' if y_test[0] else 'no anomalies'}; "
+                            "AUROC needs both. Give a test set with normal and anomalous images")
+    return dict(x_train=x_train, x_test=x_test, y_test=y_test.numpy(), normal=normal,
+                index=np.arange(len(x_test)), source=source)
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -549,7 +672,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
 
     def error(self, message):
-        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
+        print(f"error: {message}. Run `python {os.path.basename(__file__)} --help` for the accepted values.",
+              file=sys.stderr)
         sys.exit(2)
 
 
@@ -576,7 +700,8 @@ def number(kind=float, low=None, high=None, low_open=False):
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
         if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
-            rng = f"{'>' if low_open else '>='} {plain(low)}" if high is None else f"in [{plain(low)}, {plain(high)}]"
+            rng = (f"{'>' if low_open else '>='} {plain(low)}" if high is None else
+                   f"in {'(' if low_open else '['}{plain(low)}, {plain(high)}]")
             raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
         return value
     return parse
@@ -629,16 +754,112 @@ def write_result(result, json_path=None, log=print):
         os.replace(json_path + ".tmp", json_path)
 
 
+# Issue 24 additions to the command-line block: the same lines in all five scripts, pasted after write_result.
+# Needs also: import subprocess, time; and `import sklearn, torchvision` inside provenance().
+
+class Progress:
+    """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
+    (and at the end), so that no phase stays silent for long."""
+
+    def __init__(self, what, total, log=print, every=10.0):
+        self.what, self.total, self.log, self.every = what, total, log, every
+        self.t0 = self.last = time.time()
+
+    def __call__(self, done, extra=""):
+        now = time.time()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last, spent = now, now - self.t0
+        left = f", about {spent / done * (self.total - done):.0f}s left" if 0 < done < self.total else ""
+        self.log(f"{self.what} {done}/{self.total}{extra} {spent:.0f}s elapsed{left}")
+
+
+def check_scores(scores, where):
+    """A degenerate run is not a result: NaN/inf scores, or one value for every sample, stop the run (exit 3)."""
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        if not np.isfinite(s).all():
+            raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
+                                     f"values of {s.size}: the model diverged. Try a smaller --lr")
+        if s.size > 1 and s.min() == s.max():
+            raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
+                                     "every sample, so no metric means anything. Try another --lr or more --iters")
+
+
+def provenance(argv):
+    """What made this result: the command line, package versions, and the git commit of the script's folder."""
+    import sklearn
+    import torchvision
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = git.stdout.strip() if git.returncode == 0 else None
+        dirty = commit and subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                          capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"command": " ".join([os.path.basename(sys.argv[0]) or "python", *argv]), "git_commit": commit,
+            "git_dirty": dirty, "python": sys.version.split()[0],
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+                         "scikit-learn": sklearn.__version__}}
+
+
+def save_scores(path, scores, labels, index):
+    """--save-scores: every reported variant's test scores (higher = more anomalous; `scores` is the main one,
+    `scores_<variant>` the others), the labels (1 = anomaly) and the test samples' indices, written atomically."""
+    arrays = {("scores" if k == "main" else f"scores_{k}"): np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, labels=np.asarray(labels, dtype=np.int64), index=np.asarray(index, dtype=np.int64), **arrays)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, script, config, preprocess, state):
+    """--save-model: the weights, every resolved hyperparameter and the preprocessing constants, atomically."""
+    torch.save({"script": script, "config": config, "preprocess": preprocess, "state": state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, script):
+    """--load-model: a checkpoint this script wrote, or a DataError saying what it is instead."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                        f"Give a file written by `{script}.py --save-model`") from None
+    if not isinstance(ck, dict) or ck.get("script") != script:
+        who = ck.get("script") if isinstance(ck, dict) else None
+        raise DataError(f"'{path}' is {f'a checkpoint of {who}.py' if who else 'not a checkpoint of this project'}, "
+                        f"not of {script}.py. Load it with the script that wrote it")
+    return ck
+
+
+def dataset_name(name):
+    """argparse type: a built-in dataset's name, else a path to your own images (read when the data is prepared)."""
+    if name in IMAGE_DATASETS or is_user_dataset(name):
+        return name
+    raise argparse.ArgumentTypeError(f"invalid choice: '{name}' (choose from {', '.join(IMAGE_DATASETS)}, or give your "
+                                     "own images: an .npz file or an image folder)")
+
+
+# the model and its training: --load-model reads them from the checkpoint and refuses them on the command line
+TRAINING = ("model", "epochs", "iters", "batch_size", "lr", "beta", "entropy", "entropy_reduce", "mi", "c2", "ndf",
+            "nrkhs", "ndepth", "local_size", "curve_every", "save_model")
+
+
 def parse_args(argv=None):
     pre = ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--dataset", default="mnist")
     digits = pre.parse_known_args(argv)[0].dataset == "digits"
     p = ArgumentParser(prog="itad.py", description="ITAD: information-theoretic anomaly detection (Ye et al., "
                        "arXiv:2012.04837)", formatter_class=HelpFormatter, allow_abbrev=False)
-    p.add_argument("--dataset", default="mnist", choices=list(IMAGE_DATASETS),
+    p.add_argument("--dataset", type=dataset_name, default="mnist", metavar="NAME|PATH",
                    help="mnist, fashion-mnist, cifar10, cifar100 (20 superclasses) (Sec. IV-A); not in the paper: "
-                        "svhn, digits (scikit-learn's digits, an offline check with smaller sizes)")
-    p.add_argument("--normal", default="0", help="normal class, or a comma list (Sec. IV-A: one class)")
+                        "svhn, digits (scikit-learn's digits, an offline check with smaller sizes), or your own "
+                        "images: an .npz file (x_train normal, x_test, y_test with 1 = anomaly) or a folder "
+                        "(train/good, test/good, test/<defect>); 1x28x28 grey images are padded as MNIST's, any "
+                        "other size or colour resized to 3x32x32; the paper's values (the same for MNIST and CIFAR-10)")
+    p.add_argument("--normal", help="normal class, or a comma list (Sec. IV-A: one class); default 0 for the "
+                                    "built-in sets, not used with your own images (y_test marks the anomalies)")
     p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
                    help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
     p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
@@ -668,13 +889,14 @@ def parse_args(argv=None):
                    help="mutual-information estimator: InfoNCE (Eq. 18, Alg. 1) or Jensen-Shannon (Eq. 28) (Table I)")
     p.add_argument("--c2", type=number(float, 0, low_open=True), default=PAPER["c2"],
                    help="soft-clipping bound c2 (Alg. 1 input)")
-    p.add_argument("--bn-stats", default="test", choices=["train", "test"],
-                   help="statistics of the codes' BatchNorm when scoring: test = re-estimated on the test images "
-                        "(transductive), train = training's running averages; RESULT gives the Eq. 23 / 24 score "
-                        "under the other one as auroc_<other>bn (not in the paper: AMDIM's evaluation code)")
+    p.add_argument("--bn-stats", choices=["train", "test"],
+                   help="statistics of the codes' BatchNorm when scoring: test (the default; with --load-model the "
+                        "checkpoint's choice) = re-estimated on the test images (transductive), train = training's "
+                        "running averages; RESULT gives the Eq. 23 / 24 score under the other one as "
+                        "auroc_<other>bn (not in the paper: AMDIM's evaluation code)")
     p.add_argument("--mc-samples", type=number(int, 0), default=PAPER["mc_samples"],
-                   help="H, augmented pairs of the Eq. 29 score (auroc_mc); 0 = skip it. Sec. IV-D: "
-                        f"{PAPER['mc_samples']}; digits: {DIGITS['mc_samples']} (not in the paper)")
+                   help="H, augmented pairs of the Eq. 29 score (auroc_mc), 2 H passes over the test set; 0 = skip "
+                        f"it. Sec. IV-D: {PAPER['mc_samples']}; digits: {DIGITS['mc_samples']} (not in the paper)")
     p.add_argument("--ndf", type=number(int, 1), default=PAPER["ndf"],
                    help=f"encoder base width (Table IV: {PAPER['ndf']}; digits: {DIGITS['ndf']}, not in the paper)")
     p.add_argument("--nrkhs", type=number(int, 1), default=PAPER["nrkhs"],
@@ -689,64 +911,137 @@ def parse_args(argv=None):
                    help="every K steps, the test AUROC of the Eq. 23 / 24 score under both BatchNorm statistics, "
                         "mean ||z|| and dims_alive, printed and stored as 'curve' in the JSON; 0 = off. Monitoring "
                         "only: the last model is tested (Sec. IV-B, Fig. 2: every 5 epochs)")
-    p.add_argument("--json", type=output_path, help="also write the RESULT keys to this file (not in the paper)")
+    p.add_argument("--json", type=output_path, help="also write the RESULT keys, the curve, the resolved settings and "
+                                                    "the provenance to this file (not in the paper)")
+    p.add_argument("--save-scores", type=output_path, metavar="FILE.npz",
+                   help="write the test scores, higher = more anomalous (the negated NormalScore): scores (Eq. 23 / "
+                        "24 under --bn-stats), scores_rand (Eq. 22), scores_mc (Eq. 29, unless --mc-samples 0), "
+                        "scores_trainbn or scores_testbn (Eq. 23 / 24 under the other statistics), labels (1 = "
+                        "anomaly), index (each test image's index in its source) (not in the paper)")
+    p.add_argument("--save-model", type=output_path, metavar="FILE.pt",
+                   help="write the trained encoder (its training BatchNorm buffers included), every setting, the "
+                        "input shape and --bn-stats to this file (not in the paper)")
+    p.add_argument("--load-model", metavar="FILE.pt",
+                   help="score the test set with an encoder written by --save-model, without training; the model "
+                        "and training options come from it and may not be given; the Eq. 22 / 29 augmentations "
+                        "continue from the saving run's random state (not in the paper)")
     if digits:
         p.set_defaults(**DIGITS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dataset not in IMAGE_DATASETS and args.normal is not None:
+        p.error(f"--normal names classes of a built-in dataset; in your own images ({args.dataset}) y_test = 1 or a "
+                "test/<defect>/ folder marks the anomalies. Drop --normal")
+    if args.load_model:
+        unset = object()
+        given = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(TRAINING, unset)))
+        given = ["--" + k.replace("_", "-") for k in TRAINING if getattr(given, k) is not unset]
+        if given:
+            p.error(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} the model or its training, which "
+                    f"--load-model reads from the checkpoint. Drop {'it' if len(given) == 1 else 'them'}")
+    return args
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     log = lambda line: print(line, flush=True)
     t_start = time.time()
     try:
         set_seed(args.seed)
-        x_train, x_test, y_test, normal = prepare(args.dataset, args.normal, args.data_root)
-        batch_size = args.batch_size or min(PAPER["batch_size"], len(x_train))
-        if batch_size > len(x_train):
-            raise DataError(f"--batch-size {batch_size} exceeds the {len(x_train)} normal training images. "
-                            f"Pass --batch-size {len(x_train)} or less")
-        if args.batch_size is None and batch_size < PAPER["batch_size"]:
-            log(f"note: --batch-size {batch_size}: the default {PAPER['batch_size']} exceeds the {len(x_train)} "
-                f"normal training images of {args.dataset}, so every image is in every batch")
-        model = build_encoder(x_train.shape[1:], ndf=args.ndf, nrkhs=args.nrkhs, ndepth=args.ndepth,
-                              model=args.model, local_size=args.local_size).to(args.device)
-        log(f"itad: model={args.model} dataset={args.dataset} normal={','.join(map(str, normal))} "
-            f"train={len(x_train)} test={len(x_test)} (anomalies {int(y_test.sum())}) mi={args.mi} "
-            f"entropy={args.entropy} ({args.entropy_reduce}) beta={args.beta:g} bn_stats={args.bn_stats} "
-            f"lr={args.lr:g} batch={batch_size} ndf={args.ndf} nrkhs={args.nrkhs} ndepth={args.ndepth}"
-            + (f" local={args.local_size}" if args.model == "extension" else "") + f" device={args.device}")
-        model, info = train(model, x_train, beta=args.beta, lr=args.lr, epochs=args.epochs, iters=args.iters,
-                            batch_size=batch_size, entropy=args.entropy, entropy_reduce=args.entropy_reduce,
-                            mi=args.mi, c2=args.c2, curve_every=args.curve_every, x_test=x_test, y_test=y_test,
-                            bn_stats=args.bn_stats, log=log)
-        ts = time.time()
-        scores = anomaly_scores(model, x_test, "ori", args.bn_stats, c2=args.c2, log=log)
-        score_time = time.time() - ts
-        if not np.isfinite(scores).all():
-            raise FloatingPointError("the test scores are not finite. Try a smaller --lr")
-        result = {"method": "itad", "dataset": args.dataset, "normal": ",".join(map(str, normal)), "seed": args.seed,
-                  "auroc": round(auroc(y_test, scores), 4),
-                  "auroc_rand": round(auroc(y_test, anomaly_scores(model, x_test, "rand", args.bn_stats,
-                                                                   c2=args.c2, log=log)), 4)}
-        if args.mc_samples > 0:
-            result["auroc_mc"] = round(auroc(y_test, anomaly_scores(model, x_test, "mc", args.bn_stats,
-                                                                    args.mc_samples, args.c2, log=log)), 4)
-        diag = curve_point(model, as_input(model, x_test), y_test, args.bn_stats, args.c2, log=log)
-        other = f"auroc_{'test' if args.bn_stats == 'train' else 'train'}bn"      # ori under the other statistics
-        result[other] = diag[other]
-        result.update({"model": args.model, "mi": args.mi, "entropy": args.entropy,
-                       "entropy_reduce": args.entropy_reduce, "code_norm": "affine", "c1": "sqrt",
-                       "bn_stats": args.bn_stats, "beta": args.beta, f"{args.mi}_end": round(info[f"{args.mi}_end"], 4),
-                       "entropy_end": round(info["entropy_end"], 4),
-                       **{k: diag[k] for k in ("znorm_normal", "znorm_anomaly", "z_spread", "dims_alive")},
-                       "iters": info["iters"], "batch_size": batch_size, "device": args.device.type,
-                       "seconds": round(time.time() - t_start, 1),
-                       "train_samples_per_s": round(info["iters"] * batch_size / max(info["train_seconds"], 1e-9), 1),
-                       "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)})
-    except (DataError, FloatingPointError) as e:
+        model, ck = load(args.load_model, args.device) if args.load_model else (None, None)
+        data = prepare(args.dataset, args.normal, args.data_root)
+        x_train, x_test, y_test, normal = data["x_train"], data["x_test"], data["y_test"], data["normal"]
+        shape = tuple(x_test.shape[1:])
+        if ck:                                              # the checkpoint's settings, --bn-stats its choice if unset
+            cfg = {**dict.fromkeys(TRAINING), "c2": PAPER["c2"], **ck["config"]}  # API-saved: sizes only
+            cfg["bn_stats"] = args.bn_stats or ck["preprocess"]["bn_stats"]
+            if tuple(cfg["input_shape"]) != shape:
+                raise DataError(f"'{args.load_model}' holds a model for {'x'.join(map(str, cfg['input_shape']))} "
+                                f"images, but {args.dataset} gives {'x'.join(map(str, shape))} images. Score data of "
+                                "the model's shape, or train a model on this data")
+        else:
+            cfg = {k: getattr(args, k) for k in TRAINING if k != "save_model"}
+            cfg["bn_stats"] = args.bn_stats or "test"
+            cfg["batch_size"] = args.batch_size or min(PAPER["batch_size"], len(x_train))
+            if cfg["batch_size"] > len(x_train):
+                raise DataError(f"--batch-size {cfg['batch_size']} exceeds the {len(x_train)} normal training images. "
+                                f"Pass --batch-size {len(x_train)} or less")
+            if args.batch_size is None and cfg["batch_size"] < PAPER["batch_size"]:
+                log(f"note: --batch-size {cfg['batch_size']}: the default {PAPER['batch_size']} exceeds the "
+                    f"{len(x_train)} normal training images of {args.dataset}, so every image is in every batch")
+            model = build_encoder(shape, ndf=cfg["ndf"], nrkhs=cfg["nrkhs"], ndepth=cfg["ndepth"],
+                                  model=cfg["model"], local_size=cfg["local_size"]).to(args.device)
+            cfg["iters"] = cfg["iters"] or cfg["epochs"] * (len(x_train) // cfg["batch_size"])
+        name = args.dataset if normal else os.path.basename(os.path.normpath(args.dataset))
+        normal_text = ",".join(map(str, normal)) if normal else "-"
+        if data["source"]:
+            log(f"itad: read {data['source']}" + ("" if ck else "; the paper's values where not given (Table IV, "
+                                                            "Sec. IV-A)"))
+        if ck:
+            log(f"itad: model {args.load_model}, not trained here: its settings"
+                + (f" (trained on {cfg['dataset']}, normal {cfg['normal']}, seed {cfg['seed']}, {cfg['iters']} steps)"
+                   if cfg.get("dataset") else "")
+                + (", its random state for the Eq. 22 / 29 augmentations" if ck["state"].get("rng") else ""))
+        log(f"itad: model={cfg['model']} dataset={name} normal={normal_text} train={len(x_train)} test={len(x_test)} "
+            f"(anomalies {int(y_test.sum())}) mi={cfg['mi']} entropy={cfg['entropy']} ({cfg['entropy_reduce']}) "
+            f"beta={cfg['beta']} bn_stats={cfg['bn_stats']} lr={cfg['lr']} batch={cfg['batch_size']} "
+            f"ndf={cfg['ndf']} nrkhs={cfg['nrkhs']} ndepth={cfg['ndepth']}"
+            + (f" local={cfg['local_size']}" if cfg["model"] == "extension" else "") + f" device={args.device}")
+        h = args.mc_samples
+        log(f"scoring: {scoring_passes(h)} passes over the {len(x_test)} test images (BatchNorm statistics 1, Eq. 23 / "
+            f"24 under both statistics 2, Eq. 22 2" + (f", Eq. 29 2 x {h}" if h else "") + ")"
+            + ("; each curve point 3 more" if cfg["curve_every"] and not ck else ""))
+        if ck:
+            info = {"iters": cfg["iters"], "curve": [], "train_seconds": None}
+            rng = ck["state"].get("rng", {})
+            if "cpu" in rng:
+                torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and args.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], args.device)
+        else:
+            model, info = train(model, x_train, beta=cfg["beta"], lr=cfg["lr"], iters=cfg["iters"],
+                                batch_size=cfg["batch_size"], entropy=cfg["entropy"],
+                                entropy_reduce=cfg["entropy_reduce"], mi=cfg["mi"], c2=cfg["c2"],
+                                curve_every=cfg["curve_every"], x_test=x_test, y_test=y_test,
+                                bn_stats=cfg["bn_stats"], log=log)
+            rng = {"cpu": torch.get_rng_state()}            # where the Eq. 22 / 29 augmentations start
+            if args.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(args.device)
+        timing = {}
+        scores, metrics = evaluate(model, x_test, y_test, cfg["bn_stats"], mc_samples=h, c2=cfg["c2"], log=log,
+                                   timing=timing)
+        other = f"auroc_{'test' if cfg['bn_stats'] == 'train' else 'train'}bn"  # Eq. 23 / 24 under the other statistics
+        result = {"method": "itad", "dataset": name, "normal": normal_text, "seed": args.seed,
+                  **{k: metrics[k] for k in ("auroc", "auroc_rand", "auroc_mc", other) if k in metrics},
+                  "model": cfg["model"], "mi": cfg["mi"], "entropy": cfg["entropy"],
+                  "entropy_reduce": cfg["entropy_reduce"], "code_norm": "affine", "c1": "sqrt",
+                  "bn_stats": cfg["bn_stats"], "beta": cfg["beta"],
+                  f"{cfg['mi']}_end": None if ck else round(info[f"{cfg['mi']}_end"], 4),     # ck: not trained here
+                  "entropy_end": None if ck else round(info["entropy_end"], 4),
+                  **{k: metrics[k] for k in ("znorm_normal", "znorm_anomaly", "z_spread", "dims_alive")},
+                  "iters": info["iters"], "batch_size": cfg["batch_size"], "device": args.device.type,
+                  "seconds": round(time.time() - t_start, 1),
+                  "train_samples_per_s": None if ck else
+                  round(info["iters"] * cfg["batch_size"] / max(info["train_seconds"], 1e-9), 1),
+                  "score_samples_per_s": round(len(x_test) / max(timing["ori"], 1e-9), 1)}         # the main score
+        result = {k: v for k, v in result.items() if v is not None}
+        config = dict(cfg, mc_samples=h, input_shape=list(shape), **({"loaded_from": args.load_model} if ck else
+                      {"dataset": args.dataset, "normal": normal_text, "seed": args.seed, "device": args.device.type,
+                       "values_of": "digits" if args.dataset == "digits" else "paper"}))
+        if args.save_scores:
+            save_scores(args.save_scores, {("main" if k == "ori" else k): s for k, s in scores.items()}, y_test,
+                        data["index"])
+            log(f"wrote {args.save_scores}: " + ", ".join("scores" + ("" if k == "ori" else "_" + k) for k in scores)
+                + ", labels, index")
+        if args.save_model:
+            save(model, args.save_model, cfg["bn_stats"], config, rng)
+            log(f"wrote {args.save_model}")
+    except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         print("\ninterrupted: no result was written", file=sys.stderr)
         sys.exit(130)
@@ -754,7 +1049,7 @@ def main(argv=None):
     if info["curve"]:
         result["curve"] = info["curve"]                                      # the JSON only
     if args.json:
-        write_result(result, args.json, log=lambda line: None)
+        write_result(dict(result, config=config, provenance=provenance(argv)), args.json, log=lambda line: None)
     return result
 
 

@@ -1,7 +1,9 @@
 """Tests for itad.py: Alg. 1-5 and Eq. 22-29 against hand computations (each test names the line it checks), Table
 IV shapes and the init of every code dimension, the batched AMDIM augmentation, the BatchNorm statistics of the
 scoring step, the Python API (a fresh folder, the same scores as the command line, shape errors), runs of both
-models on generated data, bad input, Ctrl-C, repeatability, and a no-collapse learning test."""
+models on generated data, your own images (.npz, folders) and their bad input, the score file, the checkpoint round
+trip, degenerate runs (exit 3), progress of every scoring pass, bad input, Ctrl-C, repeatability, and a no-collapse
+learning test."""
 import inspect
 import math
 import os
@@ -38,6 +40,8 @@ x_new = np.random.rand(20, 1, 28, 28)          # images to score, the same shape
 model = itad.build_encoder(input_shape=(1, 28, 28), ndf=16, nrkhs=128, ndepth=1)   # Table IV: 128, 1024, 10
 model, info = itad.train(model, x_normal, iters=20, batch_size=32)   # Alg. 1 (paper: 400 epochs of 200 images)
 scores = itad.anomaly_scores(model, x_new)     # Eq. 23 negated: higher = more anomalous (BatchNorm stats of x_new)
+itad.save(model, "itad.pt")                    # weights, training BatchNorm buffers, sizes and input shape
+model, checkpoint = itad.load("itad.pt")       # later, or elsewhere: the same scores
 '''
 
 
@@ -333,6 +337,7 @@ def test_api_in_a_fresh_folder_with_keyword_arguments_only(tmp_path):
         shutil.copy(os.path.join(REPO, name), tmp_path / name)
     code = "import numpy as np\nnp.random.seed(0)\n" + README_SNIPPET + '''
 assert scores.shape == (20,) and np.isfinite(scores).all() and np.ptp(scores) > 0, scores
+assert np.array_equal(itad.anomaly_scores(model, x_new, bn_stats=checkpoint["preprocess"]["bn_stats"]), scores)
 rgb = itad.build_encoder(input_shape=(3, 32, 32), ndf=4, nrkhs=8, ndepth=1, model="extension")
 rgb, _ = itad.train(rgb, np.random.rand(16, 3, 32, 32), iters=2, batch_size=8, log=lambda line: None)
 for kind in ("ori", "rand", "mc"):
@@ -345,23 +350,29 @@ print("ok")
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
 
 
-def test_command_line_and_api_give_the_same_scores(tiny_root, monkeypatch):
-    calls, real = [], itad.anomaly_scores
-
-    def spy(model, x, kind="ori", *a, **k):
-        scores = real(model, x, kind, *a, **k)
-        calls.append((kind, scores))
-        return scores
-    monkeypatch.setattr(itad, "anomaly_scores", spy)
-    itad.main(["--dataset", "mnist", "--normal", "3", "--data-root", tiny_root, "--iters", "3", "--seed", "5", *TINY])
+def test_command_line_and_api_give_the_same_scores_and_the_score_file_holds_them(tiny_root, tmp_path, capsys):
+    """--save-scores: scores (Eq. 23, --bn-stats test), scores_rand, scores_mc and scores_trainbn, all negated
+    NormalScores; each recomputes its RESULT AUROC. The API's anomaly_scores, called kind by kind on the same
+    prepared arrays and seed, gives the same arrays (the command line computes each score once, in evaluate())."""
+    out = tmp_path / "s.npz"
+    r = itad.main(["--dataset", "mnist", "--normal", "3", "--data-root", tiny_root, "--iters", "3", "--seed", "5",
+                   "--save-scores", str(out), *TINY])
+    assert "scoring: 7 passes over the 200 test images" in capsys.readouterr().out
+    f = np.load(out)
+    assert sorted(f.files) == ["index", "labels", "scores", "scores_mc", "scores_rand", "scores_trainbn"]
+    assert np.array_equal(f["index"], np.arange(200)) and f["labels"].sum() == 180
+    for key, name in (("scores", "auroc"), ("scores_rand", "auroc_rand"), ("scores_mc", "auroc_mc"),
+                      ("scores_trainbn", "auroc_trainbn")):
+        assert round(itad.auroc(f["labels"], f[key]), 4) == r[name], key
     itad.set_seed(5)
-    x_train, x_test, y_test, _ = itad.prepare("mnist", "3", tiny_root)
+    data = itad.prepare("mnist", "3", tiny_root)
     model = itad.build_encoder(input_shape=(1, 28, 28), ndf=4, nrkhs=8, ndepth=1)
-    model, _ = itad.train(model, x_train, iters=3, batch_size=16, log=lambda line: None)
-    api = [(kind, real(model, x_test, kind=kind, mc_samples=1)) for kind in ("ori", "rand", "mc")]
-    assert [k for k, _ in calls] == ["ori", "rand", "mc"]
-    for (kind, cli), (_, ours) in zip(calls, api):
-        assert np.array_equal(cli, ours), kind
+    model, _ = itad.train(model, data["x_train"], iters=3, batch_size=16, log=lambda line: None)
+    for kind, key in (("ori", "scores"), ("rand", "scores_rand"), ("mc", "scores_mc")):
+        assert np.array_equal(itad.anomaly_scores(model, data["x_test"], kind=kind, mc_samples=1), f[key]), kind
+    assert np.array_equal(itad.anomaly_scores(model, data["x_test"], bn_stats="train"), f["scores_trainbn"])
+    assert np.array_equal(-itad.normal_scores(model.eval(), itad.as_input(model, data["x_test"])),
+                          f["scores_trainbn"])                      # anomaly score = -NormalScore (Alg. 2 line 9)
 
 
 def test_wrong_input_shapes_and_values_are_value_errors_naming_the_expected_shape():
@@ -481,10 +492,276 @@ def test_ctrl_c_exits_130_without_a_result(tiny_root, capsys, monkeypatch):
     assert e.value.code == 130 and "interrupted: no result was written" in out.err and "RESULT" not in out.out
 
 
-def test_nan_in_training_stops_with_a_message(tiny_root, capsys):
+def test_nan_in_training_stops_with_exit_3(tiny_root, capsys):
     with pytest.raises(SystemExit) as e:
         itad.main(["--dataset", "mnist", "--data-root", tiny_root, "--iters", "3", "--lr", "1e30", *TINY])
-    assert e.value.code == 2 and "error:" in capsys.readouterr().err
+    assert e.value.code == 3 and "error: training diverged: the loss at step 2" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ your own data, outputs
+
+def own_npz(path, x_train, x_test, y_test, **extra):
+    np.savez(path, x_train=x_train, x_test=x_test, y_test=y_test, **extra)
+    return str(path)
+
+
+def own_folder(root, size=40, mode="RGB", n=(24, 8, 8)):
+    """An MVTec-style folder of PNGs: train/good, test/good, test/scratch (brighter images)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for (sub, count), level in zip(((("train", "good"), n[0]), (("test", "good"), n[1]), (("test", "scratch"), n[2])),
+                                   (60, 60, 160)):
+        os.makedirs(os.path.join(root, *sub), exist_ok=True)
+        for i in range(count):
+            a = rng.integers(0, level, size=(size, size, 3) if mode == "RGB" else (size, size)).astype(np.uint8)
+            Image.fromarray(a, mode).save(os.path.join(root, *sub, f"{i:03d}.png"))
+    return str(root)
+
+
+RNG = np.random.default_rng(1)
+GREY28 = (RNG.integers(0, 255, (40, 28, 28), dtype=np.uint8), RNG.integers(0, 255, (30, 28, 28), dtype=np.uint8),
+          np.r_[np.zeros(10), np.ones(20)].astype(int))
+
+
+@pytest.mark.parametrize("kind", ["npz-grey28", "npz-rgb-hwc", "npz-grey20", "folder-rgb40", "folder-grey28"])
+def test_own_images_run_end_to_end_in_the_encoders_shape(kind, tmp_path, capsys):
+    """--dataset PATH: grey 28x28 stays 1x28x28 (padded in the encoder, as MNIST), every other size or colour
+    becomes 3x32x32; RESULT names the file, normal=-; the score file has one row per test image."""
+    if kind == "npz-grey28":
+        path, shape = own_npz(tmp_path / "d.npz", *GREY28, x_val=GREY28[1], y_val=GREY28[2]), (1, 28, 28)
+    elif kind == "npz-rgb-hwc":
+        path, shape = own_npz(tmp_path / "d.npz", RNG.random((40, 32, 32, 3)), RNG.random((30, 32, 32, 3)),
+                              GREY28[2]), (3, 32, 32)
+    elif kind == "npz-grey20":
+        path, shape = own_npz(tmp_path / "d.npz", RNG.random((40, 20, 20)), RNG.random((30, 20, 20)), GREY28[2]), \
+            (3, 32, 32)
+    elif kind == "folder-rgb40":
+        path, shape = own_folder(tmp_path / "parts"), (3, 32, 32)
+    else:
+        path, shape = own_folder(tmp_path / "parts", size=28, mode="L"), (1, 28, 28)
+    data = itad.prepare(path)
+    assert tuple(data["x_train"].shape[1:]) == shape and data["normal"] is None
+    assert tuple(data["x_test"].shape[1:]) == shape and 0 < data["y_test"].sum() < len(data["y_test"])
+    r = itad.main(["--dataset", path, "--iters", "2", "--save-scores", str(tmp_path / "s.npz"), *TINY])
+    out = capsys.readouterr().out
+    assert "read as " + "x".join(map(str, shape)) in out, out
+    assert ("the encoder sees 3x32x32 (grey repeated to 3 channels, zero-padded" in out) == (shape[0] == 1), out
+    assert r["dataset"] == os.path.basename(path) and r["normal"] == "-" and 0 <= r["auroc"] <= 1
+    f = np.load(tmp_path / "s.npz")
+    assert len(f["scores"]) == len(data["x_test"]) and np.array_equal(f["index"], np.arange(len(data["x_test"])))
+    assert round(itad.auroc(f["labels"], f["scores"]), 4) == r["auroc"]
+
+
+def test_save_model_and_load_model_give_identical_scores_without_training(tiny_root, tmp_path, monkeypatch):
+    """Round trip: --load-model rebuilds the encoder from the checkpoint (its sizes, its training BatchNorm
+    buffers), re-estimates the test statistics as the saving run did, continues the saving run's random state
+    for Eq. 22 / 29, and so writes the same score file, bit for bit; no optimiser step runs."""
+    base = ["--dataset", "mnist", "--normal", "3", "--data-root", tiny_root]
+    trained = itad.main([*base, "--iters", "3", "--model", "extension", *TINY, "--save-model", str(tmp_path / "m.pt"),
+                         "--save-scores", str(tmp_path / "a.npz"), "--json", str(tmp_path / "a.json")])
+    ck = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert ck["script"] == "itad" and ck["preprocess"]["bn_stats"] == "test"
+    assert {"ndf": 4, "nrkhs": 8, "ndepth": 1, "model": "extension", "local_size": 5, "c2": 20.0, "beta": 20.0,
+            "entropy": "l1", "entropy_reduce": "sum", "mi": "nce", "lr": 2e-4, "iters": 3, "batch_size": 16,
+            "input_shape": [1, 28, 28], "dataset": "mnist", "normal": "3"}.items() <= ck["config"].items()
+    assert ck["state"]["encoder"]["norm.num_batches_tracked"].item() == 3        # training's BatchNorm buffers
+    j = read_json(tmp_path / "a.json")
+    assert j["config"]["ndf"] == 4 and "--dataset mnist --normal 3" in j["provenance"]["command"]
+    assert {"torch", "numpy", "scikit-learn", "torchvision"} <= set(j["provenance"]["versions"])
+
+    def no_training(*a, **k):
+        raise AssertionError("--load-model trained")
+    monkeypatch.setattr(torch.optim.Adam, "step", no_training)
+    loaded = itad.main([*base, "--mc-samples", "1", "--load-model", str(tmp_path / "m.pt"),
+                        "--save-scores", str(tmp_path / "b.npz")])
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    same = ("auroc", "auroc_rand", "auroc_mc", "auroc_trainbn", "model", "znorm_normal", "dims_alive", "iters")
+    assert {k: loaded[k] for k in same} == {k: trained[k] for k in same}
+    model, ck = itad.load(str(tmp_path / "m.pt"))                                # the API reads it too
+    data = itad.prepare("mnist", "3", tiny_root)
+    assert np.array_equal(itad.anomaly_scores(model, data["x_test"], bn_stats="train"), a["scores_trainbn"])
+    itad.save(model, str(tmp_path / "api.pt"))                                  # sizes only: the command line
+    api = itad.main([*base, "--mc-samples", "0", "--load-model", str(tmp_path / "api.pt")])   # scores it all the same
+    assert api["auroc"] == trained["auroc"] and api["auroc_trainbn"] == trained["auroc_trainbn"]
+    assert "iters" not in api and "nce_end" not in api
+
+
+@pytest.mark.parametrize("case", ["other-script", "other-shape", "not-a-checkpoint", "training-flag"])
+def test_load_model_refuses_what_it_cannot_score(case, tiny_root, tmp_path, capsys, monkeypatch, torchvision_md5):
+    path = str(tmp_path / "m.pt")
+    model = itad.build_encoder((1, 28, 28), ndf=4, nrkhs=8, ndepth=1)
+    itad.save(model, path, config={"iters": 1, "batch_size": 2, "lr": 1e-3, "beta": 1.0, "entropy": "l1",
+                                   "entropy_reduce": "sum", "mi": "nce", "c2": 20.0, "epochs": 1, "curve_every": 0})
+    argv, message = ["--dataset", "mnist", "--data-root", tiny_root, "--load-model", path], None
+    if case == "other-script":
+        itad.save_checkpoint(path, "toll", {}, {}, {})
+        message = "is a checkpoint of toll.py, not of itad.py"
+    elif case == "other-shape":
+        argv[1], message = "cifar10", "holds a model for 1x28x28 images, but cifar10 gives 3x32x32 images"
+    elif case == "not-a-checkpoint":
+        open(path, "w").write("not a checkpoint")
+        message = "cannot read"
+    else:
+        argv, message = argv + ["--ndf", "8", "--lr", "1"], "--lr, --ndf set the model or its training"
+    monkeypatch.setattr(itad, "evaluate", lambda *a, **k: pytest.fail("scored"))
+    with pytest.raises(SystemExit) as e:
+        itad.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err, err
+
+
+def test_a_model_with_one_output_for_every_image_is_exit_3_and_writes_nothing(tiny_root, tmp_path, capsys,
+                                                                               monkeypatch):
+    """The code's BatchNorm scale fixed at 0: every image gets the same code, so every score is equal. That is
+    not a result: exit 3, one error paragraph, no RESULT, no JSON, no score file, no checkpoint."""
+    real = itad.build_encoder
+
+    def constant(*a, **k):
+        model = real(*a, **k)
+        model.norm.weight.data.zero_()
+        model.norm.weight.requires_grad_(False)
+        return model
+    monkeypatch.setattr(itad, "build_encoder", constant)
+    outputs = [tmp_path / "r.json", tmp_path / "s.npz", tmp_path / "m.pt"]
+    with pytest.raises(SystemExit) as e:
+        itad.main(["--dataset", "mnist", "--data-root", tiny_root, "--iters", "2", *TINY, "--json", str(outputs[0]),
+                   "--save-scores", str(outputs[1]), "--save-model", str(outputs[2])])
+    out = capsys.readouterr()
+    assert e.value.code == 3 and "RESULT" not in out.out
+    assert out.err.startswith("error: every Eq. 23 / 24 score of the test set is ") and "Traceback" not in out.err
+    assert not any(p.exists() for p in outputs) and os.listdir(tmp_path) == []
+
+
+def test_a_score_overflow_is_exit_3_not_a_traceback(tiny_root, tmp_path, capsys):
+    """One Adam step at lr 1e30: the training loss was finite, the test codes overflow. The guard on the scores
+    (not only the losses) stops the run: exit 3, nothing written."""
+    with pytest.raises(SystemExit) as e:
+        itad.main(["--dataset", "mnist", "--data-root", tiny_root, "--iters", "1", "--lr", "1e30", *TINY,
+                   "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and "NaN/inf values of 200: the model diverged. Try a smaller --lr" in err, err
+    assert not (tmp_path / "r.json").exists()
+
+
+class FakeClock:
+    """time for Progress: 11 s pass between two readings, so every progress call prints."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def time(self):
+        self.now += 11.0
+        return self.now
+
+
+def test_every_scoring_pass_reports_progress_with_the_time_left(monkeypatch):
+    """Issue 24: a long scoring phase printed nothing for 13 minutes. Every pass (the BatchNorm re-estimation, each
+    score kind) now reports after each batch of 100 images, with an estimate of the time left."""
+    monkeypatch.setattr(itad, "time", FakeClock())
+    torch.manual_seed(0)
+    model = itad.build_encoder((1, 28, 28), ndf=4, nrkhs=8, ndepth=1)
+    lines = []
+    itad.evaluate(model, torch.rand(250, 1, 28, 28), np.r_[np.zeros(50), np.ones(200)], mc_samples=2, log=lines.append)
+    for what in ("BatchNorm statistics of the test images 100/250", "scoring ori (Eq. 23 / 24), images 100/250",
+                 "scoring rand (Eq. 22), augmented views 100/500", "scoring mc (Eq. 29), augmented views 100/1000"):
+        assert any(line.startswith(what) and "s left" in line for line in lines), (what, lines)
+    assert itad.scoring_passes(2) == 9 and itad.scoring_passes(0, rand=False) == 3
+
+
+def test_batched_passes_give_the_scores_of_one_call():
+    """encode() in batches of 100 (for progress) and the BatchNorm statistics gathered batch by batch give exactly
+    what one call over the chunk gives (the encoder has no BatchNorm inside; its norms are its last layers)."""
+    torch.manual_seed(0)
+    model = itad.build_encoder((3, 32, 32), ndf=4, nrkhs=8, ndepth=2, model="extension")
+    x = torch.rand(230, 3, 32, 32)
+    with itad.bn_statistics(model, x, "test", chunk=150):
+        with torch.no_grad():
+            one = model(x * 2 - 1)
+        batched = itad.encode(model, x * 2 - 1, batch=64)
+        stats = [m.running_var.clone() for m in (model.norm, model.phi.norm)]
+    assert all(torch.equal(a, b) for a, b in zip(one, batched))
+    model.train()
+    with torch.no_grad():                                       # the reference: two train-mode chunks at once
+        for m in (model.norm, model.phi.norm):
+            m.reset_running_stats()
+            m.momentum = None
+        model(x[:150] * 2 - 1)
+        model(x[150:] * 2 - 1)
+    assert all(torch.equal(a, m.running_var) for a, m in zip(stats, (model.norm, model.phi.norm)))
+
+
+# ------------------------------------------------------------------------------------------ own data: bad input
+
+def bad_npz(kind, tmp_path):
+    x, y = GREY28[0], GREY28[2]
+    if kind == "missing":
+        return str(tmp_path / "nope.npz"), "cannot read"
+    if kind == "unreadable":
+        (tmp_path / "d.npz").write_bytes(b"not a zip archive")
+        return str(tmp_path / "d.npz"), "cannot read"
+    if kind == "keys":
+        np.savez(tmp_path / "d.npz", images=x, labels=y)
+        return str(tmp_path / "d.npz"), "it holds images, labels"
+    if kind == "lengths":
+        return own_npz(tmp_path / "d.npz", x, x[:30], y[:20]), "x_test has 30 samples but y_test has 20 labels"
+    if kind == "labels":
+        return own_npz(tmp_path / "d.npz", x, x[:30], np.arange(30) % 3), "0 (normal) and 1 (anomaly) only"
+    if kind == "nan":
+        xf = x[:30] / 255.0
+        xf[3, 4, 5] = np.nan
+        return own_npz(tmp_path / "d.npz", x / 255.0, xf, y), "x_test holds NaN or inf"
+    if kind == "tabular-npz":
+        return own_npz(tmp_path / "d.npz", RNG.random((40, 20)), RNG.random((30, 20)), y), \
+            "holds (40, 20) feature rows. Use toll.py or cance.py"
+    if kind == "csv":
+        (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,4,1\n")
+        return str(tmp_path / "d.csv"), "is a CSV file of feature rows. Use toll.py or cance.py"
+    if kind == "other-file":
+        (tmp_path / "d.txt").write_text("hello")
+        return str(tmp_path / "d.txt"), "is neither an .npz file nor an image folder"
+    if kind == "no-normal-test-images":
+        return own_npz(tmp_path / "d.npz", x, x[:30], np.ones(30, dtype=int)), "holds only anomalies"
+    folder = own_folder(tmp_path / "parts", size=8)
+    if kind == "folder-no-train":
+        shutil.rmtree(os.path.join(folder, "train"))
+        return folder, "has no images in train/good/"
+    if kind == "folder-no-anomalies":
+        shutil.rmtree(os.path.join(folder, "test", "scratch"))
+        return folder, "has no anomaly folder"
+    if kind == "folder-not-an-image":
+        open(os.path.join(folder, "test", "good", "notes.txt"), "w").write("x")
+        return folder, "notes.txt' is not an image"
+    if kind == "folder-broken-image":
+        open(os.path.join(folder, "test", "scratch", "broken.png"), "wb").write(b"\x89PNG broken")
+        return folder, "broken.png' cannot be decoded"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing", "unreadable", "keys", "lengths", "labels", "nan", "tabular-npz", "csv",
+                                  "other-file", "no-normal-test-images", "folder-no-train", "folder-no-anomalies",
+                                  "folder-not-an-image", "folder-broken-image"])
+def test_bad_own_data_is_one_error_naming_the_file_before_training(kind, tmp_path, capsys, monkeypatch):
+    path, message = bad_npz(kind, tmp_path)
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as e:
+        itad.main(["--dataset", path, "--iters", "2", *TINY])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert e.value.code == 2 and len(lines) == 1 and message in err and "Traceback" not in err, err
+    assert os.path.basename(path) in lines[0] and ". " in lines[0], lines[0]        # what is wrong. What to do
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--normal", "3"], "--normal names classes of a built-in dataset"),
+    (["--save-scores", "/no/such/dir/s.npz"], "does not exist"),
+    (["--save-model", "/no/such/dir/m.pt"], "does not exist"),
+])
+def test_options_that_do_not_apply_to_own_data_are_refused(argv, message, tmp_path, capsys):
+    path = own_npz(tmp_path / "d.npz", *GREY28)
+    with pytest.raises(SystemExit) as e:
+        itad.main(["--dataset", path, "--iters", "2", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ learning
