@@ -14,23 +14,26 @@ supervised upper bounds), Table 3 (--negative <dataset> --test-half), the None /
 and A1-A4 (single negative classes are not offered), Figure 3 (--save-recon). Each run scores the phase-1 AE
 (auroc_ae) and the shaped model (auroc), which share E and D: "the most direct comparison" (Sec. 5.1).
 
-Equation map (a user's calls: build_model, train_phase1, train_phase2, anomaly_scores)
+Your own images: --dataset FILE.npz (x_train normal, x_test, y_test) or an MVTec AD folder; grey images become
+1x28x28 (MNIST's settings), RGB 3x32x32 (CIFAR-10's). D- depends on D+ (Sec. 3.2), so it must be named:
+--negative PATH (unlabelled images of a similar domain: an .npz holding x, or a folder of images), omniglot, a
+built-in dataset, or none (the plain AE of the None rows). --save-scores, --save-model, --load-model keep a run.
+
+Equation map (a user's calls: build_model, train_phase1, train_phase2, anomaly_scores; save_model, load_model)
     Sec. 3.1 s = E(x), z = Z(s), x_hat = D(z); Sec. 5.1 layers ... build_model(), LatentInsensitiveAE
     Sec. 3.4 score ||x_hat - x||_2 ................................ reconstruction_error(), anomaly_scores()
     Alg. 1, phase 1 (feature extraction) .......................... train_phase1()
     Sec. 4.2 LinSep BCE on Z's pre-activation (phase 1) ........... linsep_loss()
     Eq. (1) latent-shaping loss ................................... latent_shaping_loss()
     Alg. 1, phase 2 (E and D frozen, Z trained on Eq. (1)) ........ train_phase2()
-    Sec. 5.1 negative sets and test classes; Omniglot augmentation  negative_classes(), augment_negatives()
+    Sec. 3.2 / 5.1 D+, D- and the test set; Omniglot augmentation . prepare(), negative_set(), augment_negatives()
 
 Deviations, and choices where the paper is silent
   - Phase-1 standardisation of Z's pre-activation (not in the paper; --latent-norm batch). Trained as written
-    (tanh, Adam 1e-3), phase 1 drives Z's pre-activation into saturation: the codes become +-1, phase 2 gets no
-    gradient through tanh and LIS-AE equals its AE. So in phase 1 the pre-activation is standardised per unit
-    over the batch of positives (BatchNorm1d without scale or shift), and at its end the running statistics are
-    folded into Z's weight and bias: phase 2 and scoring use the paper's linear layer + tanh. --latent-norm none
-    is the saturating original. The log shows `sat` (fraction of |z| > 0.99), RESULT latent_saturated, and a
-    warning is printed when more than half of the latent is saturated after phase 1.
+    (tanh, Adam 1e-3), phase 1 saturates the tanh: codes +-1, no gradient in phase 2, LIS-AE = its AE. So in
+    phase 1 the pre-activation is standardised per unit over the batch of positives (BatchNorm1d without scale or
+    shift), folded into Z's weight and bias at its end: phase 2 and scoring use the paper's linear layer + tanh.
+    --latent-norm none is the saturating original; the log shows `sat` (|z| > 0.99), RESULT latent_saturated.
   - --latent-act linear drops Z's tanh: an ablation (Sec. 3.1 keeps the tanh).
   - Sizes (Sec. 5.1 names the layers, not their widths): 28x28: E = conv 1->32->64 (4x4, stride 2), Z = linear
     3136->16, D = linear 16->3136, transposed convs 64->32->32, 3x3 conv + sigmoid, LeakyReLU 0.2; 32x32x3: the
@@ -48,7 +51,6 @@ Deviations, and choices where the paper is silent
   - next-class with several normal classes: the first non-normal class after the largest normal one (9 -> 0).
     split / supervised: halves 0..n/2-1 and n/2..n-1, all normal classes in one half, tested on that half;
     supervised (an upper bound) takes as D- the normal half's other classes, i.e. the test anomalies.
-
 Run:  python lis_ae.py --dataset mnist --normal 8 (Omniglot negatives); add --linsep for LinSep-LIS-AE
 """
 import argparse
@@ -57,6 +59,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,7 +70,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import DataError, IMAGE_DATASETS, is_anomaly, load_images, load_omniglot, parse_normal
+from common import (DataError, IMAGE_DATASETS, IMAGE_SUFFIXES, _as_nchw, _finite, fit_images, is_anomaly,
+                    is_user_dataset, load_image_folder, load_images, load_npz, load_omniglot, parse_normal)
 
 # Sec. 5.1: each dataset's negative set D-. The sizes and budgets below are our choices (the paper gives none);
 # their keys are keyword names of build_model (latent, width) and train_phase1/2 (iters, batch_size).
@@ -241,7 +245,7 @@ def train_phase1(model, x_normal, x_negative=None, linsep=False, iters=2000, bat
     params = list(model.parameters()) + (list(classifier.parameters()) if linsep else [])
     opt = torch.optim.Adam(params, lr=lr)
     model.train()
-    t0 = time.time()
+    progress = Progress("phase1 iter", iters, log)
     for it in range(1, iters + 1):
         xb = sample(x_pos, batch_size)                                      # Alg. 1: a mini-batch x+ from D+
         x_hat, u_pos = model(xb)                                            # x_hat+ = D(Z(E(x+)))
@@ -257,11 +261,9 @@ def train_phase1(model, x_normal, x_negative=None, linsep=False, iters=2000, bat
         loss.backward()                                                     # Alg. 1: minimise L
         opt.step()
         check_finite(loss.item(), f"the phase-1 loss at iteration {it}")
-        if it % max(1, iters // 10) == 0 or it == iters:
-            line = f"phase1 iter {it}/{iters} loss={loss.item():.4f} rec={rec.item():.4f}"
-            if bce is not None:
-                line += f" bce={bce.item():.4f}"
-            log(f"{line} sat={saturated_fraction(model.act(u_pos)):.3f} elapsed={time.time() - t0:.1f}s")
+        bce = "" if bce is None else f" bce={bce.item():.4f}"
+        sat = saturated_fraction(model.act(u_pos))
+        progress(it, f" loss={loss.item():.4f} rec={rec.item():.4f}{bce} sat={sat:.3f}")
     fold_latent_norm(model)                                                 # Z = linear + tanh from here on
     return model.eval()
 
@@ -287,7 +289,7 @@ def train_phase2(model, x_normal, x_negative, iters=2000, batch_size=128, lr=1e-
     for p in list(model.encoder.parameters()) + list(model.decoder.parameters()):
         p.requires_grad_(False)                                             # Alg. 1: FreezeEncoder(), FreezeDecoder()
     opt = torch.optim.Adam(model.latent.parameters(), lr=lr)               # only Z is trained
-    t0 = time.time()
+    progress = Progress("phase2 iter", iters, log)
     for it in range(1, iters + 1):
         xp, xn = sample(x_pos, batch_size), sample(x_neg, batch_size, augment)   # Alg. 1: (x+, x-) from (D+, D-)
         (x_hat_p, u_p), (x_hat_n, u_n) = model(xp), model(xn)
@@ -296,10 +298,9 @@ def train_phase2(model, x_normal, x_negative, iters=2000, batch_size=128, lr=1e-
         loss.backward()                                                     # Alg. 1: minimise L
         opt.step()
         check_finite(loss.item(), f"the Eq. (1) loss at phase-2 iteration {it}")
-        if it % max(1, iters // 10) == 0 or it == iters:
-            log(f"phase2 iter {it}/{iters} loss={loss.item():.4f} rec_pos={rec_pos.item():.4f} "
-                f"rec_neg={rec_neg.item():.4f} gamma={gamma:.4f} sat_pos={saturated_fraction(model.act(u_p)):.3f} "
-                f"sat_neg={saturated_fraction(model.act(u_n)):.3f} elapsed={time.time() - t0:.1f}s")
+        progress(it, f" loss={loss.item():.4f} rec_pos={rec_pos.item():.4f} rec_neg={rec_neg.item():.4f} gamma="
+                     f"{gamma:.4f} sat_pos={saturated_fraction(model.act(u_p)):.3f} sat_neg="
+                     f"{saturated_fraction(model.act(u_n)):.3f}")
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -308,25 +309,30 @@ def train_phase2(model, x_normal, x_negative, iters=2000, batch_size=128, lr=1e-
 # ------------------------------------------------------------------------------------------ scoring
 
 @torch.no_grad()
-def in_chunks(model, x, fn, chunk=1000):
-    """fn(model, batch) over x (a numpy array or tensor, N samples) in chunks, in evaluation mode -> tensor (N, ...)."""
+def in_chunks(model, x, fn, what="scoring", log=None, chunk=1000):
+    """fn(model, batch) over x (a numpy array or tensor, N samples) in chunks, in evaluation mode -> tensor (N, ...);
+    with log, the progress of the pass."""
     x = as_input(model, x)
-    was = model.training
+    was, out = model.training, []
     model.eval()
-    out = torch.cat([fn(model, x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    progress = Progress(what, len(x), log) if log else None
+    for i in range(0, len(x), chunk):
+        out.append(fn(model, x[i:i + chunk]))
+        if progress:
+            progress(min(i + chunk, len(x)))
     model.train(was)
-    return out
+    return torch.cat(out)
 
 
-def anomaly_scores(model, x):
+def anomaly_scores(model, x, log=None):
     """Sec. 3.4: the reconstruction error ||x_hat - x||_2 of each sample of x (N, *input_shape) -> numpy array (N,),
-    higher = more anomalous."""
-    return in_chunks(model, x, lambda m, xb: reconstruction_error(m(xb)[0], xb)).cpu().numpy()
+    higher = more anomalous. log: a callable that receives the pass's progress (silent by default)."""
+    return in_chunks(model, x, lambda m, xb: reconstruction_error(m(xb)[0], xb), "scores", log).cpu().numpy()
 
 
-def latent_codes(model, x):
+def latent_codes(model, x, log=None):
     """z = Z(E(x)) of each sample (N, latent), to inspect the tanh's saturation."""
-    return in_chunks(model, x, lambda m, xb: m.act(m(xb)[1]))
+    return in_chunks(model, x, lambda m, xb: m.act(m(xb)[1]), "latent codes", log)
 
 
 def auroc(model, x, y):
@@ -340,6 +346,37 @@ def save_recon(path, x, ae, model):
     with torch.no_grad():
         grid = torch.cat([x, ae(x)[0], model(x)[0]])
     save_image(grid.cpu(), path, nrow=len(x), padding=2, pad_value=0.5)
+
+
+def save_model(path, model, ae=None, config=None):
+    """Write a trained model to path (.pt): the weights, build_model's settings and the input shape (plus `config`,
+    e.g. the training settings); with ae, the phase-1 AE's latent layer too (E and D are shared, Alg. 1)."""
+    if ae is not None and any(not torch.equal(v, ae.state_dict()[k]) for k, v in model.state_dict().items()
+                              if not k.startswith("latent.")):
+        raise ValueError("ae must be the phase-1 AE of model: the same E and D, only the latent layer differs")
+    arch = dict(input_shape=list(model.input_shape), latent=model.latent.out_features,
+                width=model.encoder[0].out_channels, latent_act="tanh" if isinstance(model.act, nn.Tanh) else "linear")
+    state = {"model": model.state_dict(), **({"ae_latent": ae.latent.state_dict()} if ae is not None else {})}
+    preprocess = {"input": "images in [0, 1] (uint8 / 255) of input_shape; common.fit_images converts and resizes"}
+    save_checkpoint(path, "lis_ae", {**(config or {}), **arch}, preprocess, state)
+
+
+def load_model(path):
+    """A checkpoint of save_model or --save-model -> (model, ae or None, checkpoint dict), in evaluation mode."""
+    ck = load_checkpoint(path, "lis_ae")
+    cfg, state = ck["config"], ck["state"]
+    try:
+        model = build_model(cfg["input_shape"], latent=cfg["latent"], width=cfg["width"], latent_act=cfg["latent_act"],
+                            latent_norm="batch" if "norm.running_mean" in state["model"] else "none")   # folded?
+        model.load_state_dict(state["model"])
+        ae = copy.deepcopy(model) if "ae_latent" in state else None
+        if ae is not None:
+            ae.latent.load_state_dict(state["ae_latent"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise DataError(f"'{path}' is a lis_ae.py checkpoint whose weights do not fit its settings "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Write it again with --save-model") \
+            from None
+    return model.eval(), None if ae is None else ae.eval(), ck
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -381,19 +418,70 @@ def negative_classes(mode, normal, n_classes, test_half=False):
     return neg, test
 
 
-def prepare(dataset, normal, negative, test_half=False, data_root=None):
-    """The protocol's D+, D- and test set for a built-in dataset: checks the combination before loading, then
-    returns a dict of tensors (x_pos, x_neg or None, x_test, y_test with 1 = anomaly) and descriptions."""
+def negative_set(negative, shape, data_root=None):
+    """D- from outside the normal data (Sec. 3.2, Table 3) for inputs of shape (C, S, S): omniglot, a built-in
+    dataset's training split (all classes), or the user's own images (read_negatives). -> (x, description)."""
+    if negative == "omniglot" or negative in IMAGE_DATASETS:
+        has = (1, 28) if negative == "omniglot" else IMAGE_DATASETS[negative][1:]
+        if has != tuple(shape[:2]):
+            raise DataError(f"--negative {negative} gives {has[0]}x{has[1]}x{has[1]} images, but the normal data has "
+                            f"{'x'.join(map(str, shape))} images. Pick a negative set of the same shape (Table 3 pairs "
+                            "MNIST with Fashion-MNIST and SVHN with CIFAR-10), or your own images (--negative PATH)")
+        if negative == "omniglot":
+            return load_omniglot(data_root, size=shape[-1])[0], "omniglot background images"
+        return load_images(negative, data_root)[0], f"{negative} train split (all classes)"
+    return read_negatives(negative, shape), f"your images {os.path.basename(os.path.normpath(negative))}"
+
+
+def read_negatives(path, shape):
+    """--negative PATH: the user's own unlabelled images from a similar domain (Sec. 3.2's D-), an .npz file holding
+    x (as --dataset's npz holds x_train) or a folder of image files (subfolders included), fitted to shape."""
+    from PIL import Image, UnidentifiedImageError
+    channels, side = shape[0], shape[-1]
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                keys, x = f.files, (f["x"] if "x" in f.files else None)
+        except Exception as e:
+            raise DataError(f"cannot read '{path}' as an .npz file ({type(e).__name__}: {e}). Write it with "
+                            "numpy.savez(path, x=images)") from None
+        if x is None or not np.issubdtype(x.dtype, np.number) or x.ndim not in (3, 4) or len(x) == 0:
+            got = f"x of {x.dtype} {x.shape}" if x is not None else ", ".join(sorted(keys)) or "nothing"
+            raise DataError(f"'{path}' must hold the negative images as x, (N, H, W), (N, H, W, C) or (N, C, H, W); it "
+                            f"holds {got}. Save them with numpy.savez(path, x=images)")
+        _finite(x, path, "x")
+        return fit_images(_as_nchw(x, path, "x"), channels, side)
+    if not os.path.isdir(path):
+        raise DataError(f"the negative set '{path}' is neither an .npz file nor a folder. Give an .npz file holding x "
+                        "or a folder of images")
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names if not f.startswith("."))
+    bad = [f for f in files if not f.lower().endswith(IMAGE_SUFFIXES)]
+    if bad or not files:
+        what = f"'{bad[0]}' is not an image" if bad else f"'{path}' holds no images"
+        raise DataError(f"{what} ({', '.join(IMAGE_SUFFIXES)}). Give a folder of negative images only")
+    x = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                a = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DataError(f"'{f}' cannot be decoded as an image ({type(e).__name__}). Replace or remove it") from None
+        x.append(fit_images(torch.from_numpy(a).view(1, *a.shape[:2], -1).permute(0, 3, 1, 2), channels, side))
+    return torch.cat(x)
+
+
+def prepare(dataset, normal, negative, test_half=False, data_root=None, with_negatives=True):
+    """The protocol's D+, D- and test set: a built-in dataset, or the user's own images (an .npz file or an image
+    folder, see prepare_own). Checks the combination before loading, then returns a dict of tensors (x_pos, x_neg
+    or None, x_test, y_test with 1 = anomaly, index = each test image's index in its source split) and text.
+    with_negatives=False (scoring a saved model) skips loading D-."""
+    if dataset not in IMAGE_DATASETS:
+        return prepare_own(dataset, negative, data_root, with_negatives)
     n_classes, channels, side = IMAGE_DATASETS[dataset]
     normal = parse_normal(normal, n_classes)
     if negative == dataset:
         raise DataError(f"--negative {negative} is the normal dataset itself. Use next-class, split or supervised "
                         f"for negatives from the same dataset")
-    shape = (1, 28) if negative == "omniglot" else IMAGE_DATASETS.get(negative, (0, channels, side))[1:]
-    if shape != (channels, side):
-        raise DataError(f"--negative {negative} gives {shape[0]}x{shape[1]}x{shape[1]} images, but {dataset} has "
-                        f"{channels}x{side}x{side} images. Pick a negative set of the same shape (Table 3 pairs MNIST "
-                        f"with Fashion-MNIST and SVHN with CIFAR-10), e.g. --negative split")
     neg_cls, test_cls = negative_classes(negative, normal, n_classes, test_half)
     x_tr, y_tr, x_te, y_te = load_images(dataset, data_root)
     x_pos = x_tr[torch.isin(y_tr, torch.tensor(normal))]                  # D+: the normal training images
@@ -408,17 +496,49 @@ def prepare(dataset, normal, negative, test_half=False, data_root=None):
         neg_desc = f"{dataset} train classes {','.join(map(str, neg_cls))}"
         if negative == "supervised":
             neg_desc += " (supervised UPPER BOUND: negatives are the test anomaly classes)"
-    elif negative == "omniglot":
-        x_neg, _ = load_omniglot(data_root, size=side)
-        neg_desc = "omniglot background images"
-    elif negative != "none":
-        x_neg = load_images(negative, data_root)[0]
-        neg_desc = f"{negative} train split (all classes)"
+    elif negative != "none" and with_negatives:
+        x_neg, neg_desc = negative_set(negative, (channels, side, side), data_root)
     if x_neg is not None and len(x_neg) == 0:
         raise DataError(f"the negative set ({neg_desc}) is empty in the data under --data-root. Check that the "
                         f"data files are complete, or pick another --negative")
     return dict(normal=normal, x_pos=x_pos, x_neg=x_neg, x_test=x_test, y_test=y_test, test_classes=test_cls,
-                neg_desc=neg_desc)
+                neg_desc=neg_desc, index=torch.nonzero(keep).view(-1), source=None, like=dataset)
+
+
+def prepare_own(path, negative, data_root=None, with_negatives=True):
+    """--dataset PATH: the user's images, an .npz file (x_train normal, x_test, y_test; x_val / y_val unused) or an
+    MVTec AD folder, read by common.py: grey -> (1, 28, 28), RGB -> (3, 32, 32), trained with the settings of
+    MNIST (grey) or CIFAR-10 (RGB) (`like`). D- must be given: none, omniglot, a built-in dataset or a PATH."""
+    name = os.path.basename(os.path.normpath(path))
+    if path.endswith(".csv"):
+        raise DataError(f"lis_ae.py takes images, and '{name}' is a CSV file of feature rows; use toll.py or cance.py "
+                        "for tabular data")
+    if negative in LABEL_MODES or (negative is None and with_negatives):
+        why = "" if negative is None else f"; --negative {negative} needs the classes of a built-in dataset"
+        raise DataError(f"{name} needs a negative set D- (Sec. 3.2: unlabelled images from a similar domain){why}. "
+                        "Give --negative PATH (an .npz file holding x, or a folder of images), omniglot, a built-in "
+                        "dataset of the same shape, or none (the plain AE of Tables 3-5's None rows)")
+    if path.endswith(".npz"):
+        d = load_npz(path)
+        stored = tuple(d["train"].shape[1:])
+        if len(stored) == 1:
+            raise DataError(f"lis_ae.py takes images, and '{name}' holds ({len(d['train'])}, {stored[0]}) feature "
+                            "rows; use toll.py or cance.py for tabular data")
+        channels, side = (1, 28) if stored[0] == 1 else (3, 32)
+        (x_test, y_test), x_pos = d["test"], fit_images(d["train"], channels, side)
+        x_test = fit_images(x_test, channels, side)
+        source = (f"{len(x_pos)} x_train and {len(x_test)} x_test images of {'x'.join(map(str, stored))}, read as "
+                  f"{channels}x{side}x{side}" + ("; x_val / y_val unused (no validation)" if d["val"] else ""))
+    else:
+        d = load_image_folder(path)
+        (x_pos, (x_test, y_test)), source = (d["train"], d["test"]), d["source"]
+    shape = tuple(x_pos.shape[1:])
+    x_neg, neg_desc = None, "none (plain AE)"
+    if negative not in (None, "none") and with_negatives:
+        x_neg, neg_desc = negative_set(negative, shape, data_root)
+    return dict(normal=None, x_pos=x_pos, x_neg=x_neg, x_test=x_test, y_test=y_test, test_classes=None,
+                neg_desc=neg_desc, index=torch.arange(len(x_test)), source=source,
+                like="mnist" if shape[0] == 1 else "cifar10")
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -429,7 +549,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
 
     def error(self, message):
-        print(f"error: {message}. Run `python {self.prog} --help` for the accepted values.", file=sys.stderr)
+        print(f"error: {message}. Run `python {os.path.basename(__file__)} --help` for the accepted values.",
+              file=sys.stderr)
         sys.exit(2)
 
 
@@ -456,7 +577,8 @@ def number(kind=float, low=None, high=None, low_open=False):
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
         if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
-            rng = f"{'>' if low_open else '>='} {plain(low)}" if high is None else f"in [{plain(low)}, {plain(high)}]"
+            rng = (f"{'>' if low_open else '>='} {plain(low)}" if high is None else
+                   f"in {'(' if low_open else '['}{plain(low)}, {plain(high)}]")
             raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
         return value
     return parse
@@ -509,23 +631,119 @@ def write_result(result, json_path=None, log=print):
         os.replace(json_path + ".tmp", json_path)
 
 
+class Progress:
+    """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
+    (and at the end), so that no phase stays silent for long."""
+
+    def __init__(self, what, total, log=print, every=10.0):
+        self.what, self.total, self.log, self.every = what, total, log, every
+        self.t0 = self.last = time.time()
+
+    def __call__(self, done, extra=""):
+        now = time.time()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last, spent = now, now - self.t0
+        left = f", about {spent / done * (self.total - done):.0f}s left" if 0 < done < self.total else ""
+        self.log(f"{self.what} {done}/{self.total}{extra} {spent:.0f}s elapsed{left}")
+
+
+def check_scores(scores, where):
+    """A degenerate run is not a result: NaN/inf scores, or one value for every sample, stop the run (exit 3)."""
+    for name, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        if not np.isfinite(s).all():
+            raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
+                                     f"values of {s.size}: the model diverged. Try a smaller --lr")
+        if s.size > 1 and s.min() == s.max():
+            raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
+                                     "every sample, so no metric means anything. Try another --lr or more --iters")
+
+
+def provenance(argv):
+    """What made this result: the command line, package versions, and the git commit of the script's folder."""
+    import sklearn
+    import torchvision
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = git.stdout.strip() if git.returncode == 0 else None
+        dirty = commit and subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                          capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"command": " ".join([os.path.basename(sys.argv[0]) or "python", *argv]), "git_commit": commit,
+            "git_dirty": dirty, "python": sys.version.split()[0],
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+                         "scikit-learn": sklearn.__version__}}
+
+
+def save_scores(path, scores, labels, index):
+    """--save-scores: every reported variant's test scores (higher = more anomalous; `scores` is the main one,
+    `scores_<variant>` the others), the labels (1 = anomaly) and the test samples' indices, written atomically."""
+    arrays = {("scores" if k == "main" else f"scores_{k}"): np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, labels=np.asarray(labels, dtype=np.int64), index=np.asarray(index, dtype=np.int64), **arrays)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, script, config, preprocess, state):
+    """--save-model: the weights, every resolved hyperparameter and the preprocessing constants, atomically."""
+    torch.save({"script": script, "config": config, "preprocess": preprocess, "state": state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, script):
+    """--load-model: a checkpoint this script wrote, or a DataError saying what it is instead."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                        f"Give a file written by `{script}.py --save-model`") from None
+    if not isinstance(ck, dict) or ck.get("script") != script:
+        who = ck.get("script") if isinstance(ck, dict) else None
+        raise DataError(f"'{path}' is {f'a checkpoint of {who}.py' if who else 'not a checkpoint of this project'}, "
+                        f"not of {script}.py. Load it with the script that wrote it")
+    return ck
+
+
+# the model and training options; --load-model takes them from the checkpoint and refuses them on the command line
+TRAINING = ("iters", "batch_size", "lr", "latent", "width", "latent_norm", "latent_act", "beta", "gamma",
+            "gamma_scale", "linsep")
+
+
+def name_or_path(choices, path):
+    """argparse type: one of choices, or a path to the user's own images (see common.is_user_dataset)."""
+    def parse(name):
+        if name in choices or is_user_dataset(name):
+            return name
+        raise argparse.ArgumentTypeError(f"invalid choice: '{name}' (choose from {', '.join(choices)}, or give {path})")
+    return parse
+
+
 def parse_args(argv=None):
     pre = ArgumentParser(add_help=False)                  # the dataset first: --help shows its defaults
     pre.add_argument("--dataset", default="mnist")
     dataset = pre.parse_known_args(argv)[0].dataset
     p = ArgumentParser(description="LIS-AE: latent-insensitive autoencoder (Battikh & Lenskiy, Mathematics 2022)",
                        formatter_class=HelpFormatter)
-    p.add_argument("--dataset", default="mnist", choices=list(PAPER),
+    p.add_argument("--dataset", type=name_or_path(tuple(PAPER), "your own images: an .npz file or an image folder"),
+                   default="mnist",
                    help="mnist, fashion-mnist, svhn, cifar10 (Sec. 5); cifar100 (20 superclasses) and digits "
-                        "(offline install check) are not in the paper")
-    p.add_argument("--normal", default="0",
-                   help="normal class, or a comma list for several (Table 1's 2-class MNIST: 0,1 2,3 ... 8,9)")
-    p.add_argument("--negative", choices=("none", "omniglot") + LABEL_MODES + tuple(PAPER),
+                        "(offline install check) are not in the paper; or your own images: an .npz file (x_train "
+                        "normal, x_test, y_test with 1 = anomaly) or a folder (train/good, test/good, test/<defect>), "
+                        "grey read as 1x28x28 with MNIST's settings, RGB as 3x32x32 with CIFAR-10's")
+    p.add_argument("--normal", help="normal class, or a comma list for several (Table 1's 2-class MNIST: 0,1 2,3 ... "
+                                    "8,9); default 0 for the built-in sets, none for your own data")
+    p.add_argument("--negative", metavar="NAME|PATH", type=name_or_path(("none", "omniglot") + LABEL_MODES + tuple(
+                       PAPER), "a path: an .npz file holding x, or an image folder"),
                    help="negative set D-: omniglot (MNIST; from ROOT/omniglot-py or ROOT/omniglot_subsets); "
                         "next-class (Fashion-MNIST), removed from the test set; split (SVHN, CIFAR), the other half "
                         "of the classes; supervised, the normal half's other classes = the test anomalies (upper "
                         "bound, Table 2's Sup. rows); a dataset, its training split (Table 3); none, a plain AE "
-                        "(Sec. 5.1)")
+                        "(Sec. 5.1); PATH, your own unlabelled images of a similar domain (Sec. 3.2), an .npz file "
+                        "holding x or a folder of images. Your own --dataset needs one of omniglot, a dataset, "
+                        "PATH or none")
     p.add_argument("--test-half", action="store_true",
                    help="test only on the normal classes' half (0-4 or 5-9), as Table 3 does; split and supervised "
                         "always do (Sec. 5.2)")
@@ -568,78 +786,153 @@ def parse_args(argv=None):
     p.add_argument("--save-recon", type=output_path,
                    help="write a PNG: 8 normal and 8 anomalous test images, the AE's and the LIS-AE's outputs "
                         "(Figure 3)")
-    p.add_argument("--json", type=output_path, help="also write the RESULT keys to this file (not in the paper)")
-    p.set_defaults(negative=NEGATIVE.get(dataset, "omniglot"), **PAPER.get(dataset, PAPER["mnist"]))
+    p.add_argument("--save-scores", type=output_path,
+                   help="write the test scores to this .npz: scores (LIS-AE, phase 2), scores_ae (the phase-1 AE), "
+                        "scores_linsep with --linsep (= scores), labels (1 = anomaly), index (each test image's index "
+                        "in its source) (not in the paper)")
+    p.add_argument("--save-model", type=output_path,
+                   help="write the trained model to this .pt: LIS-AE's weights, the phase-1 AE's latent layer, every "
+                        "setting and the input shape (not in the paper)")
+    p.add_argument("--load-model",
+                   help="score the test set with a model written by --save-model, without training; the model and "
+                        "training options come from it and may not be given (not in the paper)")
+    p.add_argument("--json", type=output_path,
+                   help="also write the RESULT keys, the resolved settings and the provenance to this file (not in "
+                        "the paper)")
+    if dataset in PAPER:
+        p.set_defaults(negative=NEGATIVE[dataset], **PAPER[dataset])
     args = p.parse_args(argv)
-    if args.linsep and args.negative == "none":
+    if args.dataset not in PAPER:
+        for flag, bad in (("--normal", args.normal is not None), ("--test-half", args.test_half)):
+            if bad:
+                p.error(f"{flag} names classes of a built-in dataset; in your own data ({args.dataset}) y_test = 1 or "
+                        f"a test/<defect>/ folder marks the anomalies. Drop {flag}")
+    if args.load_model:
+        unset = object()
+        given = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(TRAINING, unset)))
+        given = ["--" + k.replace("_", "-") for k in TRAINING if getattr(given, k) is not unset]
+        if given:
+            p.error(f"{', '.join(given)} set the model or its training, which --load-model reads from the "
+                    f"checkpoint. Drop {'it' if len(given) == 1 else 'them'}")
+    elif args.linsep and args.negative == "none":
         p.error("--linsep needs a negative set, and --negative none trains a plain AE. Drop --linsep, or pick a "
                 "--negative set")
     return args
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     log = lambda line: print(line, flush=True)
     try:
         t_start = time.time()
         set_seed(args.seed)
-        data = prepare(args.dataset, args.normal, args.negative, args.test_half, args.data_root)
+        model, ae, ck = load_model(args.load_model) if args.load_model else (None, None, None)
+        own = args.dataset not in PAPER
+        normal = "0" if args.normal is None else args.normal                  # the built-in sets' default
+        data = prepare(args.dataset, normal, args.negative, args.test_half, args.data_root, with_negatives=ck is None)
         x_pos, x_test, y_test = (data[k].to(args.device) for k in ("x_pos", "x_test", "y_test"))
         x_neg = None if data["x_neg"] is None else data["x_neg"].to(args.device)
-        augment = args.negative == "omniglot"                               # Sec. 5.1 augments Omniglot only
-        variant = "ae" if x_neg is None else ("linsep-lis-ae" if args.linsep else "lis-ae")
-        normal, tested = ",".join(map(str, data["normal"])), data["test_classes"]
-        log(f"lis_ae: dataset={args.dataset} variant={variant} normal={normal} D+={len(x_pos)} "
-            f"D-={0 if x_neg is None else len(x_neg)} ({data['neg_desc']}) latent={args.latent} "
+        shape, fmt = tuple(x_test.shape[1:]), lambda shape: "x".join(map(str, shape))
+        if ck and model.input_shape != shape:
+            raise DataError(f"'{args.load_model}' holds a model for {fmt(model.input_shape)} images, but "
+                            f"{args.dataset} gives {fmt(shape)} images. Score data of the model's shape, or train a "
+                            "model on this data")
+        for k in TRAINING:                                  # the checkpoint's settings; own data: MNIST's or CIFAR-10's
+            if ck or getattr(args, k) is None:
+                setattr(args, k, ck["config"].get(k) if ck else PAPER[data["like"]].get(k))
+        augment = args.negative == "omniglot"               # Sec. 5.1 augments Omniglot only
+        if ck:
+            variant = ck["config"].get("variant", "lis-ae" if "ae_latent" in ck["state"] else "ae")
+        else:
+            variant = "ae" if x_neg is None else ("linsep-lis-ae" if args.linsep else "lis-ae")
+        base = lambda path: os.path.basename(os.path.normpath(path))
+        name, negative = (base(args.dataset) if own else args.dataset), args.negative
+        negative = base(negative) if negative and is_user_dataset(negative) else negative
+        normal, tested = ("-", "-") if own else (",".join(map(str, data["normal"])), data["test_classes"])
+        neg = f"{0 if x_neg is None else len(x_neg)} ({data['neg_desc']})" if not ck else "not used (no training)"
+        log(f"lis_ae: dataset={name} variant={variant} normal={normal} D+={len(x_pos)} D-={neg} latent={args.latent} "
             f"latent_norm={args.latent_norm} latent_act={args.latent_act} width={args.width} lr={args.lr:g} "
             f"batch={args.batch_size} iters={args.iters}/phase device={args.device}")
-        log(f"test set: {len(x_test)} images of classes {tested} ({int(y_test.sum())} anomalies); excluded from "
-            f"test: {[c for c in range(IMAGE_DATASETS[args.dataset][0]) if c not in tested]}")
-        model = build_model(x_pos.shape[1:], latent=args.latent, width=args.width, latent_act=args.latent_act,
-                            latent_norm=args.latent_norm).to(args.device)
-        t1 = time.time()                                    # Alg. 1, phase 1 (LinSep adds the BCE term)
-        train_phase1(model, x_pos, x_neg, linsep=args.linsep, iters=args.iters, batch_size=args.batch_size,
-                     lr=args.lr, augment=augment, log=log)
-        t1, ae = time.time() - t1, copy.deepcopy(model)     # the phase-1 AE, scored beside the LIS-AE
+        if own:
+            log(f"data: {data['source']}; {data['like']}'s settings where not given")
+        excluded = [] if own else [c for c in range(IMAGE_DATASETS[args.dataset][0]) if c not in tested]
+        log(f"test set: {len(x_test)} images{'' if own else f' of classes {tested}'} ({int(y_test.sum())} anomalies)"
+            + ("" if own else f"; excluded from test: {excluded}"))
+        if ck:
+            log(f"model: {args.load_model}, not trained here; " + " ".join(f"{k}={v}" for k, v in ck["config"].items()))
+        log(f"scoring: {2 if variant == 'ae' else 3} passes over the test set (the phase-1 AE's scores and latent "
+            f"codes{'' if variant == 'ae' else ', then LIS-AE scores'})")
+        t1 = t2 = 0.0
+        if ck:
+            model, ae = model.to(args.device), (ae or model).to(args.device)
+        else:
+            model = build_model(shape, latent=args.latent, width=args.width, latent_act=args.latent_act,
+                                latent_norm=args.latent_norm).to(args.device)
+            t1 = time.time()                                # Alg. 1, phase 1 (LinSep adds the BCE term)
+            train_phase1(model, x_pos, x_neg, linsep=args.linsep, iters=args.iters, batch_size=args.batch_size,
+                         lr=args.lr, augment=augment, log=log)
+            t1, ae = time.time() - t1, copy.deepcopy(model)  # the phase-1 AE, scored beside the LIS-AE
         ts = time.time()
-        auroc_ae = auroc(ae, x_test, y_test)
+        scores = {"ae": anomaly_scores(ae, x_test, log=lambda line: log("phase-1 AE " + line))}
         score_time = time.time() - ts
-        z_test = latent_codes(ae, x_test)
+        check_scores(scores, "the test set")
+        auroc_ae = roc_auc_score(y_test.cpu().numpy(), scores["ae"])
+        z_test = latent_codes(ae, x_test, log=lambda line: log("phase-1 AE " + line))
         sat, z_std = saturated_fraction(z_test), z_test[y_test == 0].std(0)
-        log(f"phase1 done: AE test auroc={auroc_ae:.4f}; latent on the test set: {sat:.3f} of |z| > {SATURATED}, "
+        log(f"phase-1 AE: test auroc={auroc_ae:.4f}; latent on the test set: {sat:.3f} of |z| > {SATURATED}, "
             f"per-unit std over test normals min {float(z_std.min()):.3f} mean {float(z_std.mean()):.3f}")
         if args.latent_act == "tanh" and sat > 0.5:
             log(f"WARNING: {sat:.0%} of the latent is saturated (|z| > {SATURATED}): phase 2 gets (almost) no "
                 f"gradient through tanh and LIS-AE will stay close to the AE (--latent-norm batch avoids it)")
-        auroc_lis, gamma, t2 = auroc_ae, None, 0.0
-        if x_neg is not None:                               # Alg. 1, phase 2: Eq. (1) on Z only
-            gamma = args.gamma if args.gamma is not None else negative_target(model, x_neg, args.gamma_scale, augment)
-            t2 = time.time()
-            train_phase2(model, x_pos, x_neg, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
-                         beta=args.beta, gamma=gamma, augment=augment, log=log)
-            t2, auroc_lis = time.time() - t2, auroc(model, x_test, y_test)
+        scores["main"], gamma = scores["ae"], args.gamma
+        if variant != "ae":
+            if not ck:                                      # Alg. 1, phase 2: Eq. (1) on Z only
+                gamma = gamma if gamma is not None else negative_target(model, x_neg, args.gamma_scale, augment)
+                t2 = time.time()
+                train_phase2(model, x_pos, x_neg, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                             beta=args.beta, gamma=gamma, augment=augment, log=log)
+                t2 = time.time() - t2
+            scores["main"] = anomaly_scores(model, x_test, log=lambda line: log("LIS-AE " + line))
+            scores.update({"linsep": scores["main"]} if args.linsep else {})
+            check_scores(scores, "the test set")
+        auroc_lis = roc_auc_score(y_test.cpu().numpy(), scores["main"])
+        if variant != "ae":
             log(f"test auroc: AE (phase 1) {auroc_ae:.4f}, {variant} (phase 2) {auroc_lis:.4f}")
-        seen = args.iters * args.batch_size * ((2 if args.linsep else 1) + (0 if x_neg is None else 2))
-        result = {"method": "lis_ae", "dataset": args.dataset, "normal": normal, "seed": args.seed,
+        seen = 0 if ck else args.iters * args.batch_size * ((2 if args.linsep else 1) + (0 if variant == "ae" else 2))
+        result = {"method": "lis_ae", "dataset": name, "normal": normal, "seed": args.seed,
                   "auroc": round(auroc_lis, 4), "auroc_linsep": round(auroc_lis, 4) if args.linsep else None,
-                  "auroc_ae": round(auroc_ae, 4), "variant": variant, "negative": args.negative,
-                  "test_classes": ",".join(map(str, tested)), "latent": args.latent, "latent_act": args.latent_act,
-                  "latent_norm": args.latent_norm, "latent_saturated": round(sat, 4), "beta": args.beta,
-                  "gamma": None if gamma is None else round(gamma, 4), "iters": args.iters,
+                  "auroc_ae": round(auroc_ae, 4), "variant": variant, "negative": negative,
+                  "test_classes": tested if own else ",".join(map(str, tested)), "latent": args.latent,
+                  "latent_act": args.latent_act, "latent_norm": args.latent_norm, "latent_saturated": round(sat, 4),
+                  "beta": args.beta, "gamma": None if gamma is None else round(gamma, 4), "iters": args.iters,
                   "batch_size": args.batch_size, "lr": args.lr, "device": args.device.type,
                   "seconds": round(time.time() - t_start, 1),
-                  "train_samples_per_s": round(seen / max(t1 + t2, 1e-9), 1),      # positives + negatives
+                  "train_samples_per_s": None if ck else round(seen / max(t1 + t2, 1e-9), 1),  # positives + negatives
                   "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)}
-        if args.save_recon:
+        config = ck["config"] if ck else dict(
+            {k: getattr(args, k) for k in TRAINING}, gamma=gamma, variant=variant, dataset=args.dataset,
+            normal=args.normal, negative=args.negative, test_half=args.test_half, seed=args.seed, augment=augment,
+            input_shape=list(shape), settings_of=data["like"])
+        if args.save_recon:                                 # written only now: a degenerate run writes nothing
             idx = torch.cat([torch.nonzero(y_test == k).view(-1)[:8] for k in (0, 1)])     # 8 normal, 8 anomalous
             save_recon(args.save_recon, x_test[idx], ae, model)
             log(f"wrote {args.save_recon}")
+        if args.save_scores:
+            save_scores(args.save_scores, scores, y_test.cpu().numpy(), data["index"].numpy())
+            log(f"wrote {args.save_scores}: {', '.join('scores' + ('' if k == 'main' else '_' + k) for k in scores)}"
+                ", labels, index")
+        if args.save_model:
+            save_model(args.save_model, model, None if variant == "ae" else ae, config)
+            log(f"wrote {args.save_model}")
         result = {k: v for k, v in result.items() if v is not None}
-        write_result(result, args.json, log)
+        if args.json:                                       # the JSON also holds the settings and the provenance
+            write_result(dict(result, config=config, provenance=provenance(argv)), args.json, log=lambda line: None)
+        write_result(result, None, log)
         return result
     except (DataError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(3 if isinstance(e, FloatingPointError) else 2)
     except KeyboardInterrupt:
         print("\ninterrupted: no result was written", file=sys.stderr)
         sys.exit(130)

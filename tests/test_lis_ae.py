@@ -8,7 +8,12 @@ with the script's defaults the latent codes vary across inputs and are not satur
 raises the negatives' error while the positives' stays, and LIS-AE's scores differ from the AE's (b); phase 2
 leaves E and D bit-identical and Z changed (c). test_guards_catch_the_saturating_configuration runs the same
 checks on the old configuration (--latent-norm none) and asserts that they fail there; the log shows the
-saturation (`sat=`, latent_saturated, a WARNING)."""
+saturation (`sat=`, latent_saturated, a WARNING).
+
+Issue 24 (your own data, keep what a run produces): each input kind (grey .npz, RGB image folder, no negatives) runs
+end to end on generated files; the score file gives the RESULT's AUROCs; --load-model (optimiser booby-trapped)
+reproduces every saved array exactly; the JSON holds config and provenance; every bad input is one error naming the
+file, exit 2, before training; all-equal and NaN scores exit 3 and write nothing."""
 import os
 import shutil
 import subprocess
@@ -479,7 +484,7 @@ def test_divergence_stops_with_a_message_saying_where(tiny_root, capsys, monkeyp
     with pytest.raises(SystemExit) as e:
         lis_ae.main(["--dataset", "mnist", "--data-root", tiny_root, *TINY])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "Eq. (1) loss at phase-2 iteration 1 is nan" in err
+    assert e.value.code == 3 and "Eq. (1) loss at phase-2 iteration 1 is nan" in err       # issue 24: exit 3
 
 
 # ------------------------------------------------------------------------------------------ learning
@@ -523,10 +528,16 @@ model = lis_ae.build_model((1, 28, 28))                           # or (3, 32, 3
 lis_ae.train_phase1(model, x_normal, iters=5)                     # Alg. 1, phase 1: the autoencoder (default 2000)
 lis_ae.train_phase2(model, x_normal, x_negative, iters=5)         # phase 2: only the latent layer, Eq. (1)
 scores = lis_ae.anomaly_scores(model, np.random.rand(20, 1, 28, 28))   # one per sample, higher = more anomalous
+lis_ae.save_model("lis_ae.pt", model)                             # weights, settings, input shape
+model, _, _ = lis_ae.load_model("lis_ae.pt")                      # later: score new images without training
 """
 
 CHECKS = """
 assert scores.shape == (20,) and np.isfinite(scores).all() and scores.std() > 0, scores
+x_new, trained = np.random.rand(7, 1, 28, 28), lis_ae.build_model((1, 28, 28))   # save_model -> load_model: same scores
+lis_ae.train_phase1(trained, x_normal, iters=2, log=lambda line: None)
+lis_ae.save_model("t.pt", trained)
+assert np.array_equal(lis_ae.anomaly_scores(trained, x_new), lis_ae.anomaly_scores(lis_ae.load_model("t.pt")[0], x_new))
 lines = []
 x32 = lambda n: np.random.rand(n, 3, 32, 32).astype("float32")
 m32 = lis_ae.build_model(input_shape=(3, 32, 32), latent=8, width=8)
@@ -551,7 +562,7 @@ def test_api_trains_and_scores_plain_arrays_in_a_folder_with_only_lis_ae_and_com
 
 def test_command_line_and_api_give_the_same_scores_for_the_same_seed(tiny_root, monkeypatch):
     seen, real = [], lis_ae.anomaly_scores
-    monkeypatch.setattr(lis_ae, "anomaly_scores", lambda model, x: seen.append(real(model, x)) or seen[-1])
+    monkeypatch.setattr(lis_ae, "anomaly_scores", lambda model, x, log=None: seen.append(real(model, x)) or seen[-1])
     r = lis_ae.main(["--dataset", "mnist", "--normal", "2", "--negative", "next-class", "--seed", "3",
                      "--data-root", tiny_root, *TINY])
     cli_ae, cli_lis = seen[0], seen[-1]                             # test set: phase-1 AE first, LIS-AE last
@@ -582,3 +593,297 @@ def test_wrong_input_shapes_are_a_value_error_naming_the_expected_shape():
         lis_ae.anomaly_scores(model, np.zeros((0, 1, 28, 28)))
     with pytest.raises(ValueError, match="linsep=True needs x_negative"):
         lis_ae.train_phase1(model, np.zeros((5, 1, 28, 28)), linsep=True)
+
+
+# ------------------------------------------------------------------------------------------ issue 24: your own data
+
+def own_npz(path, channels=1, side=20, n_test=30, **arrays):
+    """A user's .npz: uint8 images (N, side, side[, channels]), normal = a bright block top left, anomaly = bottom
+    right; x_train normal only, y_test 1 = anomaly. `arrays` replace or add keys."""
+    rng = np.random.default_rng(0)
+
+    def draw(n, anomalous):
+        x = rng.integers(0, 40, (n, side, side, channels))
+        r = slice(side // 2, side - 2) if anomalous else slice(2, side // 2)
+        x[:, r, r] += 200
+        return x.astype(np.uint8)[..., 0] if channels == 1 else x.astype(np.uint8)
+
+    y = np.arange(n_test) % 2
+    data = dict(x_train=draw(40, False), x_test=np.where(y[:, None, None] if channels == 1 else y[:, None, None, None],
+                                                            draw(n_test, True), draw(n_test, False)), y_test=y)
+    np.savez(path, **{**data, **arrays})
+    return str(path)
+
+
+def own_folder(path, rgb=True, files=None):
+    """A user's MVTec AD folder of PNGs (40x50): train/good, test/good, test/crack; `files` add {relative: bytes}."""
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    for sub, n, hot in (("train/good", 12, False), ("test/good", 5, False), ("test/crack", 5, True)):
+        os.makedirs(path / sub)
+        for i in range(n):
+            a = rng.integers(0, 40, (40, 50, 3) if rgb else (40, 50))
+            a[20:36, 25:45] += 200 if hot else 0
+            Image.fromarray(a.astype(np.uint8)).save(path / sub / f"{i:02d}.png")
+    for rel, blob in (files or {}).items():
+        (path / rel).write_bytes(blob)
+    return str(path)
+
+
+def negatives(path, kind):
+    """The user's unlabelled negative images: an .npz holding x, or a folder of PNGs (in a subfolder)."""
+    rng = np.random.default_rng(2)
+    if kind == "npz":
+        np.savez(path, x=rng.integers(0, 255, (24, 24, 24), dtype=np.uint8))
+        return str(path)
+    from PIL import Image
+    os.makedirs(path / "set1")
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(path / "set1" / f"{i}.png")
+    return str(path)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Booby-trap the optimiser: a run that takes a step fails (loading a model, or an input refused in time)."""
+    def step(*a, **k):
+        raise AssertionError("an optimiser step ran")
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+def run_main(argv, capsys):
+    """main(argv) -> (exit status, stdout, stderr, RESULT dict or None)."""
+    try:
+        r, code = lis_ae.main(argv), 0
+    except SystemExit as e:
+        r, code = None, e.code
+    out, err = capsys.readouterr()
+    return code, out, err, r
+
+
+@pytest.mark.parametrize("kind,shape,like_latent", [("npz-grey", "1x28x28", 16), ("folder-rgb", "3x32x32", 128),
+                                                    ("npz-rgb-no-negatives", "3x32x32", 128)])
+def test_own_data_end_to_end_score_file_and_checkpoint_round_trip(tmp_path, capsys, monkeypatch, kind, shape,
+                                                                  like_latent):
+    """Each input kind trains and scores through --dataset PATH (grey -> 1x28x28 with MNIST's settings, RGB ->
+    3x32x32 with CIFAR-10's), the score file gives the RESULT's AUROCs, and --load-model scores identically."""
+    if kind == "npz-grey":
+        data, neg = own_npz(tmp_path / "mine.npz"), negatives(tmp_path / "neg.npz", "npz")
+    elif kind == "folder-rgb":
+        data, neg = own_folder(tmp_path / "mine"), negatives(tmp_path / "negs", "folder")
+    else:
+        data, neg = own_npz(tmp_path / "mine.npz", channels=3, side=36), "none"
+    flags = ["--dataset", data, "--iters", "2", "--width", "4", "--save-scores", str(tmp_path / "a.npz")]
+    code, out, err, r = run_main(flags + ["--negative", neg, "--save-model", str(tmp_path / "m.pt")], capsys)
+    assert code == 0, err
+    assert r["dataset"] == os.path.basename(data) and r["normal"] == "-" and r["test_classes"] == "-"
+    assert r["latent"] == like_latent and r["batch_size"] == 128                  # MNIST's / CIFAR-10's settings
+    assert f"read as {shape}" in out and "passes over the test set" in out and "phase-1 AE scores" in out
+    a = np.load(tmp_path / "a.npz")
+    assert r["auroc"] == round(roc_auc_score(a["labels"], a["scores"]), 4)
+    assert r["auroc_ae"] == round(roc_auc_score(a["labels"], a["scores_ae"]), 4)
+    assert np.array_equal(a["index"], np.arange(len(a["labels"]))) and a["labels"].sum() == len(a["labels"]) // 2
+    assert r["variant"] == ("ae" if neg == "none" else "lis-ae")
+    monkeypatch.setattr(torch.optim.Adam, "step", None)                            # loading trains nothing
+    flags[-1] = str(tmp_path / "b.npz")
+    code, out, err, r2 = run_main(flags[:2] + flags[6:] + ["--load-model", str(tmp_path / "m.pt")], capsys)
+    assert code == 0, err
+    b = np.load(tmp_path / "b.npz")
+    assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert {k: r2[k] for k in ("auroc", "auroc_ae", "latent_saturated")} == {k: r[k] for k in ("auroc", "auroc_ae",
+                                                                                              "latent_saturated")}
+
+
+def test_an_image_folder_and_an_npz_of_the_same_images_give_the_same_scores(tmp_path, capsys):
+    """The same grey images as PNG files and as an .npz train and score bit-identically (common.fit_images gives
+    row-major strides: a one-channel view with a channel stride of 1 selected conv's channels-last kernels)."""
+    from PIL import Image
+    d = np.load(own_npz(tmp_path / "same.npz", side=28))          # 28x28: no resize, which would hide the strides
+    for sub, x in (("train/good", d["x_train"]), ("test/good", d["x_test"][d["y_test"] == 0]),
+                   ("test/crack", d["x_test"][d["y_test"] == 1])):
+        os.makedirs(tmp_path / "same" / sub)
+        for i, a in enumerate(x):
+            Image.fromarray(a).save(tmp_path / "same" / sub / f"{i:03d}.png")
+    order = np.r_[np.flatnonzero(d["y_test"] == 0), np.flatnonzero(d["y_test"] == 1)]   # the folder's test order
+    scores = []
+    for data in (str(tmp_path / "same"), str(tmp_path / "same.npz")):
+        out = str(tmp_path / f"{os.path.basename(data)}.scores.npz")
+        code, _, err, _ = run_main(["--dataset", data, "--negative", negatives(tmp_path / "n.npz", "npz"), *TINY[2:],
+                                    "--iters", "3", "--save-scores", out], capsys)
+        assert code == 0, err
+        scores.append(np.load(out))
+    folder, npz = scores
+    for key in ("scores", "scores_ae", "labels"):
+        assert np.array_equal(folder[key], npz[key][order]), key
+
+
+def test_builtin_round_trip_with_linsep_json_config_and_provenance(tiny_root, tmp_path, capsys, monkeypatch):
+    """--save-scores holds scores (LinSep-LIS-AE), scores_ae, scores_linsep and the built-in test split's indices
+    (next-class removes class 3); --load-model reproduces every array exactly; the JSON has config + provenance."""
+    base = ["--dataset", "mnist", "--normal", "2", "--negative", "next-class", "--data-root", tiny_root]
+    code, _, err, r = run_main(base + TINY + ["--linsep", "--save-scores", str(tmp_path / "a.npz"), "--save-model",
+                                              str(tmp_path / "m.pt"), "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    a = np.load(tmp_path / "a.npz")
+    for key in ("", "_ae", "_linsep"):
+        assert r["auroc" + key] == round(roc_auc_score(a["labels"], a["scores" + key]), 4)
+    from common import load_images
+    y_te = load_images("mnist", tiny_root)[3].numpy()
+    assert np.array_equal(a["labels"], (y_te[a["index"]] != 2).astype(int)) and 3 not in y_te[a["index"]]
+    js = read_json(tmp_path / "r.json")
+    assert {k: js[k] for k in r} == r and "config" not in r                       # RESULT keeps its keys
+    assert set(lis_ae.TRAINING) <= set(js["config"]) and js["config"]["input_shape"] == [1, 28, 28]
+    assert js["config"]["gamma"] == pytest.approx(r["gamma"], abs=1e-4) and js["config"]["linsep"] is True
+    prov = js["provenance"]
+    assert "--linsep" in prov["command"] and set(prov["versions"]) == {"torch", "torchvision", "numpy", "scikit-learn"}
+    assert "git_commit" in prov and "git_dirty" in prov
+    monkeypatch.setattr(torch.optim.Adam, "step", None)
+    code, out, err, r2 = run_main(base + ["--load-model", str(tmp_path / "m.pt"), "--save-scores",
+                                          str(tmp_path / "b.npz")], capsys)
+    assert code == 0, err
+    b = np.load(tmp_path / "b.npz")
+    assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert r2["variant"] == "linsep-lis-ae" and "train_samples_per_s" not in r2 and "not trained here" in out
+    assert all(r2[k] == r[k] for k in ("auroc", "auroc_ae", "auroc_linsep", "latent", "gamma", "iters"))
+
+
+def test_api_save_model_load_model_keeps_both_phases():
+    torch.manual_seed(0)
+    model = lis_ae.build_model((1, 28, 28), latent=4, width=4)
+    pos, neg, x = (np.random.rand(16, 1, 28, 28) for _ in range(3))
+    lis_ae.train_phase1(model, pos, iters=2, batch_size=8, log=quiet)
+    ae = lis_ae.copy.deepcopy(model)
+    lis_ae.train_phase2(model, pos, neg, iters=2, batch_size=8, log=quiet)
+    with pytest.raises(ValueError, match="phase-1 AE of model"):
+        lis_ae.save_model("/nonexistent/x.pt", model, lis_ae.build_model((1, 28, 28), latent=4, width=4))
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        lis_ae.save_model(os.path.join(d, "m.pt"), model, ae, config={"note": "mine"})
+        m2, ae2, ck = lis_ae.load_model(os.path.join(d, "m.pt"))
+    assert ck["config"]["note"] == "mine" and ck["config"]["latent"] == 4 and ck["script"] == "lis_ae"
+    assert np.array_equal(lis_ae.anomaly_scores(m2, x), lis_ae.anomaly_scores(model, x))
+    assert np.array_equal(lis_ae.anomaly_scores(ae2, x), lis_ae.anomaly_scores(ae, x))
+    assert not np.array_equal(lis_ae.anomaly_scores(ae2, x), lis_ae.anomaly_scores(m2, x))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("other-script", "is a checkpoint of toll.py, not of lis_ae.py"),
+    ("not-a-checkpoint", "cannot read"),
+    ("other-shape", "holds a model for 1x28x28 images, but"),
+    ("training-flag", "--lr, --latent set the model or its training, which --load-model reads"),
+])
+def test_load_model_refuses_what_it_cannot_use(tmp_path, capsys, no_training, case, message):
+    ck = tmp_path / "m.pt"
+    if case == "other-script":
+        lis_ae.save_checkpoint(str(ck), "toll", {}, {}, {})
+    elif case == "not-a-checkpoint":
+        ck.write_bytes(b"not a torch file")
+    else:
+        lis_ae.save_model(str(ck), lis_ae.build_model((1, 28, 28), latent=4, width=4))
+    data = own_folder(tmp_path / "rgb") if case == "other-shape" else own_npz(tmp_path / "g.npz")
+    extra = ["--latent", "8", "--lr", "0.01"] if case == "training-flag" else []
+    code, _, err, _ = run_main(["--dataset", data, "--load-model", str(ck), *extra], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def bad_input(tmp_path, case):
+    """(argv, words the error must contain) for one bad input, with the files it needs generated in tmp_path."""
+    npz = lambda **kw: own_npz(tmp_path / "d.npz", **kw)
+    neg = ["--negative", "none"]
+    if case == "missing-file":
+        return ["--dataset", str(tmp_path / "nothing.npz"), *neg], "nothing.npz"
+    if case == "unreadable-file":
+        (tmp_path / "d.npz").write_bytes(b"garbage")
+        return ["--dataset", str(tmp_path / "d.npz"), *neg], "cannot read"
+    if case == "npz-without-keys":
+        np.savez(tmp_path / "d.npz", images=np.zeros((3, 8, 8)))
+        return ["--dataset", str(tmp_path / "d.npz"), *neg], "it holds images"
+    if case == "lengths-differ":
+        return ["--dataset", npz(y_test=np.zeros(29)), *neg], "has 30 samples but y_test has 29"
+    if case == "labels-not-0-1":
+        return ["--dataset", npz(y_test=np.arange(30) % 3), *neg], "0 (normal) and 1 (anomaly) only"
+    if case == "nan-features":
+        return ["--dataset", npz(x_train=np.full((5, 20, 20), np.nan)), *neg], "NaN or inf"
+    if case == "tabular-npz":
+        return ["--dataset", npz(x_train=np.zeros((5, 20)), x_test=np.zeros((30, 20))), *neg], "use toll.py or cance.py"
+    if case == "csv":
+        (tmp_path / "t.csv").write_text("a,label\n1,0\n2,1\n")
+        return ["--dataset", str(tmp_path / "t.csv"), *neg], "use toll.py or cance.py"
+    if case == "folder-without-train-good":
+        os.makedirs(tmp_path / "f" / "test" / "crack")
+        return ["--dataset", str(tmp_path / "f"), *neg], "no images in train/good"
+    if case == "folder-without-anomalies":
+        d = own_folder(tmp_path / "f")
+        shutil.rmtree(os.path.join(d, "test", "crack"))
+        return ["--dataset", d, *neg], "no anomaly folder"
+    if case == "folder-non-image":
+        return ["--dataset", own_folder(tmp_path / "f", files={"train/good/notes.txt": b"x"}), *neg], "notes.txt"
+    if case == "normal-with-own-data":
+        return ["--dataset", npz(), "--normal", "3", *neg], "Drop --normal"
+    if case == "test-half-with-own-data":
+        return ["--dataset", npz(), "--test-half", *neg], "Drop --test-half"
+    if case == "no-negative-set":
+        return ["--dataset", npz()], "needs a negative set D-"
+    if case == "label-negative-with-own-data":
+        return ["--dataset", npz(), "--negative", "next-class"], "needs the classes of a built-in dataset"
+    if case == "negatives-npz-without-x":
+        np.savez(tmp_path / "n.npz", images=np.zeros((3, 8, 8)))
+        return ["--dataset", npz(), "--negative", str(tmp_path / "n.npz")], "must hold the negative images as x"
+    if case == "negatives-feature-rows":
+        np.savez(tmp_path / "n.npz", x=np.zeros((3, 20)))
+        return ["--dataset", npz(), "--negative", str(tmp_path / "n.npz")], "x of float64 (3, 20)"
+    if case == "negatives-folder-non-image":
+        d = negatives(tmp_path / "negs", "folder")
+        (tmp_path / "negs" / "set1" / "readme.md").write_text("x")
+        return ["--dataset", npz(), "--negative", d], "readme.md' is not an image"
+    if case == "negatives-wrong-shape":
+        return ["--dataset", npz(), "--negative", "cifar10"], "gives 3x32x32 images, but the normal data has 1x28x28"
+    raise KeyError(case)
+
+
+BAD_OWN = ["missing-file", "unreadable-file", "npz-without-keys", "lengths-differ", "labels-not-0-1", "nan-features",
+           "tabular-npz", "csv", "folder-without-train-good", "folder-without-anomalies", "folder-non-image",
+           "normal-with-own-data", "test-half-with-own-data", "no-negative-set", "label-negative-with-own-data",
+           "negatives-npz-without-x", "negatives-feature-rows", "negatives-folder-non-image", "negatives-wrong-shape"]
+
+
+@pytest.mark.parametrize("case", BAD_OWN)
+def test_bad_own_data_is_one_error_naming_the_file_exit_2_before_training(tmp_path, capsys, no_training, case):
+    argv, words = bad_input(tmp_path, case)
+    code, out, err, _ = run_main(argv + ["--iters", "2"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in err, err
+    assert "Traceback" not in err and "RESULT" not in out
+    if case not in ("no-negative-set", "label-negative-with-own-data", "normal-with-own-data",
+                    "test-half-with-own-data", "negatives-wrong-shape"):
+        assert str(tmp_path) in err or os.path.basename(argv[1]) in err          # the file is named
+
+
+@pytest.mark.parametrize("case", ["constant-test-images", "score-overflow"])
+def test_a_degenerate_run_exits_3_and_writes_nothing(tmp_path, capsys, case):
+    """All-equal scores (a test set of one repeated image: the model gives every sample one score) and NaN scores
+    (--lr 1e30: one step leaves the loss finite and the weights huge, so the test scores overflow) stop the run
+    with one error and exit 3; no JSON, score file, checkpoint or figure is written."""
+    outs = {f: str(tmp_path / f) for f in ("r.json", "s.npz", "m.pt", "r.png")}
+    flags = ["--json", outs["r.json"], "--save-scores", outs["s.npz"], "--save-model", outs["m.pt"], "--save-recon",
+             outs["r.png"]]
+    if case == "constant-test-images":
+        x = np.full((30, 20, 20), 90, dtype=np.uint8)
+        argv = ["--dataset", own_npz(tmp_path / "c.npz", x_test=x), "--negative", "none", *TINY[2:], "--iters", "2"]
+        words = "every ae score of the test set is"
+    else:
+        argv = ["--dataset", "digits", "--normal", "3", "--negative", "none", "--iters", "1", "--lr", "1e30",
+                "--width", "4"]
+        words = "NaN/inf values"
+    code, out, err, _ = run_main(argv + flags, capsys)
+    assert code == 3 and err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1, err
+    assert "RESULT" not in out and not any(os.path.exists(p) for p in outs.values())
+
+
+def test_help_for_own_data_shows_where_the_settings_come_from(capsys):
+    with pytest.raises(SystemExit) as e:
+        lis_ae.parse_args(["--dataset", "mine.npz", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "(default: None)" not in out
+    assert "MNIST's settings, RGB as 3x32x32 with CIFAR-10's" in out and "--negative NAME|PATH" in out
+    assert "scores_ae (the phase-1 AE)" in out
