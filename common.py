@@ -495,34 +495,35 @@ def load_csv(path, label_column="label", normal_label="0"):
     return torch.tensor(X, dtype=torch.float32), torch.from_numpy(y)
 
 
+def _read_images(files, where, sizes):
+    """Image files -> a list of (1, C, H, W) float tensors in [0, 1], grey files grey (C = 1), the others RGB; each
+    file's 'WxH grey|RGB' is added to sizes. A file that is not an image is a DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+    out = []
+    for f in files:
+        if not f.lower().endswith(IMAGE_SUFFIXES):
+            raise DataError(f"'{f}' is not an image ({', '.join(IMAGE_SUFFIXES)}). Move it out of {where}")
+        try:
+            with Image.open(f) as img:
+                grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+                a = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DataError(f"'{f}' cannot be decoded as an image ({type(e).__name__}). Replace or remove it") from None
+        out.append(torch.from_numpy(a).view(1, *a.shape[:2], -1).permute(0, 3, 1, 2))   # (1, C, H, W)
+        sizes.add(f"{a.shape[1]}x{a.shape[0]} {'grey' if grey else 'RGB'}")
+    return out
+
+
 def load_image_folder(path, channels=None, size=None):
     """An image folder in the MVTec AD / anomalib layout -> dict(train=x, val=None, test=(x, y), source=text):
     train/good/ holds the normal training images, test/good/ the normal test images, every other test/<name>/
     folder anomalies. Images are read with PIL (torchvision's image loader), converted to `channels` (1 grey,
     3 RGB; None: grey if every image is grey, else RGB), scaled to [0, 1] and resized to size x size
     (antialiased; None: 28 for grey, 32 for RGB, the two inputs the scripts' architectures take)."""
-    from PIL import Image, UnidentifiedImageError
-
     def folder(*parts):
         d = os.path.join(path, *parts)
         files = sorted(os.path.join(d, f) for f in os.listdir(d) if not f.startswith(".")) if os.path.isdir(d) else []
         return [f for f in files if os.path.isfile(f)]
-
-    def read(files):
-        out = []
-        for f in files:
-            if not f.lower().endswith(IMAGE_SUFFIXES):
-                raise DataError(f"'{f}' is not an image ({', '.join(IMAGE_SUFFIXES)}). Move it out of {path}")
-            try:
-                with Image.open(f) as img:
-                    grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
-                    a = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise DataError(f"'{f}' cannot be decoded as an image ({type(e).__name__}). Replace or remove it") \
-                    from None
-            out.append(torch.from_numpy(a).view(1, *a.shape[:2], -1).permute(0, 3, 1, 2))   # (1, C, H, W)
-            sizes.add(f"{a.shape[1]}x{a.shape[0]} {'grey' if grey else 'RGB'}")
-        return out
 
     if not os.path.isdir(path):
         raise DataError(f"the dataset folder '{path}' does not exist. Give an .npz or .csv file, a built-in dataset "
@@ -539,7 +540,7 @@ def load_image_folder(path, channels=None, size=None):
                         "test/good/). Add one: the test set needs anomalies to be scored against")
     bad = [folder("test", d) for d in defects]
     sizes = set()
-    train, test = read(train), read(good + [f for files in bad for f in files])
+    train, test = _read_images(train, path, sizes), _read_images(good + [f for files in bad for f in files], path, sizes)
     if channels is None:
         channels = 1 if all(x.shape[1] == 1 for x in train + test) else 3
     size = size or (28 if channels == 1 else 32)
@@ -548,6 +549,32 @@ def load_image_folder(path, channels=None, size=None):
     source = (f"{len(train)} train/good, {len(good)} test/good and {len(test) - len(good)} anomalous images "
               f"({', '.join(defects)}) of {', '.join(sorted(sizes))}, read as {channels}x{size}x{size}")
     return {"train": fit(train), "val": None, "test": (fit(test), y_test), "source": source}
+
+
+def load_unlabelled_images(path, channels, size):
+    """Unlabelled images (e.g. LIS-AE's negative set): an .npz file holding x ((N, H, W), (N, H, W, C) or
+    (N, C, H, W); uint8 or floats in [0, 1]) or a folder of image files (subfolders included), returned as float32
+    (N, channels, size, size) in [0, 1] (fit_images)."""
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                keys, x = f.files, (f["x"] if "x" in f.files else None)
+        except Exception as e:
+            raise DataError(f"cannot read '{path}' as an .npz file ({type(e).__name__}: {e}). Write it with "
+                            "numpy.savez(path, x=images)") from None
+        if x is None or not np.issubdtype(x.dtype, np.number) or x.ndim not in (3, 4) or len(x) == 0:
+            got = f"x of {x.dtype} {x.shape}" if x is not None else ", ".join(sorted(keys)) or "nothing"
+            raise DataError(f"'{path}' must hold the images as x, (N, H, W), (N, H, W, C) or (N, C, H, W); it holds "
+                            f"{got}. Save them with numpy.savez(path, x=images)")
+        _finite(x, path, "x")
+        return fit_images(_as_nchw(x, path, "x"), channels, size)
+    if not os.path.isdir(path):
+        raise DataError(f"'{path}' is neither an .npz file nor a folder. Give an .npz file holding x or a folder of "
+                        "images")
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names if not f.startswith("."))
+    if not files:
+        raise DataError(f"'{path}' holds no images ({', '.join(IMAGE_SUFFIXES)}). Give a folder of images")
+    return torch.cat([fit_images(x, channels, size) for x in _read_images(files, path, set())])
 
 
 # ------------------------------------------------------------------------------------------ protocol

@@ -666,7 +666,7 @@ def prepare(dataset, normal=None, data_root=None):
 
 # ------------------------------------------------------------------------------------------ command line
 # These lines are the same in all five scripts (only data loading and ResNet blocks are shared via common.py).
-# Needs: import argparse, json, math, os, random, sys, tempfile; numpy as np; torch.
+# Needs: import argparse, json, math, os, random, subprocess, sys, tempfile, time; numpy as np; torch.
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
@@ -745,17 +745,15 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-def write_result(result, json_path=None, log=print):
-    """The RESULT line (the last line a run prints) and, with --json, the same keys written atomically."""
+def write_result(result, json_path=None, log=print, extra=None):
+    """The RESULT line (the last line a run prints) and, with --json, the same keys plus `extra` (configuration,
+    provenance, ...: the JSON only) written atomically."""
     log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
     if json_path:
         with open(json_path + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump({**result, **(extra or {})}, f, indent=1)
         os.replace(json_path + ".tmp", json_path)
 
-
-# Issue 24 additions to the command-line block: the same lines in all five scripts, pasted after write_result.
-# Needs also: import subprocess, time; and `import sklearn, torchvision` inside provenance().
 
 class Progress:
     """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
@@ -780,7 +778,8 @@ def check_scores(scores, where):
         s = np.asarray(s, dtype=np.float64)
         if not np.isfinite(s).all():
             raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
-                                     f"values of {s.size}: the model diverged. Try a smaller --lr")
+                                     f"values of {s.size}: the model diverged, or the data hold values too large for "
+                                     "float32. Try a smaller --lr, or rescale the data")
         if s.size > 1 and s.min() == s.max():
             raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
                                      "every sample, so no metric means anything. Try another --lr or more --iters")
@@ -798,7 +797,7 @@ def provenance(argv):
                                           capture_output=True, text=True, timeout=10).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    return {"command": " ".join([os.path.basename(sys.argv[0]) or "python", *argv]), "git_commit": commit,
+    return {"command": " ".join(["python", os.path.basename(__file__), *argv]), "git_commit": commit,
             "git_dirty": dirty, "python": sys.version.split()[0],
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
                          "scikit-learn": sklearn.__version__}}
@@ -1045,11 +1044,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted: no result was written", file=sys.stderr)
         sys.exit(130)
-    write_result(result, log=log)                                            # the RESULT line: no curve
-    if info["curve"]:
-        result["curve"] = info["curve"]                                      # the JSON only
-    if args.json:
-        write_result(dict(result, config=config, provenance=provenance(argv)), args.json, log=lambda line: None)
+    curve = dict(curve=info["curve"]) if info["curve"] else {}              # the curve: the JSON only
+    write_result(result, args.json, log, extra=dict(curve, config=config, provenance=provenance(argv)))
     return result
 
 

@@ -19,7 +19,7 @@ Your own images: --dataset FILE.npz (x_train normal, x_test, y_test) or an MVTec
 --negative PATH (unlabelled images of a similar domain: an .npz holding x, or a folder of images), omniglot, a
 built-in dataset, or none (the plain AE of the None rows). --save-scores, --save-model, --load-model keep a run.
 
-Equation map (a user's calls: build_model, train_phase1, train_phase2, anomaly_scores; save_model, load_model)
+Equation map (a user's calls: build_model, train_phase1, train_phase2, anomaly_scores; save, load)
     Sec. 3.1 s = E(x), z = Z(s), x_hat = D(z); Sec. 5.1 layers ... build_model(), LatentInsensitiveAE
     Sec. 3.4 score ||x_hat - x||_2 ................................ reconstruction_error(), anomaly_scores()
     Alg. 1, phase 1 (feature extraction) .......................... train_phase1()
@@ -70,8 +70,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, IMAGE_SUFFIXES, _as_nchw, _finite, fit_images, is_anomaly,
-                    is_user_dataset, load_image_folder, load_images, load_npz, load_omniglot, parse_normal)
+from common import (DataError, IMAGE_DATASETS, fit_images, is_anomaly, is_user_dataset, load_image_folder, load_images,
+                    load_npz, load_omniglot, load_unlabelled_images, parse_normal)
 
 # Sec. 5.1: each dataset's negative set D-. The sizes and budgets below are our choices (the paper gives none);
 # their keys are keyword names of build_model (latent, width) and train_phase1/2 (iters, batch_size).
@@ -348,7 +348,7 @@ def save_recon(path, x, ae, model):
     save_image(grid.cpu(), path, nrow=len(x), padding=2, pad_value=0.5)
 
 
-def save_model(path, model, ae=None, config=None):
+def save(model, path, ae=None, config=None):
     """Write a trained model to path (.pt): the weights, build_model's settings and the input shape (plus `config`,
     e.g. the training settings); with ae, the phase-1 AE's latent layer too (E and D are shared, Alg. 1)."""
     if ae is not None and any(not torch.equal(v, ae.state_dict()[k]) for k, v in model.state_dict().items()
@@ -361,8 +361,8 @@ def save_model(path, model, ae=None, config=None):
     save_checkpoint(path, "lis_ae", {**(config or {}), **arch}, preprocess, state)
 
 
-def load_model(path):
-    """A checkpoint of save_model or --save-model -> (model, ae or None, checkpoint dict), in evaluation mode."""
+def load(path):
+    """A checkpoint of save() or --save-model -> (model, ae or None, checkpoint dict), in evaluation mode."""
     ck = load_checkpoint(path, "lis_ae")
     cfg, state = ck["config"], ck["state"]
     try:
@@ -420,7 +420,7 @@ def negative_classes(mode, normal, n_classes, test_half=False):
 
 def negative_set(negative, shape, data_root=None):
     """D- from outside the normal data (Sec. 3.2, Table 3) for inputs of shape (C, S, S): omniglot, a built-in
-    dataset's training split (all classes), or the user's own images (read_negatives). -> (x, description)."""
+    dataset's training split (all classes), or the user's own images (common.load_unlabelled_images). -> (x, description)."""
     if negative == "omniglot" or negative in IMAGE_DATASETS:
         has = (1, 28) if negative == "omniglot" else IMAGE_DATASETS[negative][1:]
         if has != tuple(shape[:2]):
@@ -430,44 +430,7 @@ def negative_set(negative, shape, data_root=None):
         if negative == "omniglot":
             return load_omniglot(data_root, size=shape[-1])[0], "omniglot background images"
         return load_images(negative, data_root)[0], f"{negative} train split (all classes)"
-    return read_negatives(negative, shape), f"your images {os.path.basename(os.path.normpath(negative))}"
-
-
-def read_negatives(path, shape):
-    """--negative PATH: the user's own unlabelled images from a similar domain (Sec. 3.2's D-), an .npz file holding
-    x (as --dataset's npz holds x_train) or a folder of image files (subfolders included), fitted to shape."""
-    from PIL import Image, UnidentifiedImageError
-    channels, side = shape[0], shape[-1]
-    if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                keys, x = f.files, (f["x"] if "x" in f.files else None)
-        except Exception as e:
-            raise DataError(f"cannot read '{path}' as an .npz file ({type(e).__name__}: {e}). Write it with "
-                            "numpy.savez(path, x=images)") from None
-        if x is None or not np.issubdtype(x.dtype, np.number) or x.ndim not in (3, 4) or len(x) == 0:
-            got = f"x of {x.dtype} {x.shape}" if x is not None else ", ".join(sorted(keys)) or "nothing"
-            raise DataError(f"'{path}' must hold the negative images as x, (N, H, W), (N, H, W, C) or (N, C, H, W); it "
-                            f"holds {got}. Save them with numpy.savez(path, x=images)")
-        _finite(x, path, "x")
-        return fit_images(_as_nchw(x, path, "x"), channels, side)
-    if not os.path.isdir(path):
-        raise DataError(f"the negative set '{path}' is neither an .npz file nor a folder. Give an .npz file holding x "
-                        "or a folder of images")
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names if not f.startswith("."))
-    bad = [f for f in files if not f.lower().endswith(IMAGE_SUFFIXES)]
-    if bad or not files:
-        what = f"'{bad[0]}' is not an image" if bad else f"'{path}' holds no images"
-        raise DataError(f"{what} ({', '.join(IMAGE_SUFFIXES)}). Give a folder of negative images only")
-    x = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                a = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DataError(f"'{f}' cannot be decoded as an image ({type(e).__name__}). Replace or remove it") from None
-        x.append(fit_images(torch.from_numpy(a).view(1, *a.shape[:2], -1).permute(0, 3, 1, 2), channels, side))
-    return torch.cat(x)
+    return load_unlabelled_images(negative, shape[0], shape[-1]), f"your images {os.path.basename(os.path.normpath(negative))}"
 
 
 def prepare(dataset, normal, negative, test_half=False, data_root=None, with_negatives=True):
@@ -543,7 +506,7 @@ def prepare_own(path, negative, data_root=None, with_negatives=True):
 
 # ------------------------------------------------------------------------------------------ command line
 # These lines are the same in all five scripts (only data loading and ResNet blocks are shared via common.py).
-# Needs: import argparse, json, math, os, random, sys, tempfile; numpy as np; torch.
+# Needs: import argparse, json, math, os, random, subprocess, sys, tempfile, time; numpy as np; torch.
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
@@ -622,12 +585,13 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-def write_result(result, json_path=None, log=print):
-    """The RESULT line (the last line a run prints) and, with --json, the same keys written atomically."""
+def write_result(result, json_path=None, log=print, extra=None):
+    """The RESULT line (the last line a run prints) and, with --json, the same keys plus `extra` (configuration,
+    provenance, ...: the JSON only) written atomically."""
     log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
     if json_path:
         with open(json_path + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump({**result, **(extra or {})}, f, indent=1)
         os.replace(json_path + ".tmp", json_path)
 
 
@@ -654,7 +618,8 @@ def check_scores(scores, where):
         s = np.asarray(s, dtype=np.float64)
         if not np.isfinite(s).all():
             raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
-                                     f"values of {s.size}: the model diverged. Try a smaller --lr")
+                                     f"values of {s.size}: the model diverged, or the data hold values too large for "
+                                     "float32. Try a smaller --lr, or rescale the data")
         if s.size > 1 and s.min() == s.max():
             raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
                                      "every sample, so no metric means anything. Try another --lr or more --iters")
@@ -672,7 +637,7 @@ def provenance(argv):
                                           capture_output=True, text=True, timeout=10).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    return {"command": " ".join([os.path.basename(sys.argv[0]) or "python", *argv]), "git_commit": commit,
+    return {"command": " ".join(["python", os.path.basename(__file__), *argv]), "git_commit": commit,
             "git_dirty": dirty, "python": sys.version.split()[0],
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
                          "scikit-learn": sklearn.__version__}}
@@ -827,7 +792,7 @@ def main(argv=None):
     try:
         t_start = time.time()
         set_seed(args.seed)
-        model, ae, ck = load_model(args.load_model) if args.load_model else (None, None, None)
+        model, ae, ck = load(args.load_model) if args.load_model else (None, None, None)
         own = args.dataset not in PAPER
         normal = "0" if args.normal is None else args.normal                  # the built-in sets' default
         data = prepare(args.dataset, normal, args.negative, args.test_half, args.data_root, with_negatives=ck is None)
@@ -923,12 +888,10 @@ def main(argv=None):
             log(f"wrote {args.save_scores}: {', '.join('scores' + ('' if k == 'main' else '_' + k) for k in scores)}"
                 ", labels, index")
         if args.save_model:
-            save_model(args.save_model, model, None if variant == "ae" else ae, config)
+            save(model, args.save_model, None if variant == "ae" else ae, config)
             log(f"wrote {args.save_model}")
         result = {k: v for k, v in result.items() if v is not None}
-        if args.json:                                       # the JSON also holds the settings and the provenance
-            write_result(dict(result, config=config, provenance=provenance(argv)), args.json, log=lambda line: None)
-        write_result(result, None, log)
+        write_result(result, args.json, log, extra=dict(config=config, provenance=provenance(argv)))
         return result
     except (DataError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -436,7 +436,7 @@ def test_real_script_gives_the_same_result_sequential_parallel_and_through_submi
         launchers["sub"] = ["--launcher", "submitit-local"]
     for name, extra in launchers.items():
         assert bench.main([*base, "--name", name, *extra, *flags]) == 0
-    timing = {"seconds", "train_samples_per_s", "score_samples_per_s", "nce_seconds"}
+    timing = {"seconds", "train_samples_per_s", "score_samples_per_s", "nce_seconds", "provenance"}   # + its --json
     for c in (0, 1):
         got = {name: {k: v for k, v in json.loads((results / name / "runs" / f"c{c}_s0.json").read_text()).items()
                       if k not in timing} for name in launchers}

@@ -35,7 +35,7 @@ nets = csi_gen.build_models(input_shape=(1, 28, 28), variant="full", width=8, ga
 csi_gen.train(nets, x_normal, iters=5, batch_size=8)     # defaults: 1000 epochs at batch 32 (CSI's schedule)
 bank = csi_gen.normal_features(nets, x_normal)           # Eq. (11)'s nearest-neighbour set: the normal images' features
 scores = csi_gen.anomaly_scores(nets, bank, x_new)       # numpy (10,), higher = more anomalous
-csi_gen.save("csi_gen.pt", nets, [bank])                 # weights, sizes and the features (not the images)
+csi_gen.save(nets, "csi_gen.pt", [bank])                 # weights, sizes and the features (not the images)
 nets, banks, config = csi_gen.load("csi_gen.pt")         # later: score new images without the normal set
 assert np.array_equal(csi_gen.anomaly_scores(nets, banks[0], x_new), scores)
 """
@@ -646,7 +646,7 @@ def test_api_save_load_and_m_ens_draws_from_their_own_seed(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)                                # the global stream is untouched
     assert np.array_equal(s, csi_gen.anomaly_scores(nets, x, x_new, ensemble=2, log=QUIET))   # images = their features
     assert not np.array_equal(s, csi_gen.anomaly_scores(nets, bank, x_new, ensemble=2, seed=1, log=QUIET))
-    csi_gen.save(str(tmp_path / "m.pt"), nets, [bank], config={"note": "mine"})
+    csi_gen.save(nets, str(tmp_path / "m.pt"), [bank], config={"note": "mine"})
     nets2, banks, config = csi_gen.load(str(tmp_path / "m.pt"))
     assert config["note"] == "mine" and config["variant"] == "g" and config["proj_dim"] == 16 and sorted(nets2) == \
         ["D", "F", "G"]
@@ -666,13 +666,13 @@ def test_cli_scores_a_model_saved_through_the_api(tmp_path, capsys, no_training)
         x_train, x_test = f["x_train"][:, None] / 255.0, f["x_test"][:, None] / 255.0
     nets = tiny_nets("csi", (1, 28, 28))
     bank = csi_gen.normal_features(nets, x_train, log=QUIET)
-    csi_gen.save(ck, nets, [bank])
+    csi_gen.save(nets, ck, [bank])
     code, out, err, r = run_main(["--dataset", data, "--load-model", ck, "--save-scores", str(tmp_path / "a.npz")],
                                  capsys)
     assert code == 0, err
     assert np.array_equal(np.load(tmp_path / "a.npz")["scores"], csi_gen.anomaly_scores(nets, bank, x_test, log=QUIET))
     assert "auroc_ens" not in r and "iters" not in r and r["ensemble"] == 0 and "lr=None" in out
-    csi_gen.save(ck, nets, [csi_gen.normal_features(nets, x_train, ensemble=2, log=QUIET)])
+    csi_gen.save(nets, ck, [csi_gen.normal_features(nets, x_train, ensemble=2, log=QUIET)])
     code, _, err, _ = run_main(["--dataset", data, "--load-model", ck], capsys)
     assert code == 2 and "holds no features for M (normal_features() with ensemble=0)" in err
 
@@ -692,7 +692,7 @@ def test_load_model_refuses_what_it_cannot_use(tmp_path, capsys, no_training, ca
         ck.write_bytes(b"not a torch file")
     else:
         nets = tiny_nets("csi", (1, 28, 28))
-        csi_gen.save(str(ck), nets, [csi_gen.normal_features(nets, np.random.rand(4, 1, 28, 28), log=QUIET)])
+        csi_gen.save(nets, str(ck), [csi_gen.normal_features(nets, np.random.rand(4, 1, 28, 28), log=QUIET)])
     data = own_folder(tmp_path / "rgb") if case == "other-shape" else own_npz(tmp_path / "g.npz")
     extra = {"training-flags": ["--width", "8", "--lr", "0.01", "--ensemble", "0"],
              "samples-without-generator": ["--save-samples", str(tmp_path / "s.png")]}.get(case, [])

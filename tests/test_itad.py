@@ -430,9 +430,8 @@ def test_cpu_runs_are_repeatable_and_the_curve_changes_no_result(tiny_root, tmp_
     plain = itad.main(argv) | timing
     assert itad.main(argv) | timing == plain
     with_curve = itad.main([*argv, "--curve-every", "2", "--json", str(tmp_path / "c.json")]) | timing
-    curve = with_curve.pop("curve")
+    curve = read_json(tmp_path / "c.json")["curve"]                       # the JSON only, not the RESULT line
     assert with_curve == plain and [p["iter"] for p in curve] == [1, 2]
-    assert read_json(tmp_path / "c.json")["curve"] == curve
     assert {"auroc", "auroc_trainbn", "znorm_normal", "dims_alive"} <= set(curve[0])
 
 
@@ -640,7 +639,7 @@ def test_a_score_overflow_is_exit_3_not_a_traceback(tiny_root, tmp_path, capsys)
         itad.main(["--dataset", "mnist", "--data-root", tiny_root, "--iters", "1", "--lr", "1e30", *TINY,
                    "--json", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
-    assert e.value.code == 3 and "NaN/inf values of 200: the model diverged. Try a smaller --lr" in err, err
+    assert e.value.code == 3 and "NaN/inf values of 200: the model diverged" in err, err
     assert not (tmp_path / "r.json").exists()
 
 

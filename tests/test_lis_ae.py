@@ -528,16 +528,16 @@ model = lis_ae.build_model((1, 28, 28))                           # or (3, 32, 3
 lis_ae.train_phase1(model, x_normal, iters=5)                     # Alg. 1, phase 1: the autoencoder (default 2000)
 lis_ae.train_phase2(model, x_normal, x_negative, iters=5)         # phase 2: only the latent layer, Eq. (1)
 scores = lis_ae.anomaly_scores(model, np.random.rand(20, 1, 28, 28))   # one per sample, higher = more anomalous
-lis_ae.save_model("lis_ae.pt", model)                             # weights, settings, input shape
-model, _, _ = lis_ae.load_model("lis_ae.pt")                      # later: score new images without training
+lis_ae.save(model, "lis_ae.pt")                                 # weights, settings, input shape
+model, _, _ = lis_ae.load("lis_ae.pt")                      # later: score new images without training
 """
 
 CHECKS = """
 assert scores.shape == (20,) and np.isfinite(scores).all() and scores.std() > 0, scores
-x_new, trained = np.random.rand(7, 1, 28, 28), lis_ae.build_model((1, 28, 28))   # save_model -> load_model: same scores
+x_new, trained = np.random.rand(7, 1, 28, 28), lis_ae.build_model((1, 28, 28))   # save -> load: same scores
 lis_ae.train_phase1(trained, x_normal, iters=2, log=lambda line: None)
-lis_ae.save_model("t.pt", trained)
-assert np.array_equal(lis_ae.anomaly_scores(trained, x_new), lis_ae.anomaly_scores(lis_ae.load_model("t.pt")[0], x_new))
+lis_ae.save(trained, "t.pt")
+assert np.array_equal(lis_ae.anomaly_scores(trained, x_new), lis_ae.anomaly_scores(lis_ae.load("t.pt")[0], x_new))
 lines = []
 x32 = lambda n: np.random.rand(n, 3, 32, 32).astype("float32")
 m32 = lis_ae.build_model(input_shape=(3, 32, 32), latent=8, width=8)
@@ -755,11 +755,11 @@ def test_api_save_model_load_model_keeps_both_phases():
     ae = lis_ae.copy.deepcopy(model)
     lis_ae.train_phase2(model, pos, neg, iters=2, batch_size=8, log=quiet)
     with pytest.raises(ValueError, match="phase-1 AE of model"):
-        lis_ae.save_model("/nonexistent/x.pt", model, lis_ae.build_model((1, 28, 28), latent=4, width=4))
+        lis_ae.save(model, "/nonexistent/x.pt", lis_ae.build_model((1, 28, 28), latent=4, width=4))
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        lis_ae.save_model(os.path.join(d, "m.pt"), model, ae, config={"note": "mine"})
-        m2, ae2, ck = lis_ae.load_model(os.path.join(d, "m.pt"))
+        lis_ae.save(model, os.path.join(d, "m.pt"), ae, config={"note": "mine"})
+        m2, ae2, ck = lis_ae.load(os.path.join(d, "m.pt"))
     assert ck["config"]["note"] == "mine" and ck["config"]["latent"] == 4 and ck["script"] == "lis_ae"
     assert np.array_equal(lis_ae.anomaly_scores(m2, x), lis_ae.anomaly_scores(model, x))
     assert np.array_equal(lis_ae.anomaly_scores(ae2, x), lis_ae.anomaly_scores(ae, x))
@@ -779,7 +779,7 @@ def test_load_model_refuses_what_it_cannot_use(tmp_path, capsys, no_training, ca
     elif case == "not-a-checkpoint":
         ck.write_bytes(b"not a torch file")
     else:
-        lis_ae.save_model(str(ck), lis_ae.build_model((1, 28, 28), latent=4, width=4))
+        lis_ae.save(lis_ae.build_model((1, 28, 28), latent=4, width=4), str(ck))
     data = own_folder(tmp_path / "rgb") if case == "other-shape" else own_npz(tmp_path / "g.npz")
     extra = ["--latent", "8", "--lr", "0.01"] if case == "training-flag" else []
     code, _, err, _ = run_main(["--dataset", data, "--load-model", str(ck), *extra], capsys)
@@ -828,7 +828,7 @@ def bad_input(tmp_path, case):
         return ["--dataset", npz(), "--negative", "next-class"], "needs the classes of a built-in dataset"
     if case == "negatives-npz-without-x":
         np.savez(tmp_path / "n.npz", images=np.zeros((3, 8, 8)))
-        return ["--dataset", npz(), "--negative", str(tmp_path / "n.npz")], "must hold the negative images as x"
+        return ["--dataset", npz(), "--negative", str(tmp_path / "n.npz")], "must hold the images as x"
     if case == "negatives-feature-rows":
         np.savez(tmp_path / "n.npz", x=np.zeros((3, 20)))
         return ["--dataset", npz(), "--negative", str(tmp_path / "n.npz")], "x of float64 (3, 20)"
