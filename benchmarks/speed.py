@@ -87,13 +87,13 @@ def bare_model(row):
     if script == "toll.py":
         import toll
         if rid == "toll-arrhythmia":
-            return toll.build_model("arrhythmia", 16, 274), (100, 274), 100, 1, lambda m, x: mean_sq(*m(x))
-        ds, side, ch, lat = ("cifar10", 32, 3, 64) if "cifar" in rid else ("mnist", 28, 1, 128)
+            return toll.build_model((274,), latent=16), (100, 274), 100, 1, lambda m, x: mean_sq(*m(x))
+        side, ch, lat = (32, 3, 64) if "cifar" in rid else (28, 1, 128)
         b = _value(flags, "--batch-size", 128)
-        return toll.build_model(ds, lat), (b, ch, side, side), b, 1, lambda m, x: mean_sq(*m(x))
+        return toll.build_model((ch, side, side), latent=lat), (b, ch, side, side), b, 1, lambda m, x: mean_sq(*m(x))
     if script == "lis_ae.py":
         import lis_ae
-        m = lis_ae.build_model(1, 28, _value(flags, "--width", 32), _value(flags, "--latent", 16))
+        m = lis_ae.build_model((1, 28, 28), latent=_value(flags, "--latent", 16), width=_value(flags, "--width", 32))
         b = _value(flags, "--batch-size", 128)
         return m, (2 * b, 1, 28, 28), 2 * b, 1, lambda m, x: mean_sq(*m(x))
     if script == "cance.py":
@@ -104,8 +104,8 @@ def bare_model(row):
         import itad
         b = _value(flags, "--batch-size", 64)
         ext = _value(flags, "--model", "base") == "extension"
-        m = itad.AmdimEncoder(_value(flags, "--ndf", 128), _value(flags, "--nrkhs", 1024), _value(flags, "--ndepth", 10),
-                              local=ext)
+        m = itad.build_encoder((3, 32, 32), ndf=_value(flags, "--ndf", 128), nrkhs=_value(flags, "--nrkhs", 1024),
+                               ndepth=_value(flags, "--ndepth", 10), model="extension" if ext else "base")
 
         def loss(m, x):
             out = m(x)
@@ -127,8 +127,6 @@ def bare_loop(row, device, seconds=4.0, score_chunk=256):
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     model = model.to(dev)
     x = torch.rand(*shape, device=dev)
-    if row[0] == "toll-cifar" and dev.type == "cpu":        # toll.py's --channels-last auto on CPU CIFAR nets
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
 
@@ -204,7 +202,7 @@ WHERE_TIME_GOES = [
     "scored image, ratio <= 0.12. In one process shifted_features runs at the bare forward's speed (321 vs 306 "
     "scored images/s). The width-64 row (--ensemble 0) is the single-view score.",
     "csi_gen.py full-model training (0.59): the bare loop is F alone; the full model also trains G, E and D "
-    "every --gen-every batch (Alg. 1 lines 8-14). The CSI-alone row (0.98) is the same F at bare speed. The "
+    "every --gen-every batch (Alg. 1 lines 5-13). The CSI-alone row (0.98) is the same F at bare speed. The "
     "width-64 row (0.80) is 5 steps with the first, slower ones included.",
     "lis_ae.py (0.42) and toll.py (0.78) scoring: not the scoring code. In one process anomaly_scores runs at the "
     "bare forward's speed (lis_ae 0.534 s vs 0.501 s for 599 images; toll 11.9 s vs 12.1 s, one thread). The "
