@@ -1083,6 +1083,14 @@ def parse_args(argv=None):
         p.error("--features resnet18-pca is for image datasets; drop it, or pick an image --dataset")
     if {"label_column", "normal_label"} & args.given and not csv:
         p.error(f"--label-column and --normal-label are for a .csv --dataset, not '{args.dataset}'; drop them")
+    idle = [k for k in ("weights", "image_size") if k in args.given and args.features != "resnet18-pca"]
+    if idle and not args.load_model:
+        flags = " and ".join("--" + k.replace("_", "-") for k in idle)
+        p.error(f"{flags} set the ResNet-18 of --features resnet18-pca, and this run trains the AE. Add --features "
+                f"resnet18-pca, or drop {'it' if len(idle) == 1 else 'them'}")
+    if "corruption" in args.given and args.dataset != "mnist-c":
+        p.error(f"--corruption picks MNIST-C's anomalies, and --dataset is '{args.dataset}'. Use --dataset mnist-c, "
+                "or drop --corruption")
     if "tabular_split" in args.given and not (tabular or csv):
         p.error(f"--tabular-split splits a tabular set or a .csv file; '{args.dataset}' is split already. Drop it")
     if args.load_model and args.given & set(MODEL_FLAGS):

@@ -929,16 +929,22 @@ def parse_args(argv=None):
     if args.dataset not in IMAGE_DATASETS and args.normal is not None:
         p.error(f"--normal names classes of a built-in dataset; in your own images ({args.dataset}) y_test = 1 or a "
                 "test/<defect>/ folder marks the anomalies. Drop --normal")
+    unset = object()                                     # which options the command line set (not defaults)
+    given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))).items()
+             if v is not unset}
+    flags = lambda keys: ", ".join("--" + k.replace("_", "-") for k in keys)
     if args.load_model:
-        unset = object()
-        given = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(TRAINING + ("save_model",), unset)))
-        given = ["--" + k.replace("_", "-") for k in TRAINING + ("save_model",) if getattr(given, k) is not unset]
-        if given:
-            p.error(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} the model, its training or M_ens, which "
-                    f"--load-model reads from the checkpoint. Drop {'it' if len(given) == 1 else 'them'}")
-    elif args.save_samples and args.variant == "csi":
-        p.error("--save-samples needs a generator, and --variant csi has none; use --variant g or full, or drop "
-                "--save-samples")
+        held = [k for k in TRAINING + ("save_model",) if k in given]
+        if held:
+            p.error(f"{flags(held)} set{'s' if len(held) == 1 else ''} the model, its training or M_ens, which "
+                    f"--load-model reads from the checkpoint. Drop {'it' if len(held) == 1 else 'them'}")
+        return args
+    idle = [k for k in ("gen_every", "gan_width", "latent_dim", "save_samples") if k in given and args.variant == "csi"]
+    idle += [k for k in ("lambda_rec", "ld_width") if k in given and args.variant != "full"]
+    if idle:                                            # G's options without G, E's (L_REC, D') without E
+        p.error(f"{flags(idle)} {'has' if len(idle) == 1 else 'have'} no effect with --variant {args.variant}, which "
+                f"trains no {'generator' if args.variant == 'csi' else 'encoder E'}. Use --variant full, or drop "
+                f"{'it' if len(idle) == 1 else 'them'}")
     return args
 
 

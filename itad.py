@@ -30,11 +30,14 @@ Equation map (a user calls build_encoder -> train -> anomaly_scores)
 Readings where the text is open (default first). c1, "the size of z_i" (Alg. 1) = sqrt(d), the scale AMDIM's code
 (ref. [36], followed by the paper) gives its scores before the same tanh clip at c2 = 20 (c1 = d leaves a unit-variance
 code's similarities too flat for an InfoNCE over 2N - 1 candidates). "Normalized vectors" (Sec. III-C): the codes end
-in an affine BatchNorm, as AMDIM's. L_entropy per view [--entropy-reduce]: sum = ||z||_q as Alg. 1 line 18 prints it,
-or mean = ||z||_q / d^(1/q). BatchNorm statistics when scoring [--bn-stats]: test = re-estimated on the test images,
-as AMDIM's evaluation routine does (train-mode passes over the test loader before model.eval()), or train = training's
-running averages. test is the default: the only reading measured under which Eq. 23 ranks normal images first
-(README); it is transductive, an image's score depends on the other test images and their anomaly ratio.
+in an affine BatchNorm, as AMDIM's. L_entropy per view [--entropy-reduce]: sum = ||z||_q as Alg. 1 line 18 prints it
+(default), or mean = ||z||_q / d^(1/q), per code dimension; which of the two shows Sec. IV-B's effect (beta > 0
+beats beta = 0, normal codes keep the larger ||z||, Fig. 3) at a small encoder is measured in
+benchmarks/results/itad_curves.md. BatchNorm statistics when scoring
+[--bn-stats]: test = re-estimated on the test images, as AMDIM's evaluation routine does (train-mode passes over the
+test loader before model.eval()), or train = training's running averages. test is the default: the reading under
+which Eq. 23 ranks normal images first wherever the code has learned (benchmarks/README.md); it is transductive, an
+image's score depends on the other test images and their anomaly ratio.
 
 Deviations (flag in brackets)
   - Batch 200, AMDIM's (the paper gives none), or all normal images where fewer [--batch-size]; epochs of random
@@ -930,13 +933,17 @@ def parse_args(argv=None):
     if args.dataset not in IMAGE_DATASETS and args.normal is not None:
         p.error(f"--normal names classes of a built-in dataset; in your own images ({args.dataset}) y_test = 1 or a "
                 "test/<defect>/ folder marks the anomalies. Drop --normal")
+    unset = object()                                     # which options the command line set (not defaults)
+    given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))).items()
+             if v is not unset}
     if args.load_model:
-        unset = object()
-        given = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(TRAINING, unset)))
-        given = ["--" + k.replace("_", "-") for k in TRAINING if getattr(given, k) is not unset]
-        if given:
-            p.error(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} the model or its training, which "
-                    f"--load-model reads from the checkpoint. Drop {'it' if len(given) == 1 else 'them'}")
+        held = ["--" + k.replace("_", "-") for k in TRAINING if k in given]
+        if held:
+            p.error(f"{', '.join(held)} set{'s' if len(held) == 1 else ''} the model or its training, which "
+                    f"--load-model reads from the checkpoint. Drop {'it' if len(held) == 1 else 'them'}")
+    elif "local_size" in given and args.model == "base":
+        p.error("--local-size picks the extension model's f_local (Alg. 3), and --model base has no local features. "
+                "Add --model extension, or drop --local-size")
     return args
 
 

@@ -772,16 +772,23 @@ def parse_args(argv=None):
             if bad:
                 p.error(f"{flag} names classes of a built-in dataset; in your own data ({args.dataset}) y_test = 1 or "
                         f"a test/<defect>/ folder marks the anomalies. Drop {flag}")
+    unset = object()                                     # which options the command line set (not defaults)
+    given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))).items()
+             if v is not unset}
+    flags = lambda keys: ", ".join("--" + k.replace("_", "-") for k in keys)
     if args.load_model:
-        unset = object()
-        given = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(TRAINING, unset)))
-        given = ["--" + k.replace("_", "-") for k in TRAINING if getattr(given, k) is not unset]
-        if given:
-            p.error(f"{', '.join(given)} set the model or its training, which --load-model reads from the "
-                    f"checkpoint. Drop {'it' if len(given) == 1 else 'them'}")
-    elif args.linsep and args.negative == "none":
-        p.error("--linsep needs a negative set, and --negative none trains a plain AE. Drop --linsep, or pick a "
-                "--negative set")
+        held = [k for k in TRAINING if k in given]
+        if held:
+            p.error(f"{flags(held)} set the model or its training, which --load-model reads from the "
+                    f"checkpoint. Drop {'it' if len(held) == 1 else 'them'}")
+        return args
+    idle = [k for k in ("linsep", "beta", "gamma", "gamma_scale") if k in given and args.negative == "none"]
+    if idle:                                            # phase 2 and LinSep need D-
+        p.error(f"{flags(idle)} {'needs' if len(idle) == 1 else 'need'} a negative set (phase 2, Eq. (1)), and "
+                "--negative none trains a plain AE. Pick a --negative set, or drop "
+                f"{'it' if len(idle) == 1 else 'them'}")
+    if {"gamma", "gamma_scale"} <= given:
+        p.error("--gamma-scale sets gamma when --gamma is not given; both were given. Drop one of them")
     return args
 
 

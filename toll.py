@@ -689,13 +689,14 @@ def parse_args(argv=None):
     p.add_argument("--split", default="random", choices=["random", "official"],
                    help="random: validation (and Arrhythmia's test) split drawn from --seed (Sec. 4.1); official: "
                         f"the index files in <data-root>/{SPLIT_DIR}/ (not in the paper: the authors' code's)")
-    p.add_argument("--eval-every", type=number(int, 1), default=20, help="validate every this many batches (Sec. 4.1)")
+    p.add_argument("--eval-every", type=number(int, 1), default=20, help="validate every this many batches (Sec. 4.1); with --select last, print a line")
     p.add_argument("--val-size", type=number(int, 0),
                    help="labelled samples held out of an image train split for validation (Sec. 4.1: 10000); "
                         "tabular sets hold out 30%% (Sec. 4.1), --split official the index file's")
     p.add_argument("--select", default="val", choices=["val", "last"],
                    help="val: test the checkpoint of the best validation metric (Sec. 4.1, uses anomaly labels); "
-                        "last: test the final model (not in the paper: for data without labels)")
+                        "last: test the final model, no image held out for validation (not in the paper: for data "
+                        "without labels)")
     p.add_argument("--json", type=output_path, help="also write the RESULT keys, the resolved configuration and "
                                                     "the provenance to this file (not in the paper)")
     p.add_argument("--save-scores", type=output_path, metavar="FILE.npz",
@@ -733,6 +734,12 @@ def parse_args(argv=None):
                 "(10000 in the authors' files). Drop --val-size, or use --split random")
     if args.select == "val" and args.val_size == 0:
         p.error("--select val needs a validation set, and --val-size is 0. Pass --val-size > 0, or --select last")
+    if args.select == "last" and args.val_size:         # nothing would use a labelled hold-out: train on all of it
+        unset = object()
+        if p.parse_args(argv, argparse.Namespace(val_size=unset)).val_size is not unset:
+            p.error(f"--val-size {args.val_size} holds out samples that --select last never uses. Drop --val-size (all "
+                    "normal training samples then train), or use --select val")
+        args.val_size = 0
     return args
 
 

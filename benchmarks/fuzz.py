@@ -28,6 +28,7 @@ import contextlib
 import importlib
 import inspect
 import io
+import json
 import os
 import signal
 import sys
@@ -238,12 +239,39 @@ def check(mod, argv, workdir):
     return r, violation(r, out_dir, before)
 
 
+def record(out, name, row):
+    """Keep one script's outcome in OUT's .json beside it (the other scripts' rows stay) and rewrite OUT's table."""
+    store = os.path.splitext(out)[0] + ".json"
+    rows = json.load(open(store)) if os.path.exists(store) else {}
+    rows[name] = row
+    with open(store + ".tmp", "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(store + ".tmp", store)
+    lines = ["# Fuzzing the command lines (issue 26)", "",
+             "Each command line is drawn from the script's own parser (see the docstring of benchmarks/fuzz.py); the "
+             "property: exit 0 with a RESULT line, or one `error:` line, no traceback, no output file left behind, "
+             "and no training step before an exit 2. CPU, one thread; each row's command reruns it (seeded).", "",
+             "| script | command | date | distinct command lines | exit 0 | exit 2 | exit 3 | other exit | violations "
+             "| seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in sorted(rows):
+        r, c = rows[n], rows[n]["counts"]
+        lines.append(f"| {n}.py | `{r['command']}` | {r['date']} | {r['lines']} | {c['exit 0']} | {c['exit 2']} | "
+                     f"{c['exit 3']} | {c['other exit']} | {c['violations']} | {r['seconds']} |")
+    bad = [(n, line, why) for n in sorted(rows) for line, why in rows[n]["failures"]]
+    lines += ["", f"Violations: {len(bad)}."]
+    for n, line, why in bad:
+        lines += ["", f"- `{n}.py {line}`", "", "```", why, "```"]
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Fuzz the scripts' command lines (issue 26).")
     p.add_argument("--scripts", default=",".join(SCRIPTS))
     p.add_argument("--examples", type=int, default=300, help="command lines per script")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(HERE, "results", "fuzz.md"))
+    p.add_argument("--verbose", action="store_true", help="print every command line, its exit status and last line")
     a = p.parse_args(argv)
     os.environ["AD_OFFLINE"] = "1"
     import torch
@@ -251,7 +279,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     work = tempfile.mkdtemp(prefix="fuzz-")
     fixtures = write_fixtures(work)
-    rows, failures = [], []
+    failures = []
     for name in a.scripts.split(","):
         mod = importlib.import_module(name)
         counts = {"exit 0": 0, "exit 2": 0, "exit 3": 0, "other exit": 0, "violations": 0}
@@ -269,28 +297,19 @@ def main(argv=None):
             seen.add(key)
             r, bad = check(mod, line, work)
             c = r["code"]
+            if a.verbose:
+                last = (r["stdout"].strip().splitlines() or [""])[-1] if c == 0 else r["stderr"].strip()[-200:]
+                print(f"  exit {c} {r['seconds']:.1f}s {' '.join(r['argv'])}\n    {last[:200]}", flush=True)
             counts["exit 0" if c == 0 else "exit 2" if c == 2 else "exit 3" if c == 3 else "other exit"] += 1
             if bad:
                 counts["violations"] += 1
                 failures.append((name, " ".join(r["argv"]), bad))
         fuzz()
-        rows.append((name, len(seen), counts, time.time() - t0))
         print(name, len(seen), counts, f"{time.time() - t0:.0f}s", flush=True)
-    lines = ["# Fuzzing the command lines (issue 26)", "",
-             f"`python benchmarks/fuzz.py --examples {a.examples} --seed {a.seed}` ({time.strftime('%Y-%m-%d')}, "
-             f"CPU, one thread). Each command line is drawn from the script's own parser (see the docstring of "
-             "benchmarks/fuzz.py); the property: exit 0 with a RESULT line, or one `error:` line, no traceback, no "
-             "output file left behind, and no training step before an exit 2.", "",
-             "| script | distinct command lines | exit 0 | exit 2 | exit 3 | other exit | violations | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, n, c, s in rows:
-        lines.append(f"| {name}.py | {n} | {c['exit 0']} | {c['exit 2']} | {c['exit 3']} | {c['other exit']} | "
-                     f"{c['violations']} | {s:.0f} |")
-    lines += ["", f"Violations: {len(failures)}."]
-    for name, line, bad in failures:
-        lines += ["", f"- `{name}.py {line}`", "", "```", bad.strip()[-3000:], "```"]
-    with open(a.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        record(a.out, name, {"command": f"python benchmarks/fuzz.py --scripts {name} --examples {a.examples} "
+                                        f"--seed {a.seed}", "date": time.strftime("%Y-%m-%d"), "lines": len(seen),
+                             "counts": counts, "seconds": round(time.time() - t0),
+                             "failures": [(line, bad.strip()[-3000:]) for n, line, bad in failures if n == name]})
     print(f"wrote {a.out}: {len(failures)} violations")
     return 1 if failures else 0
 

@@ -64,3 +64,51 @@ def test_the_property_catches_a_traceback_and_a_late_exit_2(tmp_path):
 
     assert fuzz.check(Raises, [], str(tmp_path))[1].startswith("traceback")
     assert "after 1 optimiser steps" in fuzz.check(TrainsThenExits2, [], str(tmp_path))[1]
+
+
+# Regression tests: each a minimal command line for a case the fuzzer or the issue found, with the words it now gets.
+
+def run(script, argv, tmp_path):
+    r, bad = fuzz.check(importlib.import_module(script), argv, str(tmp_path))
+    assert bad is None, bad
+    return r
+
+
+def test_regression_toll_score_overflow_is_exit_3_not_a_scikit_learn_traceback(tmp_path):
+    """Issue 26's first case: finite losses, infinite validation scores (ValueError from roc_auc_score before)."""
+    r = run("toll", ["--dataset", "digits", "--normal", "3", "--beta", "1e30", "--lr", "10", "--iters", "3",
+                     "--eval-every", "1", "--val-size", "50"], tmp_path)
+    assert r["code"] == 3 and "the validation set at iteration 1" in r["stderr"]
+
+
+def test_regression_toll_thyroid_normal_is_refused(tmp_path):
+    """Issue 26's second case: --normal on a tabular set whose normal label is fixed (it printed normal=0)."""
+    r = run("toll", ["--dataset", "thyroid", "--normal", "1"], tmp_path)
+    assert r["code"] == 2 and "--normal does not apply to thyroid" in r["stderr"]
+
+
+@pytest.mark.parametrize("script,argv,words", [
+    ("itad", ["--dataset", "digits", "--local-size", "7"], "--model base has no local features"),
+    ("csi_gen", ["--dataset", "digits", "--variant", "csi", "--gen-every", "2"], "no effect with --variant csi"),
+    ("csi_gen", ["--dataset", "digits", "--variant", "csi", "--gan-width", "4", "--latent-dim", "8"],
+     "--gan-width, --latent-dim have no effect with --variant csi"),
+    ("csi_gen", ["--dataset", "digits", "--variant", "g", "--lambda-rec", "1"], "trains no encoder E"),
+    ("lis_ae", ["--dataset", "digits", "--negative", "none", "--gamma", "1"], "--negative none trains a plain AE"),
+    ("lis_ae", ["--dataset", "digits", "--negative", "none", "--linsep"], "--negative none trains a plain AE"),
+    ("lis_ae", ["--dataset", "digits", "--gamma", "1", "--gamma-scale", "3"], "both were given"),
+    ("cance", ["--dataset", "digits", "--image-size", "64"], "--features resnet18-pca"),
+    ("cance", ["--dataset", "digits", "--corruption", "all"], "Use --dataset mnist-c"),
+    ("toll", ["--dataset", "digits", "--select", "last", "--val-size", "50"], "never uses"),
+])
+def test_regression_an_option_that_does_not_apply_is_refused(script, argv, words, tmp_path):
+    r = run(script, argv, tmp_path)
+    assert r["code"] == 2 and words in r["stderr"], r["stderr"]
+
+
+def test_regression_toll_select_last_trains_on_every_normal_image(tmp_path):
+    """--select last held out --val-size labelled images that nothing used; now they train."""
+    import toll
+    r = run("toll", ["--dataset", "digits", "--normal", "3", "--iters", "2", "--select", "last"], tmp_path)
+    every = len(toll.prepare("digits", "3", val_size=0)[0]["train"])
+    held = len(toll.prepare("digits", "3")[0]["train"])
+    assert r["code"] == 0 and f"train={every} val=0 " in r["stdout"] and held < every
