@@ -864,7 +864,8 @@ def parse_args(argv=None):
                                     "sets, not used with your own images (y_test or test/<defect>/ marks anomalies)")
     p.add_argument("--variant", default="full", choices=["csi", "g", "full"],
                    help="csi = F alone (the CSI baseline); g = + generator G, no encoder; full = + encoder E, all of "
-                        "Alg. 1 (Sec. 3.2 ablation)")
+                        "Alg. 1 (Sec. 3.2 ablation). The sizes of networks a variant does not build (--gan-width, "
+                        "--latent-dim, --ld-width) are accepted and unused, so one flag set serves all three")
     p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
                    help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
     p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
@@ -939,9 +940,9 @@ def parse_args(argv=None):
             p.error(f"{flags(held)} set{'s' if len(held) == 1 else ''} the model, its training or M_ens, which "
                     f"--load-model reads from the checkpoint. Drop {'it' if len(held) == 1 else 'them'}")
         return args
-    idle = [k for k in ("gen_every", "gan_width", "latent_dim", "save_samples") if k in given and args.variant == "csi"]
-    idle += [k for k in ("lambda_rec", "ld_width") if k in given and args.variant != "full"]
-    if idle:                                            # G's options without G, E's (L_REC, D') without E
+    idle = [k for k in ("gen_every", "save_samples") if k in given and args.variant == "csi"]
+    idle += [k for k in ("lambda_rec",) if k in given and args.variant != "full"]
+    if idle:                  # G's steps without G, L_REC without E (network sizes pass: one flag set, three variants)
         p.error(f"{flags(idle)} {'has' if len(idle) == 1 else 'have'} no effect with --variant {args.variant}, which "
                 f"trains no {'generator' if args.variant == 'csi' else 'encoder E'}. Use --variant full, or drop "
                 f"{'it' if len(idle) == 1 else 'them'}")

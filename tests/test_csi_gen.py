@@ -447,7 +447,7 @@ def test_cpu_runs_are_repeatable(tiny_root, capsys):
 BAD_INPUTS = [   # (argv, words the error must contain); every case must stop before any data is loaded
     (["--gen-every", "0"], "--gen-every: must be >= 1"), (["--ensemble", "-1"], "--ensemble: must be >= 0"),
     (["--save-samples", "/no/such/dir/s.png"], "does not exist"),
-    (["--variant", "csi", "--save-samples", "x.png"], "needs a generator"),
+    (["--variant", "csi", "--save-samples", "x.png"], "trains no generator"),
     (["--lr", "nan"], "finite"), (["--lr", "0"], "--lr: must be > 0"), (["--seed", "-5"], "--seed: must be in"),
     (["--iters", "0"], "--iters: must be >= 1"), (["--batch-size", "1"], "--batch-size: must be >= 2"),
     (["--device", "tpu"], "--device"), (["--json", "/no/such/dir/out.json"], "does not exist"),

@@ -90,8 +90,8 @@ def test_regression_toll_thyroid_normal_is_refused(tmp_path):
 @pytest.mark.parametrize("script,argv,words", [
     ("itad", ["--dataset", "digits", "--local-size", "7"], "--model base has no local features"),
     ("csi_gen", ["--dataset", "digits", "--variant", "csi", "--gen-every", "2"], "no effect with --variant csi"),
-    ("csi_gen", ["--dataset", "digits", "--variant", "csi", "--gan-width", "4", "--latent-dim", "8"],
-     "--gan-width, --latent-dim have no effect with --variant csi"),
+    ("csi_gen", ["--dataset", "digits", "--variant", "csi", "--gen-every", "2", "--save-samples", "s.png"],
+     "--gen-every, --save-samples have no effect with --variant csi"),
     ("csi_gen", ["--dataset", "digits", "--variant", "g", "--lambda-rec", "1"], "trains no encoder E"),
     ("lis_ae", ["--dataset", "digits", "--negative", "none", "--gamma", "1"], "--negative none trains a plain AE"),
     ("lis_ae", ["--dataset", "digits", "--negative", "none", "--linsep"], "--negative none trains a plain AE"),
