@@ -205,7 +205,8 @@ class NoiseDistribution(nn.Module):
         self.register_buffer("chol", self.chol64.float())
         self.learn_k = learn_k
         # K_jj = 1 + softplus(psi_j) starts at k_init: psi = softplus^-1(k_init - 1) (psi = 0 <-> K = 1 + ln 2)
-        psi0 = math.log(math.expm1(k_init - 1)) if learn_k else 0.0
+        y = k_init - 1.0                                  # softplus^-1(y); for large y as y + log(1 - e^-y) (overflow)
+        psi0 = (math.log(math.expm1(y)) if y < 20 else y + math.log(-math.expm1(-y))) if learn_k else 0.0
         self.psi = nn.Parameter(torch.full((d,), psi0), requires_grad=learn_k)
 
     def K(self):

@@ -740,6 +740,14 @@ def output_path(path):
     return path
 
 
+def png_path(path):
+    """argparse type: where a PNG picture goes (a writable file whose name ends in .png)."""
+    if not path.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"{path} does not end in .png, and the picture is a PNG; give a name such as "
+                                         "figure.png")
+    return output_path(path)
+
+
 def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -908,7 +916,7 @@ def parse_args(argv=None):
                    help="area fraction of M_ens's test-time random resized crop; the other test-time steps are T's: "
                         "flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p (not in the paper: "
                         "CSI's README eval, --resize_factor 0.54 --resize_fix)")
-    p.add_argument("--save-samples", type=output_path, default=None,
+    p.add_argument("--save-samples", type=png_path, default=None,
                    help="write a PNG grid: real inliers, G(E(x)), real outliers of the test split, G(E(x)) (full "
                         "only), samples G(h) (Figure 2, Sec. 3.1)")
     p.add_argument("--json", type=output_path, default=None,

@@ -579,6 +579,14 @@ def output_path(path):
     return path
 
 
+def png_path(path):
+    """argparse type: where a PNG picture goes (a writable file whose name ends in .png)."""
+    if not path.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"{path} does not end in .png, and the picture is a PNG; give a name such as "
+                                         "figure.png")
+    return output_path(path)
+
+
 def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -748,7 +756,7 @@ def parse_args(argv=None):
     p.add_argument("--linsep", action="store_true",
                    help="LinSep-LIS-AE: phase 1 also trains a linear classifier (BCE) on Z's pre-activation, D+ "
                         "vs D- (Sec. 4.2)")
-    p.add_argument("--save-recon", type=output_path,
+    p.add_argument("--save-recon", type=png_path,
                    help="write a PNG: 8 normal and 8 anomalous test images, the AE's and the LIS-AE's outputs "
                         "(Figure 3)")
     p.add_argument("--save-scores", type=output_path,

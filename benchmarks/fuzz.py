@@ -268,7 +268,7 @@ def record(out, name, row):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Fuzz the scripts' command lines (issue 26).")
     p.add_argument("--scripts", default=",".join(SCRIPTS))
-    p.add_argument("--examples", type=int, default=300, help="command lines per script")
+    p.add_argument("--examples", type=int, default=300, help="distinct command lines per script")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(HERE, "results", "fuzz.md"))
     p.add_argument("--verbose", action="store_true", help="print every command line, its exit status and last line")
@@ -287,12 +287,12 @@ def main(argv=None):
         t0 = time.time()
 
         @seed(a.seed)
-        @settings(max_examples=a.examples, deadline=None, database=None, phases=["generate"],
+        @settings(max_examples=2 * a.examples, deadline=None, database=None, phases=["generate"],
                   suppress_health_check=list(HealthCheck))
         @given(strategies(mod, fixtures))
         def fuzz(line):
             key = tuple(line)
-            if key in seen:
+            if key in seen or len(seen) >= a.examples:          # --examples distinct command lines, then idle draws
                 return
             seen.add(key)
             r, bad = check(mod, line, work)

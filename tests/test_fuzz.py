@@ -112,3 +112,21 @@ def test_regression_toll_select_last_trains_on_every_normal_image(tmp_path):
     every = len(toll.prepare("digits", "3", val_size=0)[0]["train"])
     held = len(toll.prepare("digits", "3")[0]["train"])
     assert r["code"] == 0 and f"train={every} val=0 " in r["stdout"] and held < every
+
+
+def test_regression_cance_huge_k_init_is_not_an_overflow_traceback(tmp_path):
+    """--k-init 1e30 raised OverflowError in softplus^-1 (math.expm1); K = 1 + softplus(psi) now starts at it."""
+    import cance
+    noise = cance.NoiseDistribution(torch.zeros(2), torch.eye(2), True, 1e30)
+    assert 1 + torch.nn.functional.softplus(list(noise.parameters())[-1].detach()).max().item() == pytest.approx(1e30)
+    tiny = fuzz.write_fixtures(str(tmp_path / "f"))
+    r = run("cance", ["--dataset", tiny["csv"], "--iters", "1", "--nu", "3", "--lam", "1e-3", "--k-init", "1e30"],
+            tmp_path)
+    assert r["code"] in (0, 3)
+
+
+@pytest.mark.parametrize("script,flag", [("lis_ae", "--save-recon"), ("csi_gen", "--save-samples")])
+def test_regression_a_picture_path_without_png_is_refused_before_training(script, flag, tmp_path):
+    """--save-recon result.out trained, then PIL raised 'unknown file extension' at the end."""
+    r = run(script, ["--dataset", "digits", "--iters", "2", flag, str(tmp_path / "result.out")], tmp_path)
+    assert r["code"] == 2 and "does not end in .png" in r["stderr"]
