@@ -6,7 +6,8 @@ generated .npz files and an image folder), then up to four more options, each wi
     numbers (the scripts' `number(kind, low, high)` types): the edges of the valid range and just outside them,
         0, negatives, NaN, +-inf, 1e30, 1e-30, a non-number and the empty string. Integer options set sizes and
         budgets (iterations, widths, batch sizes): their valid values are drawn small, so that every example ends
-        in seconds; huge valid sizes are valid and merely slow, and are not run;
+        in seconds; huge valid budgets (steps, passes) are valid and merely slow, and are not run, while 2^63 is
+        drawn for every other integer (a width or a size that no tensor can have);
     choices: every choice and one that is not;
     files (output paths, --data-root, --dataset, --load-model): a writable file, a folder, a missing folder, an
         unwritable place, a file of the wrong kind;
@@ -45,6 +46,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 SCRIPTS = ("toll", "lis_ae", "cance", "itad", "csi_gen")
 TABULAR = ("toll", "cance")                     # the scripts that take tabular data
 SKIP = {"help", "dataset"}                      # --help exits 0 without a RESULT line; --dataset is drawn first
+BUDGETS = {"iters", "epochs", "mc_samples", "ensemble"}   # counts of steps or passes: any size is valid, just slow
 TIME_LIMIT = 300                                # seconds per example before it counts as a failure (a hang)
 
 
@@ -135,7 +137,8 @@ def strategies(mod, fixtures):
             if kind is int:
                 lo = (low or 0) + (1 if low_open else 0)
                 valid = [lo, lo + 1, lo + 2] if high is None else [lo, high, (lo + high) // 2]
-                return [str(v) for v in valid], bad + [str(lo - 1), "1.5", str(2 ** 63)]
+                huge = [] if a.dest in BUDGETS else [str(2 ** 63)]          # a budget of 2^63 steps merely runs
+                return [str(v) for v in valid], bad + [str(lo - 1), "1.5"] + huge
             edges = [str(v) for v in (low, high) if v is not None]
             return edges + ["1", "0.5", "1e-30", "1e-3", "10", "1e30", "2"], bad + ["0", "-1e-3"]
         kind = getattr(a.type, "__name__", "")
