@@ -468,9 +468,10 @@ def train(nets, x_normal, iters=None, batch_size=32, lr=2e-4, temperature=0.5, g
     line with the losses and the time left at most every 10 s, and after the last batch.
     Returns nets, trained in place; a non-finite loss raises FloatingPointError."""
     x = as_images(nets, x_normal, "x_normal")
-    if batch_size < 2 or gen_every < 1:   # NT-Xent needs other instances in the batch
-        raise ValueError(f"batch_size must be >= 2 and gen_every >= 1, got {batch_size} and {gen_every}")
     n, gen = len(x), {}
+    if not 2 <= batch_size <= n or gen_every < 1:   # NT-Xent needs other instances in the batch
+        raise ValueError(f"batch_size must be in [2, {n}] (the images in x_normal) and gen_every >= 1, got "
+                         f"{batch_size} and {gen_every}")
     iters = iters or EPOCHS * math.ceil(n / batch_size)
     opts = {k: torch.optim.Adam(v.parameters(), lr=lr, betas=ADAM_BETAS) for k, v in nets.items()}
     progress = Progress("iter", iters, log)
@@ -984,6 +985,9 @@ def main(argv=None):
                                 "model. Drop --save-samples")
         else:
             cfg = {k: getattr(args, k) for k in TRAINING}
+            if cfg["batch_size"] > len(x_train):
+                raise DataError(f"--batch-size {cfg['batch_size']} exceeds the {len(x_train)} normal training images. "
+                                "Pass a smaller --batch-size")
             cfg["iters"] = args.iters or EPOCHS * math.ceil(len(x_train) / args.batch_size)
             nets = build_models(shape, **{k: cfg[k] for k in ARCH[1:]}, device=args.device)
         name = args.dataset if normal else os.path.basename(os.path.normpath(args.dataset))

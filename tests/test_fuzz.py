@@ -130,3 +130,10 @@ def test_regression_a_picture_path_without_png_is_refused_before_training(script
     """--save-recon result.out trained, then PIL raised 'unknown file extension' at the end."""
     r = run(script, ["--dataset", "digits", "--iters", "2", flag, str(tmp_path / "result.out")], tmp_path)
     assert r["code"] == 2 and "does not end in .png" in r["stderr"]
+
+
+def test_regression_csi_gen_batch_larger_than_the_training_set_is_refused(tmp_path):
+    """--batch-size 2^63 reached torch.randint and overflowed; a batch larger than the normal set is now an error."""
+    folder = fuzz.write_fixtures(str(tmp_path / "f"))["folder"]
+    r = run("csi_gen", ["--dataset", folder, "--iters", "2", "--batch-size", str(2 ** 63)], tmp_path)
+    assert r["code"] == 2 and "exceeds the 24 normal training images" in r["stderr"] and r["steps"] == 0
