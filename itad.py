@@ -8,11 +8,9 @@ q = 1, or Gaussian, q = 2, reference; Eq. 15-17). A normal image's code has a la
 z^T z (Eq. 23): the entropy term shrinks anomalies' codes faster than normal ones (Sec. IV-B, Fig. 3).
 
 Reproduces the base model (Alg. 1-2, Eq. 13 / 23) and the extension model (Alg. 3-5, Eq. 21 / 24) on Table IV's
-encoder (Table III); Table I (--mi jsd, --entropy l2); the beta study of Fig. 1-3 (--beta; --curve-every K stores
-Fig. 2's test AUROC over training in the JSON); Table II's scores in every RESULT line: auroc = NormalScore_ori (Eq.
-23 / 24), auroc_rand (Eq. 22), auroc_mc (Eq. 29). Not here: ImageNet (Table V's encoder). Your own images
-(--dataset PATH: an .npz file or a train/good, test/good, test/<defect> folder, read by common.py); --save-scores
-keeps every score, --save-model / --load-model the encoder with its training BatchNorm buffers.
+encoder (Table III); Table I (--mi jsd, --entropy l2); the beta study of Fig. 1-3 (--beta; --curve-every K: Fig. 2's
+test AUROC over training, in the JSON); Table II's scores in every RESULT: auroc = NormalScore_ori (Eq. 23 / 24),
+auroc_rand (Eq. 22), auroc_mc (Eq. 29). Not here: ImageNet (Table V). Your own images: --dataset PATH (common.py).
 
 Equation map (a user calls build_encoder -> train -> anomaly_scores)
     Table IV encoder; phi_theta2 of Alg. 4 ........................ build_encoder(), AmdimEncoder, LocalProjection
@@ -30,37 +28,32 @@ Equation map (a user calls build_encoder -> train -> anomaly_scores)
 Readings where the text is open (default first). c1, "the size of z_i" (Alg. 1) = sqrt(d), the scale AMDIM's code
 (ref. [36], followed by the paper) gives its scores before the same tanh clip at c2 = 20 (c1 = d leaves a unit-variance
 code's similarities too flat for an InfoNCE over 2N - 1 candidates). "Normalized vectors" (Sec. III-C): the codes end
-in an affine BatchNorm, as AMDIM's. L_entropy per view [--entropy-reduce]: sum = ||z||_q as Alg. 1 line 18 prints it
-(default), or mean = ||z||_q / d^(1/q), per code dimension; which of the two shows Sec. IV-B's effect (beta > 0
-beats beta = 0, normal codes keep the larger ||z||, Fig. 3) at a small encoder is measured in
-benchmarks/results/itad_curves.md. BatchNorm statistics when scoring
-[--bn-stats]: test = re-estimated on the test images, as AMDIM's evaluation routine does (train-mode passes over the
-test loader before model.eval()), or train = training's running averages. test is the default: the reading under
-which Eq. 23 ranks normal images first wherever the code has learned (benchmarks/README.md); it is transductive, an
-image's score depends on the other test images and their anomaly ratio.
+in an affine BatchNorm, as AMDIM's. L_entropy [--entropy-reduce]: sum = ||z||_q as Alg. 1 line 18 prints it, or mean
+= ||z||_q / d^(1/q), the same loss as sum at beta / d^(1/q). Sec. IV-B's claims (L_NCE and beta L_H converge to a
+similar scale; normal codes keep the larger ||z||, Fig. 3; beta > 0 beats beta = 0) held in the measured runs only
+at beta / d^(1/q) of about 0.01-0.04 (mean, beta 1-5, d = 128); at beta 20 both readings switch the code off at that
+size (benchmarks/results/itad_curves.md). BatchNorm statistics when scoring [--bn-stats]: test = re-estimated on the
+test images, as AMDIM's evaluation does (train-mode passes before model.eval()), or train = training's averages; test
+ranks normal images first wherever the code has learned, and is transductive (a score depends on the test set).
 
 Deviations (flag in brackets)
-  - Batch 200, AMDIM's (the paper gives none), or all normal images where fewer [--batch-size]; epochs of random
-    batches, the last incomplete one dropped [--epochs, --iters]; Adam with PyTorch's default betas (AMDIM's weight
-    decay, warm-up and logit penalty are not in the paper and not used).
-  - Augmentation, AMDIM's CIFAR policy (Sec. III-C) with per-sample parameters: one flip per image for both views;
-    per view a shift by up to 4 px, reflect padding (p 0.8), colour jitter 0.4/0.4/0.4/0.2 in a fixed order, hue
-    as a YIQ chroma rotation (p 0.8), grayscale (p 0.25). Grey images are expanded to 3 channels (Sec. IV-E), 28x28
-    zero-padded to 32x32, pixels scaled to [-1, 1] (Sec. IV-A). Your own images: 1x28x28 grey as MNIST's, any
-    other size or colour resized to 3x32x32 (common.fit_images), with the paper's values (the same for all sets).
+  - Batch 200, AMDIM's (the paper gives none) [--batch-size]; epochs of random batches, the last incomplete one
+    dropped [--epochs, --iters]; Adam, default betas (AMDIM's weight decay, warm-up, logit penalty: not used).
+  - Augmentation, AMDIM's CIFAR policy (Sec. III-C), per sample: one flip per image; per view a shift up to 4 px
+    (reflect padding, p 0.8), colour jitter 0.4/0.4/0.4/0.2 with hue as a YIQ rotation (p 0.8), grayscale (p
+    0.25). Grey images as 3 channels (Sec. IV-E), 28x28 zero-padded to 32x32, pixels in [-1, 1] (Sec. IV-A).
   - Encoder: AMDIM's (no BN inside, residual branches' last conv zero-initialised), but a strided kxk conv shortcut
     where a layer widens: AMDIM's zero-padded average pool left all but ndf code dimensions constant and
     gradient-free at initialisation (Table IV prints shapes, not an initialisation).
   - Alg. 3 line 8 sums g^T phi(l) over all f_local positions [--local-size]; L_gvl (Alg. 4 line 14) is one Alg. 3
     loss over the 2N x 2N global/local pairs of both views; the entropy term covers g and phi(l) (Alg. 4 line 15;
-    Eq. 21: g only). Eq. 22 and 29 use the global code, each pair's similarity soft-clipped like Alg. 2 line 8 (the
-    equations print it raw); Eq. 29's sum is taken as a mean, H = 100 (Sec. IV-D) [--mc-samples].
-  - --entropy l2 is ||z||_2 as Alg. 1 line 18 writes it (Eq. 16: squared); --mi jsd: Eq. 28's critic is the
-    clipped similarity, negatives every pair k != i. Scores in float64 (tanh saturation would tie them); the last
-    model is tested. Not in the paper: svhn, digits (an offline check), RESULT's nce_end / entropy_end (last 10% of
-    the steps), znorm_normal / znorm_anomaly (Fig. 3's mean ||z||_2), z_spread, dims_alive.
+    Eq. 21: g only). Eq. 22 / 29 (global code) soft-clip each pair's similarity like Alg. 2 line 8 (printed raw);
+    Eq. 29's sum is a mean, H = 100 (Sec. IV-D) [--mc-samples]. --entropy l2 = ||z||_2 as Alg. 1 line 18 writes it
+    (Eq. 16: squared); --mi jsd: Eq. 28's critic is the clipped similarity. Scores in float64; the last model is
+    tested. Not in the paper: svhn, digits (offline check), RESULT's nce_end, entropy_end, znorm_normal / _anomaly
+    (Fig. 3), dims_alive.
 
-Run:  python itad.py --dataset fashion-mnist --normal 0 --data-root DIR     # Table IV sizes, 400 epochs (a GPU)
+Run:  python itad.py --dataset fashion-mnist --normal 0 --data-root ./data    # Table IV sizes, 400 epochs (a GPU)
       python itad.py --dataset digits --normal 3 --iters 2                    # offline check
 """
 import argparse
