@@ -261,7 +261,10 @@ def record(out, name, row):
         lines.append(f"| {n}.py | `{r['command']}` | {r['date']} | {r['lines']} | {c['exit 0']} | {c['exit 2']} | "
                      f"{c['exit 3']} | {c['other exit']} | {c['violations']} | {r['seconds']} |")
     bad = [(n, line, why) for n in sorted(rows) for line, why in rows[n]["failures"]]
-    lines += ["", f"Violations: {len(bad)}."]
+    slow = sum(f"no end after {TIME_LIMIT} s" in why for _, _, why in bad)
+    lines += ["", f"Violations: {len(bad)}" + (f", of which {slow} reached the {TIME_LIMIT} s limit per command line "
+                                               "(its traceback is the fuzzer's alarm, not the script's)" if slow else "")
+              + "."]
     for n, line, why in bad:
         lines += ["", f"- `{n}.py {line}`", "", "```", why, "```"]
     with open(out, "w") as f:

@@ -18,7 +18,7 @@ batch shape: forward + backward + Adam, and an eval-mode forward) in this proces
 run, and reports script / bare: the ratio survives a noisy machine, the absolute numbers do not.
 
 Usage
-    python benchmarks/speed.py --data-root ../shared/data                 # this machine, all rows
+    python benchmarks/speed.py --data-root ./data                         # this machine, all rows
     python benchmarks/speed.py --data-root DIR --device cuda --only toll,itad
     python benchmarks/speed.py --sweep                                     # run.py --jobs 1 vs --jobs 2
 Writes benchmarks/results/speed.md and speed.json (rows of earlier invocations on other devices are kept;

@@ -1,11 +1,11 @@
-"""Figures 2 and 4 of Toll (Ghafourian et al., ../shared/papers/004_b6afa29a94aab1dd.txt): documentation of
+"""Figures 2 and 4 of Toll (Ghafourian et al., IEEE TNNLS 2024, arXiv:2306.12627): documentation of
 toll.py, not part of the method. Needs matplotlib (benchmarks/requirements.txt); the fitting code does not.
 
     python benchmarks/toll_figures.py fig2      # the 2-D linear autoencoder (Sec. 3.3, Fig. 2), ~10 s on CPU
     python benchmarks/toll_figures.py fig4      # AUROC vs beta for MNIST class 8 from the committed sweeps
     python benchmarks/toll_figures.py           # both
 
-Fig. 2 (lines 139, 144). Data: 1000 samples of a zero-mean 2-D Gaussian with variances 4 and 1 (x1, x2). Model:
+Fig. 2 (Sec. 3.3 and its caption). Data: 1000 samples of a zero-mean 2-D Gaussian with variances 4 and 1 (x1, x2). Model:
 linear encoder W1 (1x2) and decoder W2 (2x1), no biases, 1-D latent. Loss, per the caption:
 (1 - beta) * reconstruction + beta * norm, averaged over the data; the anomaly score is the same per-sample
 expression (Eq. 3's rule: the training loss is the score). Training: full-batch gradient descent (the discrete
@@ -34,7 +34,7 @@ data's ellipse best (ring AUROC 0.97-0.98). So the figure uses the squared readi
 choice of beta"; --beta to change it), seed 0. The norm term's optimum is degenerate (scaling W1 down and W2 up
 lowers it for ever), so the picture is that of a finite training time, as any gradient-descent picture is.
 
-Fig. 4 (line 300): AUROC against beta for MNIST normal class 8, mean over 3 seeds. Its numbers are drawn, not
+Fig. 4 (Sec. 4.3): AUROC against beta for MNIST normal class 8, mean over 3 seeds. Its numbers are drawn, not
 printed; the figure here is measured at the `cpu` protocol (see benchmarks/protocols.json, cpu_fig4) from the
 sweeps benchmarks/results/toll_mnist_fig4_beta<B>/, and shows Table 7's class-8 cells (beta = 0 and 1000, 10
 seeds, full protocol) as the paper's reference points.
@@ -60,7 +60,7 @@ FIG4_SEEDS = (0, 1, 2)
 # ------------------------------------------------------------------------------------------ Fig. 2
 
 def gaussian_2d(n=1000, seed=0):
-    """Zero-mean 2-D Gaussian with variances 4 (x1) and 1 (x2), float64 (line 139)."""
+    """Zero-mean 2-D Gaussian with variances 4 (x1) and 1 (x2), float64 (Sec. 3.3)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([2.0, 1.0], dtype=torch.float64)
 
@@ -77,7 +77,7 @@ def linear_ae_terms(X, W1, W2, squared=True):
 
 def linear_ae_score(X, W1, W2, rec_weight, norm_weight, squared=True):
     """Per-sample rec_weight * reconstruction + norm_weight * norm: Fig. 2's loss and anomaly score with
-    rec_weight = 1 - beta, norm_weight = beta (caption, line 144); Eq. (5) with (0, 1); Eq. (9) with (1, beta)."""
+    rec_weight = 1 - beta, norm_weight = beta (Fig. 2's caption); Eq. (5) with (0, 1); Eq. (9) with (1, beta)."""
     rec, reg = linear_ae_terms(X, W1, W2, squared)
     return rec_weight * rec + norm_weight * reg
 
@@ -200,9 +200,9 @@ def fig4(out_png, out_md, results):
              "held-out labelled samples every 30 batches, best of 2 checkpoints tested, full test set), seeds "
              f"{','.join(map(str, FIG4_SEEDS))} (column n: how many of them have run), one sweep per beta:", "",
              "```", "python benchmarks/run.py --script toll.py --protocol cpu_fig4 --dataset mnist --classes 8 "
-             "--name toll_mnist_fig4_beta<B> -- --beta <B> --data-root ../shared/data",
+             "--name toll_mnist_fig4_beta<B> -- --beta <B> --data-root ./data",
              "python benchmarks/toll_figures.py fig4", "```", "",
-             "Numbers in percent: mean ± sample std (n-1) over seeds. Paper: Fig. 4 (line 300) draws 3-seed means "
+             "Numbers in percent: mean ± sample std (n-1) over seeds. Paper: Fig. 4 draws 3-seed means "
              "but prints no numbers; the only printed class-8 figures are Table 7's (10 seeds, full Sec. 4.1 "
              "protocol: 2000 batches of 1000), shown for beta = 0 and 1000. Δ = ours − Table 7.", "",
              "| beta | n | ours AUROC | per seed | paper (Table 7) | Δ |", "|---|---|---|---|---|---|"]
