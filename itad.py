@@ -29,9 +29,9 @@ Readings where the text is open (default first). c1, "the size of z_i" (Alg. 1) 
 (ref. [36], followed by the paper) gives its scores before the same tanh clip at c2 = 20 (c1 = d leaves a unit-variance
 code's similarities too flat for an InfoNCE over 2N - 1 candidates). "Normalized vectors" (Sec. III-C): the codes end
 in an affine BatchNorm, as AMDIM's. L_entropy [--entropy-reduce]: sum = ||z||_q as Alg. 1 line 18 prints it, or mean
-= ||z||_q / d^(1/q), the same loss as sum at beta / d^(1/q). Sec. IV-B's claims (L_NCE and beta L_H converge to a
+= ||z||_q / d^(1/q), the same loss as sum at beta / d^(1/q). Sec. IV-B's claims (L_NCE and L_H converge to a
 similar scale; normal codes keep the larger ||z||, Fig. 3; beta > 0 beats beta = 0) held in the measured runs only
-at beta / d^(1/q) of about 0.01-0.04 (mean, beta 1-5, d = 128); at beta 20 both readings switch the code off at that
+at beta / d^(1/q) of about 0.008-0.04 (mean, beta 1-5, d = 128); at beta 20 both readings switch the code off at that
 size (benchmarks/results/itad_curves.md). BatchNorm statistics when scoring [--bn-stats]: test = re-estimated on the
 test images, as AMDIM's evaluation does (train-mode passes before model.eval()), or train = training's averages; test
 ranks normal images first wherever the code has learned, and is transductive (a score depends on the test set).
