@@ -84,6 +84,8 @@ def test_official_image_split_validates_on_exactly_the_listed_train_indices(root
     write(root, fname, idx)
     split, normal = toll.prepare(dataset, normal="3", root=str(root), split="official")
     f = lambda x: standardize(x, x_tr.mean(), x_tr.std())
+    split = dict(split, train=toll.normalise(split["train"], split["constants"]),     # prepare() keeps them raw
+                 val=(toll.normalise(split["val"][0], split["constants"]), split["val"][1]))
     assert torch.equal(split["val"][0], f(x_tr[idx]))
     assert split["val"][1].tolist() == (y_tr[idx] != 3).long().tolist()
     rest = np.setdiff1d(np.arange(len(x_tr)), idx)
