@@ -174,6 +174,27 @@ def _corrupt_torchvision_files(name, root):
     return paths if paths and all(os.path.exists(p) for p in paths) else []
 
 
+_DOWNLOAD_FOLDERS = {"mnist": ("MNIST", "MNIST/raw"), "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw")}
+
+
+def _new_folders(root, candidates):
+    """Remembers which of the candidate folders exist now; the returned call removes those created since that are
+    still empty (deepest first), e.g. what a failed download made."""
+    existed = {d for d in candidates if os.path.exists(d)}
+
+    def clean():
+        for d in sorted(set(candidates) - existed, key=len, reverse=True):
+            if os.path.isdir(d) and not os.listdir(d):
+                os.rmdir(d)
+    return clean
+
+
+def _reason(e):
+    """An exception as one line, with the causes torchvision puts on the lines after 'Error downloading x:'."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:400]}{'...' if len(text) > 400 else ''}"
+
+
 def load_images(name, root=None):
     """Return (x_train, y_train, x_test, y_test): float32 N×C×H×W in [0, 1] and int64 class labels."""
     if name not in IMAGE_DATASETS:
@@ -183,18 +204,19 @@ def load_images(name, root=None):
     root = data_root(root)
     if name in _IDX_FOLDER:
         _check_idx_files(name, root)
-    out = []
+    out, folders = [], _new_folders(root, [root, *(os.path.join(root, d) for d in _DOWNLOAD_FOLDERS.get(name, ()))])
     for train in (True, False):
         try:
             ds = _torchvision_split(name, root, train)
         except Exception as e:  # torchvision raises RuntimeError / URLError / OSError when files are absent
+            folders()                                       # a failed download leaves no empty folder behind
             present = _corrupt_torchvision_files(name, root)
             if present:
                 raise DataError(f"{name}: the files are in '{root}' ({', '.join(os.path.relpath(p, root) for p in present)}) "
                                 "but torchvision rejects them: their md5 does not match the originals (truncated or "
                                 "corrupt copy?). Replace them with the original files, or delete them so that "
                                 "torchvision downloads them again") from None
-            why = "downloads disabled by AD_OFFLINE" if _offline() else f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            why = "downloads disabled by AD_OFFLINE" if _offline() else _reason(e)
             raise _missing(name, root, _IMAGE_FILES[name], why) from None
         x, y = _images_and_labels(name, ds, train)
         out += [x.float().div_(255.0), y.long()]
@@ -324,12 +346,16 @@ def _find_or_download(name, root):
         raise _missing(name, root, expected, "downloads disabled by AD_OFFLINE")
     fname, url = _TABULAR_URLS[name]
     dest = os.path.join(root, "tabular", fname)
+    clean = _new_folders(root, [root, os.path.dirname(dest)])
     try:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         urllib.request.urlretrieve(url, dest + ".part")
         os.replace(dest + ".part", dest)
     except Exception as e:
-        raise _missing(name, root, expected, f"{type(e).__name__}: {e}") from None
+        if os.path.exists(dest + ".part"):
+            os.remove(dest + ".part")
+        clean()
+        raise _missing(name, root, expected, _reason(e)) from None
     return dest
 
 

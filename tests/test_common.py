@@ -236,3 +236,139 @@ def test_user_images_come_with_row_major_strides(tmp_path):
               common.fit_images(torch.rand(2, 28, 28, 1).permute(0, 3, 1, 2), 1, 28),
               common.load_image_folder(_image_folder(tmp_path / "f"), channels=1)["train"]):
         assert x.stride() == torch.empty(x.shape).stride()
+
+
+# ------------------------------------------------------------------------------------------ your data (issue 34)
+
+def table(n_normal=60, n_anomalous=14, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.cat([torch.randn(n_normal, d, generator=g), torch.randn(n_anomalous, d, generator=g) + 5])
+    return X, torch.cat([torch.zeros(n_normal), torch.ones(n_anomalous)]).long()
+
+
+def test_split_rule_tests_on_half_of_each_class_the_same_rows_with_or_without_validation():
+    """common.split_table: half of each class (rounded up) is the test set, the same rows for a seed whether or not
+    the script validates; the other half's normal rows train, or 60% of them when 40% of that half validates."""
+    X, y = table(61, 15)
+    plain, val = common.split_table(X, y, seed=3), common.split_table(X, y, seed=3, validation=True)
+    assert torch.equal(plain["index"], val["index"])
+    test_y = y[plain["index"]]
+    assert int((test_y == 0).sum()) == 31 and int(test_y.sum()) == 8                 # ceil(61 / 2), ceil(15 / 2)
+    assert len(plain["train"]) == 30 and plain["val"] is None
+    assert len(val["train"]) == 30 - 12 and len(val["val"][0]) == 12 + 3             # round(0.4 * 30), round(0.4 * 7)
+    rows = lambda x: {tuple(r.tolist()) for r in x}
+    assert not rows(plain["train"]) & rows(plain["test"][0]) and not rows(val["val"][0]) & rows(val["test"][0])
+    assert not rows(val["train"]) & rows(val["val"][0]) and (y[val["index"]] == val["test"][1]).all()
+    assert not torch.equal(common.split_table(X, y, seed=4)["index"], plain["index"])
+    assert "test 39 (8 anomalies)" in plain["source"] and "train 30 normal" in plain["source"]
+
+
+def test_every_table_layout_reads_as_one_dataset(tmp_path):
+    """A table as a CSV (label column), an ADBench / PyOD .npz (X, y) or an ODDS .mat (X, y as a column) gives the
+    same split, rows and labels."""
+    import numpy as np
+    import scipy.io
+    X, y = table()
+    with open(tmp_path / "t.csv", "w") as f:
+        f.write("a,b,c,d,label\n" + "".join(",".join(map(repr, r.tolist())) + f",{int(c)}\n" for r, c in zip(X, y)))
+    np.savez(tmp_path / "t.npz", X=X.numpy(), y=y.numpy())
+    scipy.io.savemat(tmp_path / "t.mat", {"X": X.numpy().astype(np.float64), "y": y.numpy()[:, None]})
+    reads = [common.read_user_data(str(tmp_path / f"t.{s}"), "toll.py", seed=1) for s in ("csv", "npz", "mat")]
+    for d in reads:
+        assert d["kind"] == "rows" and d["table"] is not None and "74 rows of 4 features, 14 anomalies" in d["source"]
+        for key in ("train", "index"):
+            assert torch.equal(d[key], reads[0][key])
+        assert torch.equal(d["test"][0], reads[0]["test"][0]) and torch.equal(d["test"][1], reads[0]["test"][1])
+    assert all(common.user_data_kind(str(tmp_path / f"t.{s}")) == "rows" for s in ("csv", "npz", "mat"))
+
+
+@pytest.mark.parametrize("arrays,words", [
+    (dict(X=[[1.0, 2.0]] * 4, y=[0, 0, 0, 0]), "no sample is an anomaly"),
+    (dict(X=[[1.0, 2.0]] * 4, y=[0, 1, 2, 0]), "0 (normal) and 1 (anomaly) only"),
+    (dict(X=[[1.0, 2.0]] * 4, y=[0, 1, 0]), "X has 4 samples but y has 3 labels"),
+    (dict(x=[[1.0]], labels=[0]), "or X and y (ADBench / PyOD")])
+def test_table_layout_problems_are_named(tmp_path, arrays, words):
+    import numpy as np
+    np.savez(tmp_path / "bad.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+    with pytest.raises(common.DataError, match=r"bad\.npz") as e:
+        common.read_user_data(str(tmp_path / "bad.npz"), "toll.py")
+    assert words in str(e.value)
+
+
+def test_a_mat_file_without_x_and_y_is_named(tmp_path):
+    import numpy as np
+    import scipy.io
+    scipy.io.savemat(tmp_path / "m.mat", {"data": np.zeros((3, 2))})
+    with pytest.raises(common.DataError, match=r"must hold X and y .* it holds data"):
+        common.load_mat(str(tmp_path / "m.mat"))
+
+
+def test_image_scripts_refuse_tables_naming_the_scripts_that_take_them(tmp_path):
+    import numpy as np
+    X, y = table()
+    np.savez(tmp_path / "t.npz", X=X.numpy(), y=y.numpy())
+    with pytest.raises(common.DataError, match="itad.py takes images.*Use toll.py or cance.py"):
+        common.read_user_data(str(tmp_path / "t.npz"), "itad.py", tables=False)
+
+
+def test_row_moments_are_the_training_rows_and_a_constant_column_keeps_std_1():
+    x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    mean, std = common.row_moments(x)
+    assert mean.tolist() == [2.0, 5.0] and std.tolist() == [pytest.approx(2 ** 0.5), 1.0]
+
+
+# ------------------------------------------------------------------------------------------ downloads (issue 34)
+
+def test_a_failed_download_names_its_reason_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    """torchvision's error is 'Error downloading <file>:' with the causes on the next lines: the message carries
+    them, and the MNIST/raw folder the attempt created is removed again."""
+    import urllib.error
+    import urllib.request
+    monkeypatch.setenv("AD_OFFLINE", "0")
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("no route to host")))
+    root = tmp_path / "data"
+    with pytest.raises(common.DataError) as e:
+        common.load_images("mnist", str(root))
+    assert "no route to host" in str(e.value) and "Error downloading train-images-idx3-ubyte.gz" in str(e.value)
+    assert not root.exists()
+    with pytest.raises(common.DataError, match="no route to host"):
+        common.load_tabular("thyroid", str(root))
+    assert not root.exists()
+
+
+# ------------------------------------------------------------------------------------------ run layer (issue 31)
+
+def test_progress_gives_the_time_left_in_hours_and_minutes(monkeypatch):
+    lines, clock = [], iter([0.0, 3600.0 * 42.5 / 2, 3600.0 * 42.5, 0.0, 0.0])
+    monkeypatch.setattr(common.time, "time", lambda: next(clock))
+    progress = common.Progress("training", 100, lines.append)
+    progress(50)
+    progress(100)
+    assert lines == ["training 50/100 21 h 15 min elapsed, about 21 h 15 min left", "training 100/100 42 h 30 min "
+                     "elapsed"]
+    assert [common.duration(s) for s in (45, 725, 153085)] == ["45s", "12 min 5 s", "42 h 31 min"]
+    common.Progress("silent", 2, None)(1)                              # log=None: prints nothing, no error
+
+
+def test_fit_batch_fits_a_default_with_a_note_and_refuses_a_given_value():
+    notes = []
+    assert common.fit_batch(1000, 700, given=False, log=notes.append) == 700
+    assert notes == ["note: --batch-size 700: the default 1000 exceeds the 700 normal training samples, so every one "
+                     "is in every batch"]
+    with pytest.raises(common.DataError, match="--batch-size 1000 exceeds the 700 normal training samples"):
+        common.fit_batch(1000, 700, given=True)
+
+
+def test_parse_sets_the_datasets_defaults_records_what_was_typed_and_refuses_model_flags_with_load_model(capsys):
+    p = common.command_line("x.py", "test", ["a", "b"], "a or b", "b's values", "seed", "Sec. 1", default="a")
+    p.add_argument("--lr", type=float)
+    common.output_flags(p, "scores", "the model")
+    defaults = lambda known: {"lr": {"a": 0.1, "b": 0.2}.get(known.dataset, 0.3)}
+    args = common.parse(p, ["--dataset", "b"], defaults, training=("lr",))
+    assert args.lr == 0.2 and args.given == {"dataset"} and args.script == "x.py"
+    with pytest.raises(SystemExit) as e:
+        common.parse(p, ["--load-model", "m.pt", "--lr", "1"], defaults, training=("lr",))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --lr sets the model or its training, which --load-model")
+    assert "Run `python x.py --help`" in err
