@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import toll  # noqa: E402  (the reference script: its prepare() defines the splits and preprocessing)
-from common import DataError  # noqa: E402
+from common import DataError, device_type  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--normal", default="0", help="normal class, or a comma list (ignored for tabular sets)")
     p.add_argument("--data-root", default=None, help="as toll.py")
     p.add_argument("--seed", type=int, default=0, help="split, hold-out and PyOD's random_state")
-    p.add_argument("--device", type=toll.device_type, default="auto",
+    p.add_argument("--device", type=device_type, default="auto",
                    help="auto = cuda if available, else cpu (AutoEncoder only)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs (our budget choice, see docstring)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -107,8 +107,8 @@ def run(args):
     split, normal = toll.prepare(args.dataset, normal=args.normal, root=args.data_root, seed=args.seed,
                                  val_size=args.val_size)   # exactly toll.py's split and preprocessing
     tabular = args.dataset in toll.TABULAR
-    x_train = split["train"].flatten(1).numpy().astype(np.float64)
-    x_test, y_test = split["test"][0].flatten(1).numpy().astype(np.float64), split["test"][1].numpy()
+    flat = lambda x: toll.normalise(x, split["constants"]).flatten(1).numpy().astype(np.float64)   # toll's inputs
+    x_train, x_test, y_test = flat(split["train"]), flat(split["test"][0]), split["test"][1].numpy()
     detector = build_detector(args, x_train.shape[1], device)
     print(f"pyod_peer: {args.method} (pyod {pyod_version}) dataset={args.dataset} "
           f"normal={','.join(map(str, normal))} train={len(x_train)} test={len(x_test)} epochs={args.epochs} "
