@@ -674,8 +674,8 @@ def load_image_folder(path, channels=None, size=None, grey28_only=False):
         return [f for f in files if os.path.isfile(f)]
 
     if not os.path.isdir(path):
-        raise DataError(f"the dataset folder '{path}' does not exist. Give an .npz or .csv file, a built-in dataset "
-                        "name, or a folder with train/good/ and test/<name>/ subfolders")
+        raise DataError(f"the dataset folder '{path}' does not exist. Give a data file, a built-in dataset name, or a "
+                        "folder with train/good/ and test/<name>/ subfolders")
     train, good = folder("train", "good"), folder("test", "good")
     test_dir = os.path.join(path, "test")
     defects = sorted(d for d in (os.listdir(test_dir) if os.path.isdir(test_dir) else [])
@@ -1061,7 +1061,7 @@ def parse(p, argv, defaults=None, training=(), pre=()):
     it) and --save-model; --normal with your own data (its labels mark the anomalies); table options with data that
     is no table file."""
     if defaults:
-        first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        first = ArgumentParser(prog=p.prog, add_help=False, allow_abbrev=False)
         for key in ("dataset", "load_model") + tuple(pre):
             first.add_argument("--" + key.replace("_", "-"), default=p.get_default(key))
         p.set_defaults(**defaults(first.parse_known_args(argv)[0]))

@@ -9,18 +9,17 @@ its own samples (L_CSI-S), and E, G reconstruct real images in pixels and in F's
 
 Reproduces: the one-class protocol of Sec. 3 (one normal class, the whole test split scored), Table 1 on
 CIFAR-10 and CIFAR-100 superclasses (not ImageNet-30), the Sec. 3.2 ablation (variant csi = CSI alone, g = + G,
-full = + E), the scores M (Eq. 11) and M_ens (Sec. 2.3), and Figure 2's grid of inliers and outliers with
-their reconstructions G(E(x)), plus samples G(h) (--save-samples).
+full = + E), the scores M (Eq. 11) and M_ens (Sec. 2.3), and Figure 2's grid (--save-samples).
 
-Use: build_models() -> train() -> normal_features() -> anomaly_scores(); save() and load() keep a trained model
+Equation map (a user calls fit -> score; save / load keep a fitted model)
     Sec. 2.1 shifts S, transformations T ...................... shift_batch(), random_hflip(), augment()
     Eq. (1)-(2) L_con-SI, NT-Xent over shifted instances ......... nt_xent()
     Eq. (3)-(4) L_cls-SI; L_CSI = L_con-SI + L_cls-SI ............ csi_loss()
     Eq. (5) L_JOINT, Eq. (6) L_CSI-S ............................. generative_step()
     Eq. (7) L_D; Eq. (8) L_REC ................................... loss_d(), loss_d_fool(); loss_rec()
     Eq. (9) L_LD; Eq. (10) L_LREC ................................ loss_ld(), loss_ld_fool(); loss_lrec()
-    Alg. 1 (lines counted from "Initialize" = 1) ................. build_models(), train(), generative_step()
-    Eq. (11) M; M_ens (Sec. 2.3) ......... score_m(), shifted_features(), normal_features(), anomaly_scores()
+    Alg. 1 (lines counted from "Initialize" = 1) ......... build_models(), train(), generative_step(), fit()
+    Eq. (11) M; M_ens (Sec. 2.3) ... score_m(), shifted_features(), normal_features(), anomaly_scores(), score()
     Sec. 3 one-class protocol; your own images ................... prepare()
 
 Deviations: the paper is silent (S), the code follows CSI's released code alinlab/CSI (C), or adds (A)
@@ -46,37 +45,30 @@ Deviations: the paper is silent (S), the code follows CSI's released code alinla
   - (A) Images in [0, 1]; 28x28 gray images are repeated to 3 channels and zero-padded to 32x32. On a CPU, F
     runs in channels_last memory format (speed; it changes float rounding, so it stays on to repeat runs).
   - (A) --dataset digits (offline install check): widths 8 and --ensemble 2 unless given. --dataset PATH: your
-    own images (.npz, MVTec-style folder) with the paper's values; 1x28x28 grey stays, others become 3x32x32.
-
+    own images (common.read_user_data) with the paper's values; 1x28x28 grey stays, others become 3x32x32.
 Run:  python csi_gen.py --dataset cifar10 --normal 0 --variant full
-      python csi_gen.py --dataset ./my_images --save-scores s.npz --save-model csi.pt    # your own images
 """
-import argparse
-import json
 import math
-import os
-import random
-import subprocess
 import sys
-import tempfile
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, ResNet18, fit_images, is_user_dataset, load_image_folder,
-                    load_images, load_npz, one_class_split, parse_normal)
+from common import (DataError, IMAGE_DATASETS, Progress, ResNet18, as_input, check_finite, check_input_shape,
+                    check_scores, command_line, exit_codes, finish, fit_batch, flags, load_checkpoint, load_images,
+                    load_weights, loaded_note, number, one_class_split, output_flags, parse, parse_normal, png_path,
+                    read_user_data, run_name, save_checkpoint, say, set_seed)
 
 SHIFTS = 4                  # rotations by 0, 90, 180, 270 degrees (Sec. 3)
 ADAM_BETAS = (0.9, 0.999)   # Sec. 3; lr 2e-4 is train()'s default
 EPOCHS = 1000               # CSI's released --epochs (the paper gives no schedule; Sec. 3 follows [32])
 INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))
 ARCH = ("input_shape", "variant", "width", "proj_dim", "gan_width", "latent_dim", "ld_width")   # build_models
+M_ENS = ("blur_p", "ensemble", "test_crop_scale")  # the settings a set of normal-set features was made with
 DIGITS = dict(width=8, gan_width=8, ensemble=2)   # --dataset digits, an offline install check (not in the paper)
-
 
 # ------------------------------------------------------------------------------------------ models (Sec. 2.2, 3)
 
@@ -196,10 +188,7 @@ def build_models(input_shape, variant="full", width=64, proj_dim=128, gan_width=
 def as_images(nets, x, name="x"):
     """Array or tensor (N, C, H, W) in [0, 1], of the shape nets were built for -> float32 (N, 3, 32, 32) on
     their device: gray 28 x 28 images repeated to 3 channels and zero-padded 2 pixels per side."""
-    x = torch.as_tensor(x, dtype=torch.float32)
-    if x.dim() != 4 or tuple(x.shape[1:]) != nets.input_shape or len(x) == 0:
-        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, nets.input_shape))}) for this model, "
-                         f"got {tuple(x.shape)}")
+    x = as_input(x, nets.input_shape, name=name)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"{name} must hold images scaled to [0, 1], got values in [{x.min():g}, {x.max():g}]")
     if x.shape[1] == 1:
@@ -397,11 +386,6 @@ def step(opts, loss, *names):
         opts[n].step()
 
 
-def check_finite(value, where):
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training diverged: {where} is {value}. Try a smaller learning rate (--lr)")
-
-
 def generative_step(nets, opts, x, temperature, blur_p, lambda_rec, it):
     """Alg. 1, lines 5-13, the block run every N batches, in the paper's order; without E (variant g) the
     encoder's steps are skipped. Returns the loss values."""
@@ -461,11 +445,11 @@ def generative_step(nets, opts, x, temperature, blur_p, lambda_rec, it):
 
 
 def train(nets, x_normal, iters=None, batch_size=32, lr=2e-4, temperature=0.5, gen_every=5, lambda_rec=100.0,
-          blur_p=0.0, log=print):
+          blur_p=0.0, log=None):
     """Alg. 1 on the normal images x_normal (N, C, H, W) in [0, 1]: every batch F steps on L_CSI(X); on batches
     0, N, 2N, ... (N = gen_every) the generative block follows, when nets has a generator. iters = None: 1000
     epochs of x_normal (CSI's schedule). Adam for every network (Sec. 3). log: any callable of one string; a
-    line with the losses and the time left at most every 10 s, and after the last batch.
+    line with the losses and the time left at most every 10 s, and after the last batch (None: silent).
     Returns nets, trained in place; a non-finite loss raises FloatingPointError."""
     x = as_images(nets, x_normal, "x_normal")
     n, gen = len(x), {}
@@ -544,7 +528,7 @@ def seeded_features(nets, x, ensemble, blur_p, test_crop_scale, seed, log, what)
         return shifted_features(nets["F"], x, ensemble, blur_p, test_crop_scale, progress=progress)
 
 
-def normal_features(nets, x_normal, ensemble=0, blur_p=0.0, test_crop_scale=0.54, seed=0, log=print):
+def normal_features(nets, x_normal, ensemble=0, blur_p=0.0, test_crop_scale=0.54, seed=0, log=None):
     """Eq. (11)'s nearest-neighbour set: F(S x') of every normal training image x' (N, C, H, W) in [0, 1] and
     shift S (ensemble = R > 0: M_ens's mean over R draws of T) -> dict(features=(4, N, d) tensor, ensemble=,
     blur_p=, test_crop_scale=): all that anomaly_scores() needs of the normal images, and what save() keeps."""
@@ -553,7 +537,7 @@ def normal_features(nets, x_normal, ensemble=0, blur_p=0.0, test_crop_scale=0.54
                 ensemble=int(ensemble), blur_p=float(blur_p), test_crop_scale=float(test_crop_scale))
 
 
-def anomaly_scores(nets, normal, x, ensemble=0, blur_p=0.0, test_crop_scale=0.54, seed=0, log=print):
+def anomaly_scores(nets, normal, x, ensemble=0, blur_p=0.0, test_crop_scale=0.54, seed=0, log=None):
     """Anomaly score of every image of x = -M (Eq. 11; M scores normality, so the sign is flipped): higher =
     more anomalous, as a numpy array (N,). normal: the normal training images (Eq. 11's nearest-neighbour
     set), or normal_features() of them made with the same ensemble, blur_p and test_crop_scale. ensemble = R >
@@ -572,29 +556,71 @@ def anomaly_scores(nets, normal, x, ensemble=0, blur_p=0.0, test_crop_scale=0.54
     return -score_m(test, normal["features"].to(test.device))[0].cpu().numpy()
 
 
-def save(nets, path, banks, config=None):
-    """Keep a trained model in one file, written atomically (read it with load() or --load-model): every
-    network's weights and sizes, `config` (e.g. the training settings) and `banks`, a list of normal_features()
-    results, kept instead of the normal images: 4 x proj_dim = 512 numbers per image and score against 3072
-    pixels of a 3x32x32 image (784 of a 1x28x28 one: smaller for M alone, larger for M and M_ens together),
-    and new images are scored without encoding the normal set again."""
-    state = {k: v.detach().cpu() for k, v in nets.state_dict().items()}
-    banks = [dict(b, features=b["features"].detach().cpu()) for b in banks]
-    save_checkpoint(path, "csi_gen", {**(config or {}), **nets.arch}, {"normal_features": banks}, state)
+# ------------------------------------------------------------------------------------------ fit, score, save, load
+
+def fit(x_normal, *, variant="full", width=64, proj_dim=128, gan_width=64, latent_dim=128, ld_width=1000, iters=None,
+        batch_size=32, lr=2e-4, temperature=0.5, gen_every=5, lambda_rec=100.0, blur_p=0.0, ensemble=10,
+        test_crop_scale=0.54, seed=0, device="cpu", log=None):
+    """Alg. 1 on the normal images x_normal (N, 1, 28, 28) or (N, 3, 32, 32) in [0, 1], then Eq. (11)'s
+    nearest-neighbour set: set_seed(seed), build_models() for that shape, train(), and normal_features() for M
+    and, with ensemble = R > 0, for M_ens (its test-time draws from seed). -> the networks (an nn.ModuleDict) with
+    banks (the features), config (every setting) and info (seconds): all that score() and save() need."""
+    set_seed(seed)
+    nets = build_models(tuple(x_normal.shape[1:]), variant, width, proj_dim, gan_width, latent_dim, ld_width, device)
+    iters = iters or EPOCHS * math.ceil(len(x_normal) / batch_size)
+    t0 = time.time()
+    train(nets, x_normal, iters=iters, batch_size=batch_size, lr=lr, temperature=temperature, gen_every=gen_every,
+          lambda_rec=lambda_rec, blur_p=blur_p, log=log)
+    t1 = time.time()
+    nets.banks = [normal_features(nets, x_normal, r, blur_p, test_crop_scale, seed, log) for r in sorted({0, ensemble})]
+    nets.config = dict(nets.arch, iters=iters, batch_size=batch_size, lr=lr, temperature=temperature,
+                       gen_every=gen_every, lambda_rec=lambda_rec, blur_p=blur_p, ensemble=ensemble,
+                       test_crop_scale=test_crop_scale, seed=seed)
+    nets.info = dict(samples=iters * batch_size, train_seconds=t1 - t0, features_seconds=time.time() - t1)
+    return nets
+
+
+def score(model, x, ensemble=False, seed=None, log=None):
+    """-M (Eq. 11) of the images x against the model's normal-set features -> numpy (N,), higher = more anomalous.
+    ensemble=True: -M_ens (Sec. 2.3) with the M_ens features fit() made (ensemble R > 0), its test-time draws from
+    seed (None: the model's)."""
+    bank = next((b for b in model.banks if bool(b["ensemble"]) == bool(ensemble)), None)
+    if bank is None:
+        raise ValueError(f"the model holds no normal-set features for {'M_ens' if ensemble else 'M'}: fit it with "
+                         f"{'ensemble > 0' if ensemble else 'the normal images'}, or set model.banks")
+    seed = getattr(model, "config", {}).get("seed", 0) if seed is None else seed
+    return anomaly_scores(model, bank, x, **{k: bank[k] for k in M_ENS}, seed=seed, log=log)
+
+
+def save(model, path, config=None):
+    """Keep a fitted model in one file, written atomically (read it with load() or --load-model): every network's
+    weights and sizes, its config (and `config`) and model.banks, the normal_features() it scores against, kept
+    instead of the normal images: 4 x proj_dim = 512 numbers per image and score against 3072 pixels of a 3x32x32
+    image (784 of a 1x28x28 one), and new images are scored without encoding the normal set again."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    banks = [dict(b, features=b["features"].detach().cpu()) for b in getattr(model, "banks", [])]
+    config = {**getattr(model, "config", {}), **(config or {}), **model.arch}
+    save_checkpoint(path, "csi_gen", config, {"normal_features": banks}, state)
 
 
 def load(path, device="cpu"):
-    """A model written by save() or --save-model -> (nets, banks, config). New images x: anomaly_scores(nets, bank,
-    x, ensemble=bank["ensemble"], blur_p=bank["blur_p"], test_crop_scale=bank["test_crop_scale"])."""
+    """A model written by save() or --save-model -> the networks with banks and config, as fit() leaves them:
+    score(model, x) scores new images. The config's M_ens settings are those of its M_ens features (ensemble 0
+    without them); a checkpoint without M's features (normal_features() with ensemble=0) is refused."""
     ck = load_checkpoint(path, "csi_gen")
     try:
         nets = build_models(device=device, **{k: ck["config"][k] for k in ARCH})
-        nets.load_state_dict(ck["state"])
-        banks = list(ck["preprocess"]["normal_features"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise DataError(f"'{path}' is a csi_gen.py checkpoint whose weights do not fit its settings ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}). Write it again with --save-model") from None
-    return nets, banks, ck["config"]
+        nets.banks = list(ck["preprocess"]["normal_features"])
+        ens = [b for b in nets.banks if b["ensemble"]][:1]
+        nets.config = {**ck["config"], "ensemble": 0, **{k: ens[0][k] for k in M_ENS if ens}}
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"'{path}' is a csi_gen.py checkpoint without its settings ({type(e).__name__}: {e}). Save "
+                        "the model again") from None
+    if not any(b["ensemble"] == 0 for b in nets.banks):
+        raise DataError(f"'{path}' holds no features for M (normal_features() with ensemble=0). Save the model with "
+                        "them")
+    nets.info = dict(samples=0, train_seconds=None, features_seconds=0.0)        # nothing trained or encoded here
+    return load_weights(nets, ck["state"], path)
 
 
 # ------------------------------------------------------------------------------------------ data and Figure 2
@@ -604,44 +630,17 @@ def prepare(dataset, normal=None, root=None, seed=0):
     1 = anomaly), normal = the normal classes (None for your own data), index = each test image's index in its
     source, source = what was read (None for a built-in set)); images (N, C, H, W) in [0, 1], (1, 28, 28) or
     (3, 32, 32). A built-in dataset: the one-class protocol (Sec. 3), the normal class(es) of the train split
-    (default "0") and the whole test split. Your own images (dataset = a path; normal unused): an .npz file
-    (x_train normal, x_test, y_test; x_val / y_val unused) or a folder (train/good, test/good, test/<defect>),
-    read by common.py: 1x28x28 grey images stay as MNIST's, any other size or colour becomes 3x32x32."""
+    (default "0") and the whole test split. Your own images (dataset = a path; normal unused), read by
+    common.read_user_data: 1x28x28 grey images stay as MNIST's, any other size or colour becomes 3x32x32."""
     if dataset in IMAGE_DATASETS:
         normal = parse_normal("0" if normal is None else normal, IMAGE_DATASETS[dataset][0])
-        x_tr, y_tr, x_te, y_te = load_images(dataset, root)
-        split = one_class_split(x_tr, y_tr, x_te, y_te, normal, seed=seed)
-        x_train, (x_test, y_test), source = split["train"], split["test"], None
+        d = one_class_split(*load_images(dataset, root), normal, seed=seed)
+        d.update(index=torch.arange(len(d["test"][0])), source=None)
     else:
-        name, normal = os.path.basename(os.path.normpath(dataset)), None
-        tabular = f"csi_gen.py takes images, and '{dataset}' {{}}. Use toll.py or cance.py for tabular data"
-        fit = lambda x: x if tuple(x.shape[1:]) == (1, 28, 28) else fit_images(x, 3, 32)
-        shape = lambda x: "x".join(map(str, x.shape[1:]))
-        if dataset.endswith(".csv"):
-            raise DataError(tabular.format("is a CSV file of feature rows"))
-        if dataset.endswith(".npz"):
-            d = load_npz(dataset)
-            if d["train"].ndim == 2:
-                raise DataError(tabular.format(f"holds {tuple(d['train'].shape)} feature rows"))
-            x_train, (x_test, y_test) = fit(d["train"]), d["test"]
-            source = f"{len(x_train)} x_train and {len(x_test)} x_test images of {shape(d['train'])}, read as " \
-                     f"{shape(x_train)}" + ("; x_val / y_val unused (csi_gen.py does not validate)" if d["val"] else "")
-            x_test = fit(x_test)
-        elif os.path.isfile(dataset):
-            raise DataError(f"'{dataset}' is neither an .npz file nor an image folder. Give an .npz file (x_train, "
-                            "x_test, y_test), a folder with train/good/ and test/<name>/ subfolders, or a built-in "
-                            "dataset name")
-        else:
-            d = load_image_folder(dataset)                 # grey -> 1x28x28, RGB -> 3x32x32 (common.py's choice)
-            if d["train"].shape[1] == 1 and "of 28x28 grey, read as" not in d["source"]:
-                d = load_image_folder(dataset, channels=3, size=32)          # grey of another size: 3x32x32
-            x_train, (x_test, y_test), source = d["train"], d["test"], d["source"]
-        source = f"{name}: {source}; F sees 3x32x32 (grey repeated to 3 channels, 28x28 zero-padded)"
-        if y_test.min() == y_test.max():
-            raise DataError(f"the test set of '{dataset}' holds {'only anomalies' if y_test[0] else 'no anomalies'}; "
-                            "AUROC needs both. Give a test set with normal and anomalous images")
-    return dict(x_train=x_train, x_test=x_test, y_test=y_test.numpy(), normal=normal, index=np.arange(len(x_test)),
-                source=source)
+        d, normal = read_user_data(dataset, "csi_gen.py", seed, tables=False, grey28_only=True), None
+        d["source"] += "; F sees 3x32x32 (grey repeated to 3 channels, 28x28 zero-padded)"
+    return dict(x_train=d["train"], x_test=d["test"][0], y_test=d["test"][1].numpy(), normal=normal, index=d["index"],
+                source=d["source"])
 
 
 @torch.no_grad()
@@ -667,291 +666,54 @@ def save_samples(nets, x_normal, path, x_outliers=None, n=8):
 
 
 # ------------------------------------------------------------------------------------------ command line
-# These lines are the same in all five scripts (only data loading and ResNet blocks are shared via common.py).
-# Needs: import argparse, json, math, os, random, subprocess, sys, tempfile, time; numpy as np; torch.
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
-
-    def error(self, message):
-        print(f"error: {message}. Run `python {os.path.basename(__file__)} --help` for the accepted values.",
-              file=sys.stderr)
-        sys.exit(2)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help prints the value each option really takes ('(default: 0.0001)'), and nothing where there is none."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
-            return action.help
-        if isinstance(action.default, float):
-            return f"{action.help} (default: {action.default:g})"
-        return super()._get_help_string(action)
-
-
-def number(kind=float, low=None, high=None, low_open=False):
-    """argparse type: a finite int or float in [low, high] (low itself excluded with low_open)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
-                                             f"'{text}'") from None
-        plain = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"     # 4294967295, not 4.29497e+09
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
-        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
-            rng = (f"{'>' if low_open else '>='} {plain(low)}" if high is None else
-                   f"in {'(' if low_open else '['}{plain(low)}, {plain(high)}]")
-            raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
-        return value
-    return parse
+POS, POSITIVE = number(int, 1), number(float, 0, low_open=True)
+OPTIONS = [   # (flag, type, help naming the value's source); the defaults are fit()'s, --dataset digits takes DIGITS
+    ("iters", POS, f"training batches (Alg. 1); default {EPOCHS} epochs (not in the paper: CSI's released --epochs)"),
+    ("batch-size", number(int, 2), "images per batch, 4 shifts x 2 views each (not in the paper: CSI's --batch_size)"),
+    ("lr", POSITIVE, "Adam learning rate of every network, betas (0.9, 0.999) (Sec. 3)"),
+    ("temperature", POSITIVE, "NT-Xent temperature tau, Eq. (1) (not in the paper: CSI's 0.5)"),
+    ("gen-every", POS, "N: the generative block runs every N batches (Alg. 1; N = 5 in Sec. 3)"),
+    ("lambda-rec", number(float, 0), "lambda of L_REC (Eq. 8, Sec. 2.2)"),
+    ("width", POS, "base width of F's ResNet-18; 64 = the standard 512-d network (Sec. 3); digits: 8 (not in the "
+                   "paper: install check)"),
+    ("proj-dim", POS, "projection head output size (not in the paper: SimCLR's and CSI's 128)"),
+    ("gan-width", POS, "base width of G, E and D; 64 = SN-GAN's standard CNN (Sec. 3: [23], Miyato et al. Table 3)"),
+    ("latent-dim", POS, "size of h ~ N(0, I) (not in the paper: SN-GAN's 128)"),
+    ("ld-width", POS, "hidden width of D', two layers (not in the paper: adversarial autoencoders' 1000)"),
+    ("blur-p", number(float, 0, 1), "probability of Gaussian blur in T; Sec. 2.1 lists blur after SimCLR (not in the "
+                                    "paper: 0 = CSI's CIFAR policy, which has none; SimCLR's ImageNet value is 0.5)"),
+    ("ensemble", number(int, 0), "R of M_ens (Sec. 2.3): features averaged over R draws of T per image and shift, "
+                                 "auroc_ens; 0 = M only; digits: 2 (not in the paper: CSI's --ood_samples 10)"),
+    ("test-crop-scale", number(float, 0, 1, low_open=True), "area fraction of M_ens's test-time random resized crop; "
+     "the other test-time steps are T's: flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p (not in "
+     "the paper: CSI's README eval, --resize_factor 0.54 --resize_fix)")]
+TRAINING = ARCH[1:] + ("iters", "batch_size", "lr", "temperature", "gen_every", "lambda_rec") + M_ENS   # checkpoint's
 
 
-def device_type(name):
-    """argparse type: auto (cuda if present, else cpu), cpu, cuda or cuda:N -> torch.device; an absent one is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
-        raise argparse.ArgumentTypeError(f"'{name}' was asked for, but torch finds {count} CUDA device(s) on this "
-                                         "machine; use --device cpu (or auto)")
-    return device
-
-
-def output_path(path):
-    """argparse type: a file this run can write, tried now so that no finished run is lost at the end."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name such as {os.path.join(path, 'out')}")
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist; create it first or choose another")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({e.strerror}); choose a writable folder") from None
-    return path
-
-
-def png_path(path):
-    """argparse type: where a PNG picture goes (a writable file whose name ends in .png)."""
-    if not path.lower().endswith(".png"):
-        raise argparse.ArgumentTypeError(f"{path} does not end in .png, and the picture is a PNG; give a name such as "
-                                         "figure.png")
-    return output_path(path)
-
-
-def set_seed(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def write_result(result, json_path=None, log=print, extra=None):
-    """The RESULT line (the last line a run prints) and, with --json, the same keys plus `extra` (configuration,
-    provenance, ...: the JSON only) written atomically."""
-    log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
-    if json_path:
-        with open(json_path + ".tmp", "w") as f:
-            json.dump({**result, **(extra or {})}, f, indent=1)
-        os.replace(json_path + ".tmp", json_path)
-
-
-class Progress:
-    """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
-    (and at the end), so that no phase stays silent for long."""
-
-    def __init__(self, what, total, log=print, every=10.0):
-        self.what, self.total, self.log, self.every = what, total, log, every
-        self.t0 = self.last = time.time()
-
-    def __call__(self, done, extra=""):
-        now = time.time()
-        if done < self.total and now - self.last < self.every:
-            return
-        self.last, spent = now, now - self.t0
-        left = f", about {spent / done * (self.total - done):.0f}s left" if 0 < done < self.total else ""
-        self.log(f"{self.what} {done}/{self.total}{extra} {spent:.0f}s elapsed{left}")
-
-
-def check_scores(scores, where):
-    """A degenerate run is not a result: NaN/inf scores, or one value for every sample, stop the run (exit 3)."""
-    for name, s in scores.items():
-        s = np.asarray(s, dtype=np.float64)
-        if not np.isfinite(s).all():
-            raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
-                                     f"values of {s.size}: the model diverged, or the data hold values too large for "
-                                     "float32. Try a smaller --lr, or rescale the data")
-        if s.size > 1 and s.min() == s.max():
-            raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
-                                     "every sample, so no metric means anything. Try another --lr or more --iters")
-
-
-def provenance(argv):
-    """What made this result: the command line, package versions, and the git commit of the script's folder."""
-    import sklearn
-    import torchvision
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        commit = git.stdout.strip() if git.returncode == 0 else None
-        dirty = commit and subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                                          capture_output=True, text=True, timeout=10).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"command": " ".join(["python", os.path.basename(__file__), *argv]), "git_commit": commit,
-            "git_dirty": dirty, "python": sys.version.split()[0],
-            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-                         "scikit-learn": sklearn.__version__}}
-
-
-def save_scores(path, scores, labels, index):
-    """--save-scores: every reported variant's test scores (higher = more anomalous; `scores` is the main one,
-    `scores_<variant>` the others), the labels (1 = anomaly) and the test samples' indices, written atomically."""
-    arrays = {("scores" if k == "main" else f"scores_{k}"): np.asarray(v, dtype=np.float64) for k, v in scores.items()}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, labels=np.asarray(labels, dtype=np.int64), index=np.asarray(index, dtype=np.int64), **arrays)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path, script, config, preprocess, state):
-    """--save-model: the weights, every resolved hyperparameter and the preprocessing constants, atomically."""
-    torch.save({"script": script, "config": config, "preprocess": preprocess, "state": state}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_checkpoint(path, script):
-    """--load-model: a checkpoint this script wrote, or a DataError saying what it is instead."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                        f"Give a file written by `{script}.py --save-model`") from None
-    if not isinstance(ck, dict) or ck.get("script") != script:
-        who = ck.get("script") if isinstance(ck, dict) else None
-        raise DataError(f"'{path}' is {f'a checkpoint of {who}.py' if who else 'not a checkpoint of this project'}, "
-                        f"not of {script}.py. Load it with the script that wrote it")
-    return ck
-
-
-def dataset_name(name):
-    """argparse type: a built-in dataset's name, else a path to your own images (read when the data is prepared)."""
-    if name in IMAGE_DATASETS or is_user_dataset(name):
-        return name
-    raise argparse.ArgumentTypeError(f"invalid choice: '{name}' (choose from {', '.join(IMAGE_DATASETS)}, or give your "
-                                     "own images: an .npz file or an image folder)")
-
-
-# the model, its training and M_ens's settings: --load-model reads them from the checkpoint and refuses them here
-TRAINING = ARCH[1:] + ("iters", "batch_size", "lr", "temperature", "gen_every", "lambda_rec", "blur_p", "ensemble",
-                       "test_crop_scale")
+def defaults(known):
+    """The defaults that apply: fit()'s, DIGITS's for --dataset digits, none with --load-model (the checkpoint's)."""
+    return dict.fromkeys(TRAINING) if known.load_model else DIGITS if known.dataset == "digits" else {}
 
 
 def parse_args(argv=None):
-    pre = ArgumentParser(add_help=False, allow_abbrev=False)      # the dataset first: --help shows its defaults
-    pre.add_argument("--dataset", default="cifar10")
-    dataset = pre.parse_known_args(argv)[0].dataset
-    p = ArgumentParser(description="CSI + adversarial-autoencoder synthetic inliers (Yu & Chiu, MVA 2021)",
-                       formatter_class=HelpFormatter)
-    pos, pos0, unit = number(int, 1), number(int, 0), number(float, 0, 1)
-    p.add_argument("--dataset", type=dataset_name, default="cifar10", metavar="NAME|PATH",
-                   help="cifar10, cifar100 (20 superclasses) as in Sec. 3; the others follow the same protocol "
-                        "(not in the paper: 28x28 gray sets become 3 x 32 x 32; digits = offline install check); or "
-                        "your own images, with the paper's values (one set for every dataset): an .npz file "
-                        "(x_train normal, x_test, y_test with 1 = anomaly) or a folder (train/good, test/good, "
-                        "test/<defect>); 1x28x28 grey images are padded as MNIST's, any other size or colour resized "
-                        "to 3x32x32")
-    p.add_argument("--normal", help="normal class, or a comma list (Sec. 3: one class); default 0 for the built-in "
-                                    "sets, not used with your own images (y_test or test/<defect>/ marks anomalies)")
-    p.add_argument("--variant", default="full", choices=["csi", "g", "full"],
-                   help="csi = F alone (the CSI baseline); g = + generator G, no encoder; full = + encoder E, all of "
-                        "Alg. 1 (Sec. 3.2 ablation). The sizes of networks a variant does not build (--gan-width, "
-                        "--latent-dim, --ld-width) are accepted and unused, so one flag set serves all three")
-    p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
-                   help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
-    p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
-                   help="random seed of training and of M_ens's test-time draws (not in the paper: CPU runs repeat "
-                        "exactly)")
-    p.add_argument("--device", type=device_type, default="auto", help="auto = cuda if present, else cpu (not in the "
-                                                                     "paper)")
-    p.add_argument("--iters", type=pos, default=None,
-                   help=f"training batches, Alg. 1's loop; default {EPOCHS} epochs of the normal training set (not in "
-                        "the paper: CSI's released --epochs 1000; Sec. 3 follows CSI [32])")
-    p.add_argument("--batch-size", type=number(int, 2), default=32,
-                   help="real images per batch, each as 4 shifts x 2 views (not in the paper: CSI's released "
-                        "per-GPU --batch_size)")
-    p.add_argument("--lr", type=number(float, 0, low_open=True), default=2e-4,
-                   help="Adam learning rate of every network, betas (0.9, 0.999) (Sec. 3)")
-    p.add_argument("--temperature", type=number(float, 0, low_open=True), default=0.5,
-                   help="NT-Xent temperature tau, Eq. (1) (not in the paper: CSI's 0.5)")
-    p.add_argument("--gen-every", type=pos, default=5,
-                   help="N: the generative block runs every N batches (Alg. 1; N = 5 in Sec. 3)")
-    p.add_argument("--lambda-rec", type=number(float, 0), default=100.0, help="lambda of L_REC (Eq. 8, Sec. 2.2)")
-    p.add_argument("--width", type=pos, default=64,
-                   help="base width of F's ResNet-18; 64 = the standard 512-d network (Sec. 3); digits: 8 (not in "
-                        "the paper: install check)")
-    p.add_argument("--proj-dim", type=pos, default=128,
-                   help="projection head output size (not in the paper: SimCLR's and CSI's 128)")
-    p.add_argument("--gan-width", type=pos, default=64,
-                   help="base width of G, E and D; 64 = SN-GAN's standard CNN (Sec. 3 follows [23], Miyato et al. "
-                        "Table 3); digits: 8 (not in the paper: install check)")
-    p.add_argument("--latent-dim", type=pos, default=128, help="size of h ~ N(0, I) (not in the paper: SN-GAN's 128)")
-    p.add_argument("--ld-width", type=pos, default=1000,
-                   help="hidden width of the latent discriminator D', two layers (not in the paper: adversarial "
-                        "autoencoders' 1000)")
-    p.add_argument("--blur-p", type=unit, default=0.0,
-                   help="probability of Gaussian blur in T; Sec. 2.1 lists blur after SimCLR (not in the paper: 0 = "
-                        "CSI's CIFAR policy, which has none; SimCLR's ImageNet value is 0.5)")
-    p.add_argument("--ensemble", type=pos0, default=10,
-                   help="R of M_ens (Sec. 2.3): features averaged over R random draws of T per image and shift, "
-                        "reported as auroc_ens; 0 = M only. Digits: 2 (not in the paper: CSI's --ood_samples 10)")
-    p.add_argument("--test-crop-scale", type=number(float, 0, 1, low_open=True), default=0.54,
-                   help="area fraction of M_ens's test-time random resized crop; the other test-time steps are T's: "
-                        "flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p (not in the paper: "
-                        "CSI's README eval, --resize_factor 0.54 --resize_fix)")
-    p.add_argument("--save-samples", type=png_path, default=None,
-                   help="write a PNG grid: real inliers, G(E(x)), real outliers of the test split, G(E(x)) (full "
-                        "only), samples G(h) (Figure 2, Sec. 3.1)")
-    p.add_argument("--json", type=output_path, default=None,
-                   help="also write the RESULT keys, the resolved settings and the provenance to this file (not in "
-                        "the paper)")
-    p.add_argument("--save-scores", type=output_path, metavar="FILE.npz",
-                   help="write the test scores, higher = more anomalous (-M, -M_ens): scores (M, Eq. 11, the RESULT's "
-                        "auroc), scores_ens (M_ens, auroc_ens; unless --ensemble 0), labels (1 = anomaly), index "
-                        "(each test image's index in its source) (not in the paper)")
-    p.add_argument("--save-model", type=output_path, metavar="FILE.pt",
-                   help="write every network's weights, every setting and the normal training images' features "
-                        "(Eq. 11's nearest-neighbour set, for M and M_ens) to this file (not in the paper)")
-    p.add_argument("--load-model", metavar="FILE.pt",
-                   help="score the test set with a model written by --save-model, without training; the model, "
-                        "training and M_ens options come from it and may not be given (not in the paper)")
-    if dataset == "digits":
-        p.set_defaults(**DIGITS)
-    args = p.parse_args(argv)
-    if args.dataset not in IMAGE_DATASETS and args.normal is not None:
-        p.error(f"--normal names classes of a built-in dataset; in your own images ({args.dataset}) y_test = 1 or a "
-                "test/<defect>/ folder marks the anomalies. Drop --normal")
-    unset = object()                                     # which options the command line set (not defaults)
-    given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))).items()
-             if v is not unset}
-    flags = lambda keys: ", ".join("--" + k.replace("_", "-") for k in keys)
-    if args.load_model:
-        held = [k for k in TRAINING + ("save_model",) if k in given]
-        if held:
-            p.error(f"{flags(held)} set{'s' if len(held) == 1 else ''} the model, its training or M_ens, which "
-                    f"--load-model reads from the checkpoint. Drop {'it' if len(held) == 1 else 'them'}")
-        return args
-    idle = [k for k in ("gen_every", "save_samples") if k in given and args.variant == "csi"]
-    idle += [k for k in ("lambda_rec",) if k in given and args.variant != "full"]
-    if idle:                  # G's steps without G, L_REC without E (network sizes pass: one flag set, three variants)
+    p = command_line("csi_gen.py", "CSI + adversarial-autoencoder synthetic inliers (Yu & Chiu, MVA 2021)",
+                     IMAGE_DATASETS, "cifar10, cifar100 (20 superclasses) as in Sec. 3; the others by its protocol "
+                     "(not in the paper: 28x28 sets padded to 3x32x32; digits = install check)", "the paper's values "
+                     "(one set for every dataset); 1x28x28 grey images are padded as MNIST's, others to 3x32x32",
+                     "seed of training and M_ens's draws (not in the paper)", "Sec. 3", default="cifar10", tables=False)
+    p.add_argument("--variant", default="full", choices=["csi", "g", "full"], help="csi = F alone (CSI); g = + G; "
+                   "full = + E, all of Alg. 1 (Sec. 3.2 ablation); one flag set serves all three")
+    for flag, kind, text in OPTIONS:
+        p.add_argument("--" + flag, type=kind, default=fit.__kwdefaults__[flag.replace("-", "_")], help=text)
+    p.add_argument("--save-samples", type=png_path, help="write a PNG grid: real inliers, G(E(x)), real outliers of "
+                   "the test split, G(E(x)) (full only), samples G(h) (Figure 2, Sec. 3.1)")
+    output_flags(p, "scores (M, Eq. 11, the RESULT's auroc), scores_ens (M_ens, auroc_ens; unless --ensemble 0)",
+                 "every network's weights, every setting and the normal set's features (Eq. 11; M and M_ens)")
+    args = parse(p, argv, defaults, TRAINING)
+    idle = [k for k in ("gen_every", "save_samples", "lambda_rec") if k in args.given and args.variant in
+            (("csi", "g") if k == "lambda_rec" else ("csi",))]      # G's steps without G, L_REC without E
+    if idle:
         p.error(f"{flags(idle)} {'has' if len(idle) == 1 else 'have'} no effect with --variant {args.variant}, which "
                 f"trains no {'generator' if args.variant == 'csi' else 'encoder E'}. Use --variant full, or drop "
                 f"{'it' if len(idle) == 1 else 'them'}")
@@ -959,108 +721,55 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    log = lambda line: print(line, flush=True)
-    t_start = time.time()
-    try:
-        nets, banks, saved = load(args.load_model, args.device) if args.load_model else (None, [], None)
+    with exit_codes():
+        model = load(args.load_model, args.device) if args.load_model else None
         set_seed(args.seed)
         data = prepare(args.dataset, args.normal, args.data_root, args.seed)
-        x_train, x_test, y_test, normal = data["x_train"], data["x_test"], data["y_test"], data["normal"]
-        shape = tuple(x_train.shape[1:])
-        if saved:            # the training settings as saved (save() without config: None); M_ens's, the features'
-            ens = [b for b in banks if b["ensemble"]][:1]
-            cfg = {**{k: saved.get(k) for k in TRAINING}, "ensemble": 0,
-                   **{k: ens[0][k] for k in ("ensemble", "blur_p", "test_crop_scale") if ens}}
-            if not any(b["ensemble"] == 0 for b in banks):
-                raise DataError(f"'{args.load_model}' holds no features for M (normal_features() with ensemble=0). "
-                                "Save the model with them")
-            if tuple(saved["input_shape"]) != shape:
-                raise DataError(f"'{args.load_model}' holds a model for {'x'.join(map(str, saved['input_shape']))} "
-                                f"images, but {args.dataset} gives {'x'.join(map(str, shape))} images. Score images of "
-                                "the model's shape, or train a model on these")
-            if args.save_samples and "G" not in nets:
+        x_train, x_test, y_test = data["x_train"], data["x_test"], data["y_test"]
+        (name, normal_text), shape = run_name(args.dataset, data["normal"]), tuple(x_train.shape[1:])
+        cfg = {k: model.config.get(k) if model is not None else getattr(args, k) for k in TRAINING}   # as saved
+        if model is not None:
+            check_input_shape(model.input_shape, shape, args.load_model, name)
+            if args.save_samples and "G" not in model:
                 raise DataError(f"--save-samples needs a generator, and '{args.load_model}' holds a --variant csi "
                                 "model. Drop --save-samples")
+            say(loaded_note(args.load_model, model.config))
         else:
-            cfg = {k: getattr(args, k) for k in TRAINING}
-            if cfg["batch_size"] > len(x_train):
-                raise DataError(f"--batch-size {cfg['batch_size']} exceeds the {len(x_train)} normal training images. "
-                                "Pass a smaller --batch-size")
-            cfg["iters"] = args.iters or EPOCHS * math.ceil(len(x_train) / args.batch_size)
-            nets = build_models(shape, **{k: cfg[k] for k in ARCH[1:]}, device=args.device)
-        name = args.dataset if normal else os.path.basename(os.path.normpath(args.dataset))
-        normal_text, r = ",".join(map(str, normal)) if normal else "-", cfg["ensemble"]
-        if args.dataset == "digits" and not saved:
-            log(f"csi_gen: digits is an offline install check: widths {DIGITS['width']}, --ensemble "
-                f"{DIGITS['ensemble']} unless given (paper scale: widths 64, --ensemble 10)")
+            cfg["batch_size"] = fit_batch(args.batch_size, len(x_train), "batch_size" in args.given, say,
+                                          "normal training images")
+            cfg["iters"] = args.iters or EPOCHS * math.ceil(len(x_train) / cfg["batch_size"])
+            if args.dataset == "digits":
+                say("csi_gen: digits is an offline install check: widths 8, --ensemble 2 unless given (paper: 64, 10)")
+        r, passes = cfg["ensemble"], f"{1 + cfg['ensemble']} pass{'es' if cfg['ensemble'] else ''} over"
         if data["source"]:
-            log(f"csi_gen: read {data['source']}; the paper's values where not given (one set for every dataset, "
-                "the values of --dataset mnist and cifar10)")
-        if saved:
-            log(f"csi_gen: model {args.load_model} (trained on {saved.get('dataset')}, seed {saved.get('seed')}), not "
-                "trained here; its settings and normal-set features")
-        log(f"csi_gen: variant={cfg['variant']} dataset={name} normal={normal_text} train={len(x_train)} "
+            say(f"csi_gen: read {name}: {data['source']}; the paper's values where not given (one for every dataset)")
+        say(f"csi_gen: variant={cfg['variant']} dataset={name} normal={normal_text} train={len(x_train)} "
             f"test={len(x_test)} (anomalies {int(y_test.sum())}) iters={cfg['iters']} batch={cfg['batch_size']} "
             f"lr={cfg['lr']} tau={cfg['temperature']} N={cfg['gen_every']} width={cfg['width']} "
             f"gan_width={cfg['gan_width']} blur_p={cfg['blur_p']} ensemble={r} device={args.device}")
-        passes = f"{1 + r} pass{'es' if r else ''} over"
-        log(f"scoring: {passes} the {len(x_test)} test images (M 1" + (f", M_ens {r}" if r else "") + "; a pass = "
+        say(f"scoring: {passes} the {len(x_test)} test images (M 1" + (f", M_ens {r}" if r else "") + "; a pass = "
             "the 4 shifts of every image through F); the normal set's features: "
-            + ("the checkpoint's" if saved else f"{passes} its {len(x_train)} images"))
-        t_train = time.time()
-        if not saved:
-            train(nets, x_train, iters=cfg["iters"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                  temperature=cfg["temperature"], gen_every=cfg["gen_every"], lambda_rec=cfg["lambda_rec"],
-                  blur_p=cfg["blur_p"], log=log)
-        train_time, t_score = time.time() - t_train, time.time()
-        scores, kept = {}, []                                  # "main": M (Eq. 11), "ens": M_ens (Sec. 2.3)
-        for key, views in (("main", 0), ("ens", r))[:1 + (r > 0)]:
-            kw = dict(ensemble=views, blur_p=cfg["blur_p"], test_crop_scale=cfg["test_crop_scale"], seed=args.seed,
-                      log=log)
-            bank = next((b for b in banks if b["ensemble"] == views), None)
-            bank = bank or normal_features(nets, x_train, **kw)
-            scores[key] = anomaly_scores(nets, bank, x_test, **kw)
-            kept.append(bank)
-        score_time = time.time() - t_score
+            + ("the checkpoint's" if args.load_model else f"{passes} its {len(x_train)} images"))
+        model = fit(x_train, **cfg, seed=args.seed, device=args.device, log=say) if model is None else model
+        ts = time.time() - model.info["features_seconds"]         # scoring: the normal set's features, the test set
+        scores = {k: score(model, x_test, k == "ens", args.seed, say) for k in ("main", "ens")[:1 + (r > 0)]}
         check_scores({"M (Eq. 11)" if k == "main" else f"M_ens (R={r})": s for k, s in scores.items()}, "the test set")
         result = {"method": "csi_gen", "dataset": name, "normal": normal_text, "seed": args.seed,
                   "auroc": round(roc_auc_score(y_test, scores["main"]), 4),
                   "auroc_ens": round(roc_auc_score(y_test, scores["ens"]), 4) if r else None,
-                  "variant": cfg["variant"], "iters": cfg["iters"], "batch_size": cfg["batch_size"],
-                  "width": cfg["width"], "gan_width": cfg["gan_width"], "blur_p": cfg["blur_p"], "ensemble": r,
-                  "test_crop_scale": cfg["test_crop_scale"], "device": args.device.type,
-                  "seconds": round(time.time() - t_start, 1),
-                  "train_samples_per_s": None if saved else round(cfg["iters"] * cfg["batch_size"] /
-                                                                  max(train_time, 1e-9), 1),
-                  "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)}
-        result = {k: v for k, v in result.items() if v is not None}
+                  **{k: cfg[k] for k in ("variant", "iters", "batch_size", "width", "gan_width", "blur_p", "ensemble",
+                                         "test_crop_scale")}}
+        origin = {"loaded_from": args.load_model, "trained_on": model.config.get("dataset")} if args.load_model else \
+            {"values_of": "digits" if args.dataset == "digits" else "paper"}
         config = dict(cfg, input_shape=list(shape), dataset=args.dataset, normal=normal_text, seed=args.seed,
-                      device=args.device.type, **({"loaded_from": args.load_model, "trained_on": saved.get("dataset")}
-                                                  if saved else {"values_of": "digits" if args.dataset == "digits"
-                                                                 else "paper"}))
+                      device=args.device.type, **origin)
         if args.save_samples:
-            rows = save_samples(nets, x_train, args.save_samples, x_test[torch.as_tensor(y_test) == 1])
-            log(f"csi_gen: sample grid ({rows} rows, Figure 2) written to {args.save_samples}")
-        if args.save_scores:
-            save_scores(args.save_scores, scores, y_test, data["index"])
-            log(f"csi_gen: wrote {args.save_scores}: scores (M)" + (", scores_ens (M_ens)" if r else "") +
-                ", labels, index")
-        if args.save_model:
-            save(nets, args.save_model, kept, config)
-            log(f"csi_gen: wrote {args.save_model}: weights, settings and the normal set's features")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except FloatingPointError as e:                      # a degenerate run (divergence, NaN/inf or equal scores)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except KeyboardInterrupt:
-        print("\ninterrupted: no result was written", file=sys.stderr)
-        sys.exit(130)
-    write_result(result, args.json, log, extra=dict(config=config, provenance=provenance(argv)))
-    return result
+            rows = save_samples(model, x_train, args.save_samples, x_test[torch.as_tensor(y_test) == 1])
+            say(f"csi_gen: sample grid ({rows} rows, Figure 2) written to {args.save_samples}")
+        return finish(args, argv, result, config, scores, y_test, data["index"], lambda path: save(model, path, config),
+                      (model.info["samples"], model.info["train_seconds"], len(x_test), time.time() - ts))   # speed
 
 
 if __name__ == "__main__":

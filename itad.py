@@ -12,59 +12,46 @@ encoder (Table III); Table I (--mi jsd, --entropy l2); the beta study of Fig. 1-
 test AUROC over training, in the JSON); Table II's scores in every RESULT: auroc = NormalScore_ori (Eq. 23 / 24),
 auroc_rand (Eq. 22), auroc_mc (Eq. 29). Not here: ImageNet (Table V). Your own images: --dataset PATH (common.py).
 
-Equation map (a user calls build_encoder -> train -> anomaly_scores)
+Equation map (a user calls fit -> score; save / load keep a fitted encoder)
     Table IV encoder; phi_theta2 of Alg. 4 ........................ build_encoder(), AmdimEncoder, LocalProjection
     Alg. 1 lines 2-6: two augmented views per image ............... two_views(), draw_augmentation(), augment()
-    Alg. 1 lines 11-12 / Alg. 3 lines 8-9: clipped similarity ..... similarity(), soft_clip()
-    Alg. 1 lines 13-17, Alg. 3 (Eq. 18, 20); Eq. (28), Table I .... nce_loss(); jsd_loss()
-    Alg. 1 line 18 (Eq. 15-17, 19): (1/2N) sum_k ||z_k||_q ........ entropy_bound()
-    Eq. (13) / Alg. 1 line 19; Eq. (21) / Alg. 4 lines 13-16 ...... base_loss(); extension_loss()
-    Alg. 1 / Alg. 4, the training loop ............................ train()
+    Alg. 1 lines 11-17, Alg. 3 (Eq. 18, 20); Eq. (28), Table I .... similarity(), soft_clip(), nce_loss(); jsd_loss()
+    Alg. 1 lines 18-19 (Eq. 13, 15-17); Eq. (21) / Alg. 4 13-16 ... entropy_bound(), base_loss(); extension_loss()
+    Alg. 1 / Alg. 4, the training loop (fit: encoder + loop) ...... train(), fit()
     Eq. (23) / Alg. 2, Eq. (24) / Alg. 5; Eq. (22) and (29) ....... ori_score(); pair_score()
-    Alg. 2 / 5 on a test set, anomaly score = -NormalScore ........ anomaly_scores(kind="ori" | "rand" | "mc")
-    every RESULT score and Fig. 2-3's diagnostics, each once ...... evaluate()
-    a trained encoder to a file and back .......................... save(), load()
+    Alg. 2 / 5, anomaly score = -NormalScore; every RESULT score ... anomaly_scores(), score(); evaluate()
 
 Readings where the text is open (default first). c1, "the size of z_i" (Alg. 1) = sqrt(d), the scale AMDIM's code
-(ref. [36], followed by the paper) gives its scores before the same tanh clip at c2 = 20 (c1 = d leaves a unit-variance
-code's similarities too flat for an InfoNCE over 2N - 1 candidates). "Normalized vectors" (Sec. III-C): the codes end
-in an affine BatchNorm, as AMDIM's. L_entropy [--entropy-reduce]: sum = ||z||_q as Alg. 1 line 18 prints it, or mean
-= ||z||_q / d^(1/q), the same loss as sum at beta / d^(1/q). Sec. IV-B's claims (L_NCE and L_H converge to a
-similar scale; normal codes keep the larger ||z||, Fig. 3; beta > 0 beats beta = 0) held in the measured runs only
-at beta / d^(1/q) of about 0.008-0.04 (mean, beta 1-5, d = 128); at beta 20 both readings switch the code off at that
-size (benchmarks/results/itad_curves.md). BatchNorm statistics when scoring [--bn-stats]: test = re-estimated on the
-test images, as AMDIM's evaluation does (train-mode passes before model.eval()), or train = training's averages; test
-ranks normal images first wherever the code has learned, and is transductive (a score depends on the test set).
+(ref. [36]) gives its scores before the same tanh clip at c2 = 20 (c1 = d leaves a unit-variance code's similarities
+too flat for an InfoNCE over 2N - 1 candidates). "Normalized vectors" (Sec. III-C): an affine BatchNorm ends the
+codes, as AMDIM's. L_entropy [--entropy-reduce]: sum = ||z||_q (Alg. 1 line 18), or mean = ||z||_q / d^(1/q), sum's
+loss at beta / d^(1/q). Sec. IV-B's claims (L_NCE and L_H converge to a similar scale; normal codes keep the larger
+||z||, Fig. 3; beta > 0 beats beta = 0) held in the measured runs only at beta / d^(1/q) of about 0.008-0.04; at beta
+20 both readings switch the code off at that size (benchmarks/results/itad_curves.md). BatchNorm statistics when
+scoring [--bn-stats]: test = re-estimated on the test images, as AMDIM's evaluation does: transductive, and it ranks
+normal images first wherever the code has learned; train = training's averages.
 
 Deviations (flag in brackets)
-  - Batch 200, AMDIM's (the paper gives none) [--batch-size]; epochs of random batches, the last incomplete one
-    dropped [--epochs, --iters]; Adam, default betas (AMDIM's weight decay, warm-up, logit penalty: not used).
+  - Batch 200, AMDIM's (the paper gives none) [--batch-size]; epochs of random batches, the last incomplete one dropped
+    [--epochs, --iters]; Adam, default betas (AMDIM's weight decay, warm-up, logit penalty: not used).
   - Augmentation, AMDIM's CIFAR policy (Sec. III-C), per sample: one flip per image; per view a shift up to 4 px
-    (reflect padding, p 0.8), colour jitter 0.4/0.4/0.4/0.2 with hue as a YIQ rotation (p 0.8), grayscale (p
-    0.25). Grey images as 3 channels (Sec. IV-E), 28x28 zero-padded to 32x32, pixels in [-1, 1] (Sec. IV-A).
+    (reflect padding, p 0.8), colour jitter 0.4/0.4/0.4/0.2 with hue as a YIQ rotation (p 0.8), grayscale (p 0.25).
+    Grey images as 3 channels (Sec. IV-E), 28x28 zero-padded to 32x32, pixels in [-1, 1] (Sec. IV-A).
   - Encoder: AMDIM's (no BN inside, residual branches' last conv zero-initialised), but a strided kxk conv shortcut
-    where a layer widens: AMDIM's zero-padded average pool left all but ndf code dimensions constant and
-    gradient-free at initialisation (Table IV prints shapes, not an initialisation).
-  - Alg. 3 line 8 sums g^T phi(l) over all f_local positions [--local-size]; L_gvl (Alg. 4 line 14) is one Alg. 3
-    loss over the 2N x 2N global/local pairs of both views; the entropy term covers g and phi(l) (Alg. 4 line 15;
-    Eq. 21: g only). Eq. 22 / 29 (global code) soft-clip each pair's similarity like Alg. 2 line 8 (printed raw);
-    Eq. 29's sum is a mean, H = 100 (Sec. IV-D) [--mc-samples]. --entropy l2 = ||z||_2 as Alg. 1 line 18 writes it
-    (Eq. 16: squared); --mi jsd: Eq. 28's critic is the clipped similarity. Scores in float64; the last model is
-    tested. Not in the paper: svhn, digits (offline check), RESULT's nce_end, entropy_end, znorm_normal / _anomaly
-    (Fig. 3), dims_alive.
-
+    where a layer widens (AMDIM's zero-padded average pool left all but ndf code dimensions dead at initialisation).
+  - Alg. 3 line 8 sums g^T phi(l) over all f_local positions [--local-size]; L_gvl (Alg. 4 line 14) is one Alg. 3 loss
+    over the 2N x 2N global/local pairs of both views; the entropy term covers g and phi(l) (Alg. 4 line 15; Eq. 21: g
+    only). Eq. 22 / 29 (global code) soft-clip each pair's similarity like Alg. 2 line 8 (printed raw); Eq. 29's sum is
+    a mean, H = 100 (Sec. IV-D) [--mc-samples]. --entropy l2 = ||z||_2 as Alg. 1 line 18 writes it (Eq. 16: squared);
+    --mi jsd: Eq. 28's critic is the clipped similarity. Scores in float64; the last model is tested. Not in the paper:
+    svhn, digits (offline check), RESULT's nce_end, entropy_end, znorm_normal / _anomaly (Fig. 3), dims_alive.
 Run:  python itad.py --dataset fashion-mnist --normal 0 --data-root ./data    # Table IV sizes, 400 epochs (a GPU)
       python itad.py --dataset digits --normal 3 --iters 2                    # offline check
 """
-import argparse
 import contextlib
-import json
 import math
 import os
-import random
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -73,8 +60,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, fit_images, is_user_dataset, load_image_folder, load_images, load_npz,
-                    one_class_split, parse_normal, to_minus1_1)
+from common import (DataError, IMAGE_DATASETS, Progress, as_input as common_input, check_finite, check_input_shape,
+                    check_scores, command_line, exit_codes, finish, fit_batch, load_checkpoint, load_images,
+                    load_weights, loaded_note, number, one_class_split, output_flags, parse, parse_normal,
+                    read_user_data, run_name, save_checkpoint, say, set_seed, to_minus1_1)
 
 # The paper's values: beta (Sec. IV-B), L1 entropy (Table I), lr and epochs (Sec. IV-A), c2 (Alg. 1), H of Eq. 29
 # (Sec. IV-D), Table IV's encoder sizes; batch 200 is AMDIM's (the paper gives none).
@@ -173,13 +162,9 @@ def build_encoder(input_shape=(3, 32, 32), ndf=PAPER["ndf"], nrkhs=PAPER["nrkhs"
 def as_input(model, x, name="x"):
     """Images (N, *model.input_shape) in [0, 1], numpy or torch -> (N, 3, 32, 32) float32 on the model's device:
     grey expanded to 3 channels (Sec. IV-E), 28x28 zero-padded to the encoder's 32x32."""
-    x = torch.as_tensor(x, dtype=torch.float32)
-    if x.ndim != 4 or tuple(x.shape[1:]) != model.input_shape or len(x) == 0:
-        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, model.input_shape))}) with N >= 1 for this "
-                         f"model, got {tuple(x.shape)}")
+    x = common_input(x, model.input_shape, next(model.parameters()).device, name)
     if not ((x >= 0) & (x <= 1)).all():
         raise ValueError(f"{name} must hold pixel values in [0, 1] (e.g. uint8 images / 255)")
-    x = x.to(next(model.parameters()).device)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)                                                    # (N, 1, H, W) -> (N, 3, H, W)
     pad = (32 - x.shape[-1]) // 2
@@ -338,7 +323,7 @@ def two_views(x):
 
 def train(model, x_normal, beta=PAPER["beta"], lr=PAPER["lr"], epochs=PAPER["epochs"], iters=None,
           batch_size=PAPER["batch_size"], entropy=PAPER["entropy"], entropy_reduce="sum", mi="nce", c2=PAPER["c2"],
-          curve_every=0, x_test=None, y_test=None, bn_stats="test", log=print):
+          curve_every=0, x_test=None, y_test=None, bn_stats="test", log=None):
     """Alg. 1 (base model) / Alg. 4 (extension) on normal images x_normal (N, *model.input_shape) in [0, 1]: Adam;
     epochs of random batches of batch_size images (the last incomplete batch dropped), two augmented views each;
     `iters` steps in all (default: epochs x floor(N / batch_size)). entropy "l1" | "l2" (q of Eq. 16-17, Table I),
@@ -346,7 +331,7 @@ def train(model, x_normal, beta=PAPER["beta"], lr=PAPER["lr"], epochs=PAPER["epo
     every K steps (and after step 1) the test AUROC of the Eq. 23 / 24 score under both BatchNorm statistics, mean
     ||z|| and dims_alive (Fig. 2; evaluate() with rand=False, mc_samples=0); no random numbers are drawn for it, so
     training is the same without it. Returns (model, info): info = iters, "<mi>_end" and "entropy_end" (means over
-    the last 10% of the steps), train_seconds, curve (a list of dicts)."""
+    the last 10% of the steps), train_seconds, curve (a list of dicts). log: where progress lines go (None: silent)."""
     x = as_input(model, x_normal, "x_normal")
     n = len(x)
     if not 2 <= batch_size <= n:
@@ -358,11 +343,12 @@ def train(model, x_normal, beta=PAPER["beta"], lr=PAPER["lr"], epochs=PAPER["epo
     iters = iters or epochs * (n // batch_size)
     c1, q = math.sqrt(model.z_dim), 1 if entropy == "l1" else 2
     loss_kw = dict(beta=beta, c2=c2, q=q, reduce=entropy_reduce, mi=mi)
-    log(f"{'Alg. 4' if model.phi is not None else 'Alg. 1'}: {iters} steps of {batch_size} images ({2 * batch_size} "
+    say = log or (lambda line: None)
+    say(f"{'Alg. 4' if model.phi is not None else 'Alg. 1'}: {iters} steps of {batch_size} images ({2 * batch_size} "
         f"views), c1 = sqrt({model.z_dim}), c2 = {c2:g}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     per_epoch, progress = n // batch_size, Progress("iter", iters, log)
-    quiet = lambda line: log(line) if "left" in line else None     # a curve point's passes: only when they are slow
+    quiet = lambda line: say(line) if "left" in line else None     # a curve point's passes: only when they are slow
     trace, curve, train_time = [], [], 0.0
     model.train()
     for it in range(1, iters + 1):
@@ -381,8 +367,7 @@ def train(model, x_normal, beta=PAPER["beta"], lr=PAPER["lr"], epochs=PAPER["epo
         opt.step()                                                                     # Alg. 1, line 20
         loss_value = loss.item()
         train_time += time.time() - ts
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training diverged: the loss at step {it} is {loss_value}. Try a smaller --lr")
+        check_finite(loss_value, f"the loss at step {it}")
         trace.append((mi_value.item(), ent.item()))
         progress(it, f" loss={loss_value:.4f} {mi}={trace[-1][0]:.4f} entropy={trace[-1][1]:.4f}")
         if curve_every and (it % curve_every == 0 or it == 1):
@@ -392,39 +377,10 @@ def train(model, x_normal, beta=PAPER["beta"], lr=PAPER["lr"], epochs=PAPER["epo
             point = dict(iter=it, **{mi: round(float(np.mean([t[0] for t in recent])), 4),
                                      "entropy": round(float(np.mean([t[1] for t in recent])), 4)}, **metrics)
             curve.append(point)
-            log("curve " + " ".join(f"{k}={v}" for k, v in point.items()))
+            say("curve " + " ".join(f"{k}={v}" for k, v in point.items()))
     tail = trace[-max(1, len(trace) // 10):]                                           # the last 10% of the steps
     return model, {"iters": iters, f"{mi}_end": float(np.mean([t[0] for t in tail])),
                    "entropy_end": float(np.mean([t[1] for t in tail])), "train_seconds": train_time, "curve": curve}
-
-
-def save(model, path, bn_stats="test", config=None, rng=None):
-    """Keep a trained encoder: its weights with the BatchNorm buffers of training, its architecture and input shape
-    (plus `config`, e.g. the training settings), and the scoring choice bn_stats; written atomically. rng: a
-    random state stored beside the weights (the command line stores the one its Eq. 22 / 29 augmentations started
-    from, so that --load-model reproduces those scores too)."""
-    arch = dict(input_shape=list(model.input_shape), ndf=model.stem[0].out_channels, nrkhs=model.z_dim,
-                ndepth=len(model.block1), model="base" if model.phi is None else "extension",
-                local_size=model.local_size)
-    preprocess = {"bn_stats": bn_stats, "input": "images in [0, 1] of input_shape (uint8 / 255; common.fit_images "
-                                                 "converts and resizes); the encoder scales them to [-1, 1]"}
-    state = {"encoder": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "rng": rng or {}}
-    save_checkpoint(path, "itad", {**(config or {}), **arch}, preprocess, state)
-
-
-def load(path, device="cpu"):
-    """An encoder written by save() or --save-model -> (model, checkpoint dict with "config" and "preprocess").
-    Score new images x: anomaly_scores(model, x, bn_stats=checkpoint["preprocess"]["bn_stats"], c2=config's c2)."""
-    ck = load_checkpoint(path, "itad")
-    try:
-        cfg = ck["config"]
-        model = build_encoder(cfg["input_shape"], ndf=cfg["ndf"], nrkhs=cfg["nrkhs"], ndepth=cfg["ndepth"],
-                              model=cfg["model"], local_size=cfg["local_size"])
-        model.load_state_dict(ck["state"]["encoder"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise DataError(f"'{path}' is an itad.py checkpoint whose weights do not fit its settings ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}). Write it again with --save-model") from None
-    return model.to(device).eval(), ck
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -463,7 +419,7 @@ def bn_statistics(model, x, which="test", chunk=500, log=None):
             # statistics are those of their inputs, gathered in eval mode a batch at a time (for progress).
             inputs = {m: [] for m in bns}
             hooks = [m.register_forward_hook(lambda m, inp, out: inputs[m].append(inp[0])) for m in bns]
-            progress = Progress("BatchNorm statistics of the test images", len(x), log or (lambda line: None))
+            progress = Progress("BatchNorm statistics of the test images", len(x), log)
             model.eval()
             try:
                 for i in range(0, len(x), chunk):
@@ -500,7 +456,7 @@ def normal_scores(model, x, kind="ori", mc_samples=PAPER["mc_samples"], c2=PAPER
     c1 = math.sqrt(model.z_dim)
     h = {"ori": 1, "rand": 1, "mc": mc_samples}[kind]
     progress = Progress(f"scoring {kind} ({EQUATION[kind]}), {'images' if kind == 'ori' else 'augmented views'}",
-                        len(x) * h * (1 if kind == "ori" else 2), log or (lambda line: None))
+                        len(x) * h * (1 if kind == "ori" else 2), log)
     out = []
     for i in range(0, len(x), chunk):
         xb = x[i:i + chunk]
@@ -517,7 +473,7 @@ def normal_scores(model, x, kind="ori", mc_samples=PAPER["mc_samples"], c2=PAPER
 
 
 def anomaly_scores(model, x, kind="ori", bn_stats="test", mc_samples=PAPER["mc_samples"], c2=PAPER["c2"],
-                   log=print):
+                   log=None):
     """Anomaly scores of images x (N, *model.input_shape) in [0, 1] -> numpy (N,), HIGHER = MORE ANOMALOUS: the
     negative of the paper's NormalScore (larger = normal, Alg. 2 line 9), kind "ori" (Eq. 23 / 24, the paper's
     main score), "rand" (Eq. 22) or "mc" (Eq. 29, mc_samples pairs). bn_stats "test" re-estimates the codes'
@@ -611,330 +567,153 @@ def evaluate(model, x, y, bn_stats="test", rand=True, mc_samples=PAPER["mc_sampl
     return scores, metrics
 
 
+
+
+# ------------------------------------------------------------------------------------------ fit, score, save, load
+
+def fit(x_normal, *, model="base", ndf=PAPER["ndf"], nrkhs=PAPER["nrkhs"], ndepth=PAPER["ndepth"], local_size=5,
+        beta=PAPER["beta"], entropy=PAPER["entropy"], entropy_reduce="sum", mi="nce", c2=PAPER["c2"], lr=PAPER["lr"],
+        epochs=PAPER["epochs"], iters=None, batch_size=PAPER["batch_size"], bn_stats="test", curve_every=0,
+        x_test=None, y_test=None, device="cpu", log=None):
+    """Alg. 1 (model="base") / Alg. 4 ("extension") on normal images x_normal (N, 1, 28, 28) or (N, 3, 32, 32) in
+    [0, 1]: build_encoder() for that shape, then train(). The encoder carries what score() and save() need: bn_stats
+    (Eq. 23 / 24's BatchNorm statistics: "test" = re-estimated on the images scored, "train" = training's), c2, config
+    (these settings), info (train()'s) and rng (the random state after training: the CLI's Eq. 22 / 29 start there)."""
+    device = torch.device(device)
+    enc = build_encoder(np.shape(x_normal)[1:], ndf, nrkhs, ndepth, model, local_size).to(device)
+    enc, enc.info = train(enc, x_normal, beta=beta, lr=lr, epochs=epochs, iters=iters, batch_size=batch_size,
+                          entropy=entropy, entropy_reduce=entropy_reduce, mi=mi, c2=c2, curve_every=curve_every,
+                          x_test=x_test, y_test=y_test, bn_stats=bn_stats, log=log)
+    enc.rng = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        enc.rng["cuda"] = torch.cuda.get_rng_state(device)
+    enc.bn_stats, enc.c2 = bn_stats, c2
+    enc.config = dict(model=model, epochs=epochs, iters=enc.info["iters"], batch_size=batch_size, lr=lr, beta=beta,
+                      entropy=entropy, entropy_reduce=entropy_reduce, mi=mi, c2=c2, ndf=ndf, nrkhs=nrkhs,
+                      ndepth=ndepth, local_size=local_size, curve_every=curve_every, bn_stats=bn_stats)
+    return enc
+
+
+def score(model, x, log=None):
+    """Eq. (23) / (24) of images x (N, *model.input_shape) in [0, 1] -> numpy (N,), higher = more anomalous, under the
+    model's BatchNorm statistics ("test": re-estimated on x itself, so pass the whole test set at once) and c2."""
+    return anomaly_scores(model, x, "ori", getattr(model, "bn_stats", "test"), c2=getattr(model, "c2", PAPER["c2"]),
+                          log=log)
+
+
+def save(model, path, config=None):
+    """Keep an encoder (fit()'s, load()'s or a bare build_encoder()): its weights with the BatchNorm buffers of
+    training, its architecture and input shape, its settings (model.config, then `config`), bn_stats and the random
+    state it carries (rng: --load-model continues the saving run's Eq. 22 / 29 augmentations); written atomically."""
+    arch = dict(input_shape=list(model.input_shape), ndf=model.stem[0].out_channels, nrkhs=model.z_dim,
+                ndepth=len(model.block1), model="base" if model.phi is None else "extension",
+                local_size=model.local_size)
+    preprocess = {"bn_stats": getattr(model, "bn_stats", "test"), "input": "images in [0, 1] of input_shape (uint8 / "
+                  "255; common.fit_images converts and resizes); the encoder scales them to [-1, 1]"}
+    state = {"encoder": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "rng": getattr(model, "rng", None) or {}}
+    save_checkpoint(path, "itad", {**getattr(model, "config", {}), **(config or {}), **arch}, preprocess, state)
+
+
+def load(path, device="cpu"):
+    """An encoder written by save() or --save-model -> the encoder in eval mode with its training BatchNorm buffers,
+    ready for score(x): bn_stats, c2 and config as fit() leaves them, rng the saving run's random state."""
+    ck = load_checkpoint(path, "itad")
+    cfg = ck["config"]
+    try:
+        model = build_encoder(cfg["input_shape"], cfg["ndf"], cfg["nrkhs"], cfg["ndepth"], cfg["model"],
+                              cfg["local_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"'{path}' is an itad.py checkpoint whose settings build no Table IV encoder "
+                        f"({type(e).__name__}: {e}). Write it again with --save-model") from None
+    load_weights(model, ck["state"]["encoder"], path)
+    model.config, model.info, model.rng = cfg, None, ck["state"].get("rng", {})
+    model.bn_stats, model.c2 = ck["preprocess"].get("bn_stats", "test"), cfg.get("c2", PAPER["c2"])
+    return model.to(device).eval()
+
+
+def restore_rng(model, device="cpu"):
+    """Continue the random state the encoder carries (where the saving run's Eq. 22 / 29 augmentations began)."""
+    if "cpu" in model.rng:
+        torch.set_rng_state(model.rng["cpu"])
+    if "cuda" in model.rng and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(model.rng["cuda"], device)
+
+
 # ------------------------------------------------------------------------------------------ data
 
-def prepare(dataset, normal=None, data_root=None):
-    """The normal training images and the labelled test set as images (N, C, H, W) in [0, 1] of an encoder input,
-    (1, 28, 28) or (3, 32, 32) (as_input expands and pads them). A built-in dataset: the one-class split (Sec.
-    IV-A), normal = the normal class(es), default 0. Your own images, a path (normal unused): an .npz file (x_train
-    normal, x_test, y_test with 1 = anomaly; x_val / y_val unused) or an image folder (train/good, test/good,
-    test/<defect>), read by common.py: 1x28x28 grey images stay as MNIST's do, any other size or colour becomes
-    3x32x32 (common.fit_images). Returns a dict: x_train, x_test, y_test (numpy), normal (a list, None for your own
-    data), index (each test image's index in its source), source (what was read; None for the built-in sets)."""
+def prepare(dataset, normal=None, data_root=None, seed=0):
+    """Normal training images and a labelled test set, (N, 1, 28, 28) or (N, 3, 32, 32) in [0, 1] -> dict x_train,
+    x_test, y_test (numpy, 1 = anomaly), normal, index (test images in their source), source. A built-in dataset: the
+    one-class split (Sec. IV-A), normal classes default 0. Your own images (a path; normal None): read_user_data."""
     if dataset in IMAGE_DATASETS:
         x_tr, y_tr, x_te, y_te = load_images(dataset, data_root)
         normal = parse_normal("0" if normal is None else normal, IMAGE_DATASETS[dataset][0])
         split = one_class_split(x_tr, y_tr, x_te, y_te, normal)
-        x_train, (x_test, y_test), source = split["train"], split["test"], None
+        x_train, (x_test, y_test), index, source = split["train"], split["test"], None, None
     else:
-        name, normal = os.path.basename(os.path.normpath(dataset)), None
-        tabular = f"itad.py takes images, and '{dataset}' {{}}. Use toll.py or cance.py for tabular data"
-        fit = lambda x: x if tuple(x.shape[1:]) == (1, 28, 28) else fit_images(x, 3, 32)
-        shape = lambda x: "x".join(map(str, x.shape[1:]))
-        if dataset.endswith(".csv"):
-            raise DataError(tabular.format("is a CSV file of feature rows"))
-        if dataset.endswith(".npz"):
-            d = load_npz(dataset)
-            if d["train"].ndim == 2:
-                raise DataError(tabular.format(f"holds {tuple(d['train'].shape)} feature rows"))
-            x_train, (x_test, y_test) = fit(d["train"]), d["test"]
-            source = f"{len(x_train)} x_train and {len(x_test)} x_test images of {shape(d['train'])}, read as " \
-                     f"{shape(x_train)}" + ("; x_val / y_val unused (ITAD does not validate)" if d["val"] else "")
-            x_test = fit(x_test)
-        elif os.path.isfile(dataset):
-            raise DataError(f"'{dataset}' is neither an .npz file nor an image folder. Give an .npz file (x_train, "
-                            "x_test, y_test), a folder with train/good/ and test/<name>/ subfolders, or a built-in "
-                            "dataset name")
-        else:
-            d = load_image_folder(dataset)                 # grey -> 1x28x28, RGB -> 3x32x32 (common.py's choice)
-            if d["train"].shape[1] == 1 and "of 28x28 grey, read as" not in d["source"]:
-                d = load_image_folder(dataset, channels=3, size=32)          # grey of another size: resized to 32
-            x_train, (x_test, y_test), source = d["train"], d["test"], d["source"]
-        if x_train.shape[1] == 1:
-            source += "; the encoder sees 3x32x32 (grey repeated to 3 channels, zero-padded as MNIST's)"
-        source = f"{name}: {source}"
+        d, normal = read_user_data(dataset, "itad.py", seed, tables=False, grey28_only=True), None
+        x_train, (x_test, y_test), index = d["train"], d["test"], d["index"]
+        source = f"{os.path.basename(os.path.normpath(dataset))}: {d['source']}" + (
+            "; the encoder sees 3x32x32 (grey repeated to 3 channels, zero-padded as MNIST's)" if d["kind"] == "grey"
+            else "")
         if y_test.min() == y_test.max():
             raise DataError(f"the test set of '{dataset}' holds {'only anomalies' if y_test[0] else 'no anomalies'}; "
                             "AUROC needs both. Give a test set with normal and anomalous images")
-    return dict(x_train=x_train, x_test=x_test, y_test=y_test.numpy(), normal=normal,
-                index=np.arange(len(x_test)), source=source)
+    index = np.arange(len(x_test)) if index is None else np.asarray(index)
+    return dict(x_train=x_train, x_test=x_test, y_test=y_test.numpy(), normal=normal, index=index, source=source)
 
 
 # ------------------------------------------------------------------------------------------ command line
-# These lines are the same in all five scripts (only data loading and ResNet blocks are shared via common.py).
-# Needs: import argparse, json, math, os, random, subprocess, sys, tempfile, time; numpy as np; torch.
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
-
-    def error(self, message):
-        print(f"error: {message}. Run `python {os.path.basename(__file__)} --help` for the accepted values.",
-              file=sys.stderr)
-        sys.exit(2)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help prints the value each option really takes ('(default: 0.0001)'), and nothing where there is none."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
-            return action.help
-        if isinstance(action.default, float):
-            return f"{action.help} (default: {action.default:g})"
-        return super()._get_help_string(action)
-
-
-def number(kind=float, low=None, high=None, low_open=False):
-    """argparse type: a finite int or float in [low, high] (low itself excluded with low_open)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
-                                             f"'{text}'") from None
-        plain = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"     # 4294967295, not 4.29497e+09
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
-        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
-            rng = (f"{'>' if low_open else '>='} {plain(low)}" if high is None else
-                   f"in {'(' if low_open else '['}{plain(low)}, {plain(high)}]")
-            raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
-        return value
-    return parse
-
-
-def device_type(name):
-    """argparse type: auto (cuda if present, else cpu), cpu, cuda or cuda:N -> torch.device; an absent one is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
-        raise argparse.ArgumentTypeError(f"'{name}' was asked for, but torch finds {count} CUDA device(s) on this "
-                                         "machine; use --device cpu (or auto)")
-    return device
-
-
-def output_path(path):
-    """argparse type: a file this run can write, tried now so that no finished run is lost at the end."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name such as {os.path.join(path, 'out')}")
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist; create it first or choose another")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({e.strerror}); choose a writable folder") from None
-    return path
-
-
-def set_seed(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def write_result(result, json_path=None, log=print, extra=None):
-    """The RESULT line (the last line a run prints) and, with --json, the same keys plus `extra` (configuration,
-    provenance, ...: the JSON only) written atomically."""
-    log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
-    if json_path:
-        with open(json_path + ".tmp", "w") as f:
-            json.dump({**result, **(extra or {})}, f, indent=1)
-        os.replace(json_path + ".tmp", json_path)
-
-
-class Progress:
-    """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
-    (and at the end), so that no phase stays silent for long."""
-
-    def __init__(self, what, total, log=print, every=10.0):
-        self.what, self.total, self.log, self.every = what, total, log, every
-        self.t0 = self.last = time.time()
-
-    def __call__(self, done, extra=""):
-        now = time.time()
-        if done < self.total and now - self.last < self.every:
-            return
-        self.last, spent = now, now - self.t0
-        left = f", about {spent / done * (self.total - done):.0f}s left" if 0 < done < self.total else ""
-        self.log(f"{self.what} {done}/{self.total}{extra} {spent:.0f}s elapsed{left}")
-
-
-def check_scores(scores, where):
-    """A degenerate run is not a result: NaN/inf scores, or one value for every sample, stop the run (exit 3)."""
-    for name, s in scores.items():
-        s = np.asarray(s, dtype=np.float64)
-        if not np.isfinite(s).all():
-            raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
-                                     f"values of {s.size}: the model diverged, or the data hold values too large for "
-                                     "float32. Try a smaller --lr, or rescale the data")
-        if s.size > 1 and s.min() == s.max():
-            raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
-                                     "every sample, so no metric means anything. Try another --lr or more --iters")
-
-
-def provenance(argv):
-    """What made this result: the command line, package versions, and the git commit of the script's folder."""
-    import sklearn
-    import torchvision
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        commit = git.stdout.strip() if git.returncode == 0 else None
-        dirty = commit and subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                                          capture_output=True, text=True, timeout=10).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"command": " ".join(["python", os.path.basename(__file__), *argv]), "git_commit": commit,
-            "git_dirty": dirty, "python": sys.version.split()[0],
-            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-                         "scikit-learn": sklearn.__version__}}
-
-
-def save_scores(path, scores, labels, index):
-    """--save-scores: every reported variant's test scores (higher = more anomalous; `scores` is the main one,
-    `scores_<variant>` the others), the labels (1 = anomaly) and the test samples' indices, written atomically."""
-    arrays = {("scores" if k == "main" else f"scores_{k}"): np.asarray(v, dtype=np.float64) for k, v in scores.items()}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, labels=np.asarray(labels, dtype=np.int64), index=np.asarray(index, dtype=np.int64), **arrays)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path, script, config, preprocess, state):
-    """--save-model: the weights, every resolved hyperparameter and the preprocessing constants, atomically."""
-    torch.save({"script": script, "config": config, "preprocess": preprocess, "state": state}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_checkpoint(path, script):
-    """--load-model: a checkpoint this script wrote, or a DataError saying what it is instead."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                        f"Give a file written by `{script}.py --save-model`") from None
-    if not isinstance(ck, dict) or ck.get("script") != script:
-        who = ck.get("script") if isinstance(ck, dict) else None
-        raise DataError(f"'{path}' is {f'a checkpoint of {who}.py' if who else 'not a checkpoint of this project'}, "
-                        f"not of {script}.py. Load it with the script that wrote it")
-    return ck
-
-
-def dataset_name(name):
-    """argparse type: a built-in dataset's name, else a path to your own images (read when the data is prepared)."""
-    if name in IMAGE_DATASETS or is_user_dataset(name):
-        return name
-    raise argparse.ArgumentTypeError(f"invalid choice: '{name}' (choose from {', '.join(IMAGE_DATASETS)}, or give your "
-                                     "own images: an .npz file or an image folder)")
-
-
-# the model and its training: --load-model reads them from the checkpoint and refuses them on the command line
 TRAINING = ("model", "epochs", "iters", "batch_size", "lr", "beta", "entropy", "entropy_reduce", "mi", "c2", "ndf",
-            "nrkhs", "ndepth", "local_size", "curve_every", "save_model")
+            "nrkhs", "ndepth", "local_size", "curve_every")     # fit()'s settings: --load-model reads the checkpoint's
+
+
+def defaults(known):
+    """The paper's values (--dataset digits: smaller sizes); with --load-model the checkpoint's (none shown)."""
+    row = dict(PAPER, **(DIGITS if known.dataset == "digits" else {}), model="base", entropy_reduce="sum", mi="nce",
+               local_size=5, curve_every=0, bn_stats="test")
+    return dict(row, **dict.fromkeys(TRAINING + ("bn_stats",) if known.load_model else ()))
 
 
 def parse_args(argv=None):
-    pre = ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--dataset", default="mnist")
-    digits = pre.parse_known_args(argv)[0].dataset == "digits"
-    p = ArgumentParser(prog="itad.py", description="ITAD: information-theoretic anomaly detection (Ye et al., "
-                       "arXiv:2012.04837)", formatter_class=HelpFormatter, allow_abbrev=False)
-    p.add_argument("--dataset", type=dataset_name, default="mnist", metavar="NAME|PATH",
-                   help="mnist, fashion-mnist, cifar10, cifar100 (20 superclasses) (Sec. IV-A); not in the paper: "
-                        "svhn, digits (scikit-learn's digits, an offline check with smaller sizes), or your own "
-                        "images: an .npz file (x_train normal, x_test, y_test with 1 = anomaly) or a folder "
-                        "(train/good, test/good, test/<defect>); 1x28x28 grey images are padded as MNIST's, any "
-                        "other size or colour resized to 3x32x32; the paper's values (the same for MNIST and CIFAR-10)")
-    p.add_argument("--normal", help="normal class, or a comma list (Sec. IV-A: one class); default 0 for the "
-                                    "built-in sets, not used with your own images (y_test marks the anomalies)")
-    p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
-                   help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
-    p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
-                   help="initialisation, batches, augmentations (not in the paper)")
-    p.add_argument("--device", type=device_type, default="auto",
-                   help="auto (cuda if present, else cpu), cpu, cuda or cuda:N (not in the paper)")
-    p.add_argument("--model", default="base", choices=["base", "extension"],
-                   help="base: Alg. 1-2, Eq. 13 / 23 (global code); extension: Alg. 3-5, Eq. 21 / 24 (global + "
-                        "local DIM) (Sec. IV-A)")
-    p.add_argument("--epochs", type=number(int, 1), default=PAPER["epochs"], help="training epochs (Sec. IV-A)")
-    p.add_argument("--iters", type=number(int, 1),
-                   help="training steps instead of --epochs x floor(normal training images / batch), the "
-                        "default (Sec. IV-A gives epochs)")
-    p.add_argument("--batch-size", type=number(int, 2),
-                   help=f"N images per step, 2N views: {PAPER['batch_size']}, or all normal training images where "
-                        "fewer (not in the paper: AMDIM's default, whose code the paper follows)")
-    p.add_argument("--lr", type=number(float, 0, low_open=True), default=PAPER["lr"],
-                   help="Adam's learning rate (Sec. IV-A)")
-    p.add_argument("--beta", type=number(float, 0), default=PAPER["beta"],
-                   help="entropy weight of Eq. 13 / Alg. 1 line 19; 0 = no entropy term (Sec. IV-B, Fig. 1-3)")
-    p.add_argument("--entropy", default=PAPER["entropy"], choices=["l1", "l2"],
-                   help="entropy bound ||z||_q: l1 = Laplace reference (Eq. 17), l2 = Gaussian (Eq. 16) (Table I)")
-    p.add_argument("--entropy-reduce", default="sum", choices=["sum", "mean"],
-                   help="L_entropy per view: sum = ||z||_q as Alg. 1 line 18 prints it; mean = ||z||_q / d^(1/q) "
-                        "(not in the paper: a per-dimension reading)")
-    p.add_argument("--mi", default="nce", choices=["nce", "jsd"],
-                   help="mutual-information estimator: InfoNCE (Eq. 18, Alg. 1) or Jensen-Shannon (Eq. 28) (Table I)")
-    p.add_argument("--c2", type=number(float, 0, low_open=True), default=PAPER["c2"],
-                   help="soft-clipping bound c2 (Alg. 1 input)")
-    p.add_argument("--bn-stats", choices=["train", "test"],
-                   help="statistics of the codes' BatchNorm when scoring: test (the default; with --load-model the "
-                        "checkpoint's choice) = re-estimated on the test images (transductive), train = training's "
-                        "running averages; RESULT gives the Eq. 23 / 24 score under the other one as "
-                        "auroc_<other>bn (not in the paper: AMDIM's evaluation code)")
-    p.add_argument("--mc-samples", type=number(int, 0), default=PAPER["mc_samples"],
-                   help="H, augmented pairs of the Eq. 29 score (auroc_mc), 2 H passes over the test set; 0 = skip "
-                        f"it. Sec. IV-D: {PAPER['mc_samples']}; digits: {DIGITS['mc_samples']} (not in the paper)")
-    p.add_argument("--ndf", type=number(int, 1), default=PAPER["ndf"],
-                   help=f"encoder base width (Table IV: {PAPER['ndf']}; digits: {DIGITS['ndf']}, not in the paper)")
-    p.add_argument("--nrkhs", type=number(int, 1), default=PAPER["nrkhs"],
-                   help=f"code size d (Table IV: {PAPER['nrkhs']}; digits: {DIGITS['nrkhs']}, not in the paper)")
-    p.add_argument("--ndepth", type=number(int, 1), default=PAPER["ndepth"],
-                   help=f"layers per ResBlock (Table IV: {PAPER['ndepth']}; digits: {DIGITS['ndepth']}, not in the "
-                        "paper)")
-    p.add_argument("--local-size", type=int, default=5, choices=[5, 7],
-                   help="extension: f_local's map, 5 = the 5x5 output of Table IV's 'provides f_local' block; 7 = "
-                        "the block before it (not in the paper: AMDIM's second local map)")
-    p.add_argument("--curve-every", type=number(int, 0), default=0,
-                   help="every K steps, the test AUROC of the Eq. 23 / 24 score under both BatchNorm statistics, "
-                        "mean ||z|| and dims_alive, printed and stored as 'curve' in the JSON; 0 = off. Monitoring "
-                        "only: the last model is tested (Sec. IV-B, Fig. 2: every 5 epochs)")
-    p.add_argument("--json", type=output_path, help="also write the RESULT keys, the curve, the resolved settings and "
-                                                    "the provenance to this file (not in the paper)")
-    p.add_argument("--save-scores", type=output_path, metavar="FILE.npz",
-                   help="write the test scores, higher = more anomalous (the negated NormalScore): scores (Eq. 23 / "
-                        "24 under --bn-stats), scores_rand (Eq. 22), scores_mc (Eq. 29, unless --mc-samples 0), "
-                        "scores_trainbn or scores_testbn (Eq. 23 / 24 under the other statistics), labels (1 = "
-                        "anomaly), index (each test image's index in its source) (not in the paper)")
-    p.add_argument("--save-model", type=output_path, metavar="FILE.pt",
-                   help="write the trained encoder (its training BatchNorm buffers included), every setting, the "
-                        "input shape and --bn-stats to this file (not in the paper)")
-    p.add_argument("--load-model", metavar="FILE.pt",
-                   help="score the test set with an encoder written by --save-model, without training; the model "
-                        "and training options come from it and may not be given; the Eq. 22 / 29 augmentations "
-                        "continue from the saving run's random state (not in the paper)")
-    if digits:
-        p.set_defaults(**DIGITS)
-    args = p.parse_args(argv)
-    if args.dataset not in IMAGE_DATASETS and args.normal is not None:
-        p.error(f"--normal names classes of a built-in dataset; in your own images ({args.dataset}) y_test = 1 or a "
-                "test/<defect>/ folder marks the anomalies. Drop --normal")
-    unset = object()                                     # which options the command line set (not defaults)
-    given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))).items()
-             if v is not unset}
-    if args.load_model:
-        held = ["--" + k.replace("_", "-") for k in TRAINING if k in given]
-        if held:
-            p.error(f"{', '.join(held)} set{'s' if len(held) == 1 else ''} the model or its training, which "
-                    f"--load-model reads from the checkpoint. Drop {'it' if len(held) == 1 else 'them'}")
-    elif "local_size" in given and args.model == "base":
+    p = command_line("itad.py", "ITAD: information-theoretic anomaly detection (Ye et al., arXiv:2012.04837)",
+                     IMAGE_DATASETS, "mnist, fashion-mnist, cifar10, cifar100 (20 superclasses) (Sec. IV-A); not in "
+                     "the paper: svhn, digits (an offline check, smaller sizes)", "1x28x28 grey images are padded as "
+                     "MNIST's, other sizes or colours resized to 3x32x32; the paper's values",
+                     "initialisation, batches, augmentations (not in the paper)", "Sec. IV-A", tables=False)
+    add = lambda flag, kind, text: p.add_argument(flag, help=text, **(    # kind: an argument type, or the choices
+        {"choices": kind, "type": type(kind[0])} if isinstance(kind, list) else {"type": kind}))
+    add("--model", ["base", "extension"], "base: Alg. 1-2, Eq. 13 / 23; extension: Alg. 3-5, Eq. 21 / 24 (Sec. IV-A)")
+    add("--epochs", number(int, 1), "training epochs (Sec. IV-A)")
+    add("--iters", number(int, 1), "training steps, instead of --epochs x (normal images // batch) (not in the paper)")
+    add("--batch-size", number(int, 2), "N images per step, 2N views; a default above the normal training images is "
+        "fitted to them (not in the paper: AMDIM's, which ITAD follows)")
+    add("--lr", number(float, 0, low_open=True), "Adam's learning rate (Sec. IV-A)")
+    add("--beta", number(float, 0), "entropy weight, Eq. 13 / Alg. 1 line 19; 0 = none (Sec. IV-B, Fig. 1-3)")
+    add("--entropy", ["l1", "l2"], "bound ||z||_q: l1 = Laplace (Eq. 17), l2 = Gaussian (Eq. 16) (Table I)")
+    add("--entropy-reduce", ["sum", "mean"], "L_entropy per view: sum = ||z||_q (Alg. 1 line 18); mean = ||z||_q / "
+        "d^(1/q) (not in the paper: a per-dimension reading)")
+    add("--mi", ["nce", "jsd"], "InfoNCE (Eq. 18, Alg. 1) or Jensen-Shannon (Eq. 28) (Table I)")
+    add("--c2", number(float, 0, low_open=True), "soft-clipping bound c2 (Alg. 1 input)")
+    add("--bn-stats", ["train", "test"], "the codes' BatchNorm statistics when scoring: test = re-estimated on the "
+        "test images (transductive), train = training's (--load-model: the checkpoint's unless given); RESULT adds "
+        "Eq. 23 / 24 under the other as auroc_<other>bn (not in the paper: AMDIM's evaluation code)")
+    add("--mc-samples", number(int, 0), "H, augmented pairs of Eq. 29 (auroc_mc), 2 H passes over the test set; 0 = "
+        f"skip it (Sec. IV-D; digits: {DIGITS['mc_samples']}, not in the paper)")
+    for key, what in (("ndf", "encoder base width"), ("nrkhs", "code size d"), ("ndepth", "layers per ResBlock")):
+        add("--" + key, number(int, 1), f"{what} (Table IV: {PAPER[key]}; digits: {DIGITS[key]}, not in the paper)")
+    add("--local-size", [5, 7], "extension: f_local, 5 = Table IV's 5x5 'provides f_local' block; 7 = the block "
+        "before it (not in the paper: AMDIM's second)")
+    add("--curve-every", number(int, 0), "every K steps (monitoring only) the test AUROC of Eq. 23 / 24 under both "
+        "BatchNorm statistics, mean ||z||, dims_alive: printed, JSON 'curve'; 0 = off (Sec. IV-B, Fig. 2)")
+    output_flags(p, "scores (Eq. 23 / 24 under --bn-stats), scores_rand (Eq. 22), scores_mc (Eq. 29, unless "
+                 "--mc-samples 0), scores_trainbn or scores_testbn (Eq. 23 / 24 under the other statistics)",
+                 "the trained encoder (its training BatchNorm buffers included), every setting, the input shape and "
+                 "--bn-stats", "; the Eq. 22 / 29 augmentations continue from the saving run's random state")
+    args = parse(p, argv, defaults, TRAINING)
+    if "local_size" in args.given and args.model == "base":
         p.error("--local-size picks the extension model's f_local (Alg. 3), and --model base has no local features. "
                 "Add --model extension, or drop --local-size")
     return args
@@ -943,110 +722,54 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    log = lambda line: print(line, flush=True)
-    t_start = time.time()
-    try:
+    with exit_codes():
         set_seed(args.seed)
-        model, ck = load(args.load_model, args.device) if args.load_model else (None, None)
-        data = prepare(args.dataset, args.normal, args.data_root)
-        x_train, x_test, y_test, normal = data["x_train"], data["x_test"], data["y_test"], data["normal"]
-        shape = tuple(x_test.shape[1:])
-        if ck:                                              # the checkpoint's settings, --bn-stats its choice if unset
-            cfg = {**dict.fromkeys(TRAINING), "c2": PAPER["c2"], **ck["config"]}  # API-saved: sizes only
-            cfg["bn_stats"] = args.bn_stats or ck["preprocess"]["bn_stats"]
-            if tuple(cfg["input_shape"]) != shape:
-                raise DataError(f"'{args.load_model}' holds a model for {'x'.join(map(str, cfg['input_shape']))} "
-                                f"images, but {args.dataset} gives {'x'.join(map(str, shape))} images. Score data of "
-                                "the model's shape, or train a model on this data")
-        else:
-            cfg = {k: getattr(args, k) for k in TRAINING if k != "save_model"}
-            cfg["bn_stats"] = args.bn_stats or "test"
-            cfg["batch_size"] = args.batch_size or min(PAPER["batch_size"], len(x_train))
-            if cfg["batch_size"] > len(x_train):
-                raise DataError(f"--batch-size {cfg['batch_size']} exceeds the {len(x_train)} normal training images. "
-                                f"Pass --batch-size {len(x_train)} or less")
-            if args.batch_size is None and cfg["batch_size"] < PAPER["batch_size"]:
-                log(f"note: --batch-size {cfg['batch_size']}: the default {PAPER['batch_size']} exceeds the "
-                    f"{len(x_train)} normal training images of {args.dataset}, so every image is in every batch")
-            model = build_encoder(shape, ndf=cfg["ndf"], nrkhs=cfg["nrkhs"], ndepth=cfg["ndepth"],
-                                  model=cfg["model"], local_size=cfg["local_size"]).to(args.device)
-            cfg["iters"] = cfg["iters"] or cfg["epochs"] * (len(x_train) // cfg["batch_size"])
-        name = args.dataset if normal else os.path.basename(os.path.normpath(args.dataset))
-        normal_text = ",".join(map(str, normal)) if normal else "-"
+        model = load(args.load_model, args.device) if args.load_model else None
+        data = prepare(args.dataset, args.normal, args.data_root, args.seed)
+        x_train, x_test, y_test, h = data["x_train"], data["x_test"], data["y_test"], args.mc_samples
+        (name, normal_text), shape = run_name(args.dataset, data["normal"]), tuple(x_test.shape[1:])
+        if model is None:                                  # a default batch larger than the training set is fitted
+            cfg = {k: getattr(args, k) for k in TRAINING + ("bn_stats",)}
+            cfg["batch_size"] = fit_batch(args.batch_size, len(x_train), "batch_size" in args.given, say,
+                                          "normal training images")
+        else:                                              # the checkpoint's settings, --bn-stats its choice if unset
+            check_input_shape(model.input_shape, shape, args.load_model, name)
+            cfg = {**dict.fromkeys(TRAINING), **model.config, "c2": model.c2,
+                   "bn_stats": args.bn_stats or model.bn_stats}
+            say(loaded_note(args.load_model, model.config)
+                + ("; the Eq. 22 / 29 augmentations continue from its random state" if model.rng else ""))
         if data["source"]:
-            log(f"itad: read {data['source']}" + ("" if ck else "; the paper's values where not given (Table IV, "
-                                                            "Sec. IV-A)"))
-        if ck:
-            log(f"itad: model {args.load_model}, not trained here: its settings"
-                + (f" (trained on {cfg['dataset']}, normal {cfg['normal']}, seed {cfg['seed']}, {cfg['iters']} steps)"
-                   if cfg.get("dataset") else "")
-                + (", its random state for the Eq. 22 / 29 augmentations" if ck["state"].get("rng") else ""))
-        log(f"itad: model={cfg['model']} dataset={name} normal={normal_text} train={len(x_train)} test={len(x_test)} "
+            say(f"itad: read {data['source']}" + ("" if args.load_model else "; the paper's values where not given"))
+        say(f"itad: model={cfg['model']} dataset={name} normal={normal_text} train={len(x_train)} test={len(x_test)} "
             f"(anomalies {int(y_test.sum())}) mi={cfg['mi']} entropy={cfg['entropy']} ({cfg['entropy_reduce']}) "
             f"beta={cfg['beta']} bn_stats={cfg['bn_stats']} lr={cfg['lr']} batch={cfg['batch_size']} "
             f"ndf={cfg['ndf']} nrkhs={cfg['nrkhs']} ndepth={cfg['ndepth']}"
             + (f" local={cfg['local_size']}" if cfg["model"] == "extension" else "") + f" device={args.device}")
-        h = args.mc_samples
-        log(f"scoring: {scoring_passes(h)} passes over the {len(x_test)} test images (BatchNorm statistics 1, Eq. 23 / "
+        say(f"scoring: {scoring_passes(h)} passes over the {len(x_test)} test images (BatchNorm statistics 1, Eq. 23 / "
             f"24 under both statistics 2, Eq. 22 2" + (f", Eq. 29 2 x {h}" if h else "") + ")"
-            + ("; each curve point 3 more" if cfg["curve_every"] and not ck else ""))
-        if ck:
-            info = {"iters": cfg["iters"], "curve": [], "train_seconds": None}
-            rng = ck["state"].get("rng", {})
-            if "cpu" in rng:
-                torch.set_rng_state(rng["cpu"])
-            if "cuda" in rng and args.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], args.device)
+            + ("; each curve point 3 more" if cfg["curve_every"] and model is None else ""))
+        if model is None:
+            model = fit(x_train, **cfg, x_test=x_test, y_test=y_test, device=args.device, log=say)
+            cfg.update(model.config)                       # iters resolved
         else:
-            model, info = train(model, x_train, beta=cfg["beta"], lr=cfg["lr"], iters=cfg["iters"],
-                                batch_size=cfg["batch_size"], entropy=cfg["entropy"],
-                                entropy_reduce=cfg["entropy_reduce"], mi=cfg["mi"], c2=cfg["c2"],
-                                curve_every=cfg["curve_every"], x_test=x_test, y_test=y_test,
-                                bn_stats=cfg["bn_stats"], log=log)
-            rng = {"cpu": torch.get_rng_state()}            # where the Eq. 22 / 29 augmentations start
-            if args.device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(args.device)
-        timing = {}
-        scores, metrics = evaluate(model, x_test, y_test, cfg["bn_stats"], mc_samples=h, c2=cfg["c2"], log=log,
+            restore_rng(model, args.device)
+        timing, info = {}, model.info or {"iters": cfg["iters"], "train_seconds": None, "curve": []}
+        scores, metrics = evaluate(model, x_test, y_test, cfg["bn_stats"], mc_samples=h, c2=cfg["c2"], log=say,
                                    timing=timing)
-        other = f"auroc_{'test' if cfg['bn_stats'] == 'train' else 'train'}bn"  # Eq. 23 / 24 under the other statistics
-        result = {"method": "itad", "dataset": name, "normal": normal_text, "seed": args.seed,
-                  **{k: metrics[k] for k in ("auroc", "auroc_rand", "auroc_mc", other) if k in metrics},
-                  "model": cfg["model"], "mi": cfg["mi"], "entropy": cfg["entropy"],
-                  "entropy_reduce": cfg["entropy_reduce"], "code_norm": "affine", "c1": "sqrt",
-                  "bn_stats": cfg["bn_stats"], "beta": cfg["beta"],
-                  f"{cfg['mi']}_end": None if ck else round(info[f"{cfg['mi']}_end"], 4),     # ck: not trained here
-                  "entropy_end": None if ck else round(info["entropy_end"], 4),
+        result = {"method": "itad", "dataset": name, "normal": normal_text, "seed": args.seed,   # auroc_<other>bn:
+                  **{k: v for k, v in metrics.items() if k.startswith("auroc")},     # Eq. 23 / 24, other statistics
+                  **{k: cfg[k] for k in ("model", "mi", "entropy", "entropy_reduce")}, "code_norm": "affine",
+                  "c1": "sqrt", "bn_stats": cfg["bn_stats"], "beta": cfg["beta"],   # *_end: only when trained here
+                  **{k: round(info[k], 4) for k in (f"{cfg['mi']}_end", "entropy_end") if k in info},
                   **{k: metrics[k] for k in ("znorm_normal", "znorm_anomaly", "z_spread", "dims_alive")},
-                  "iters": info["iters"], "batch_size": cfg["batch_size"], "device": args.device.type,
-                  "seconds": round(time.time() - t_start, 1),
-                  "train_samples_per_s": None if ck else
-                  round(info["iters"] * cfg["batch_size"] / max(info["train_seconds"], 1e-9), 1),
-                  "score_samples_per_s": round(len(x_test) / max(timing["ori"], 1e-9), 1)}         # the main score
-        result = {k: v for k, v in result.items() if v is not None}
-        config = dict(cfg, mc_samples=h, input_shape=list(shape), **({"loaded_from": args.load_model} if ck else
-                      {"dataset": args.dataset, "normal": normal_text, "seed": args.seed, "device": args.device.type,
-                       "values_of": "digits" if args.dataset == "digits" else "paper"}))
-        if args.save_scores:
-            save_scores(args.save_scores, {("main" if k == "ori" else k): s for k, s in scores.items()}, y_test,
-                        data["index"])
-            log(f"wrote {args.save_scores}: " + ", ".join("scores" + ("" if k == "ori" else "_" + k) for k in scores)
-                + ", labels, index")
-        if args.save_model:
-            save(model, args.save_model, cfg["bn_stats"], config, rng)
-            log(f"wrote {args.save_model}")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except KeyboardInterrupt:
-        print("\ninterrupted: no result was written", file=sys.stderr)
-        sys.exit(130)
-    curve = dict(curve=info["curve"]) if info["curve"] else {}              # the curve: the JSON only
-    write_result(result, args.json, log, extra=dict(curve, config=config, provenance=provenance(argv)))
-    return result
+                  "iters": info["iters"], "batch_size": cfg["batch_size"]}
+        run = {"loaded_from": args.load_model} if args.load_model else dict(dataset=args.dataset, normal=normal_text,
+               seed=args.seed, device=args.device.type, values_of="digits" if args.dataset == "digits" else "paper")
+        config = {**cfg, "mc_samples": h, "input_shape": list(shape), **run}
+        speed = (model.info and info["iters"] * cfg["batch_size"], info["train_seconds"], len(x_test), timing["ori"])
+        return finish(args, argv, result, config, {("main" if k == "ori" else k): s for k, s in scores.items()},
+                      y_test, data["index"], lambda path: save(model, path, config), speed,
+                      extra={"curve": info["curve"]} if info["curve"] else None)
 
 
 if __name__ == "__main__":

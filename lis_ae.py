@@ -1,80 +1,67 @@
 """Latent-Insensitive Autoencoders for Anomaly Detection.
 Battikh & Lenskiy, Mathematics 10(1):112, 2022 (arXiv:2110.13101).
 
-An autoencoder trained on normal data reconstructs many anomalies well too. LIS-AE trains in two phases
-(Alg. 1). Phase 1 trains an ordinary autoencoder on the positive (normal) set D+. Phase 2 freezes the encoder E
-and the decoder D and retrains only the latent layer Z on Eq. (1): the positives' reconstruction error stays
-low while the error of a negative set D- (unlabelled data from a similar domain) is pulled up to a target gamma.
-The anomaly score is the reconstruction error (Sec. 3.4). LinSep-LIS-AE (Sec. 4.2) adds to phase 1 the BCE of a
-linear classifier on Z's pre-activation, so that D+ and D- are linearly separable there when phase 2 starts.
+An autoencoder trained on normal data reconstructs many anomalies well too. LIS-AE trains in two phases (Alg. 1).
+Phase 1 trains an ordinary autoencoder on the positive (normal) set D+. Phase 2 freezes the encoder E and the decoder
+D and retrains only the latent layer Z on Eq. (1): the positives' reconstruction error stays low while the error of a
+negative set D- (unlabelled data of a similar domain) is pulled up to a target gamma. The anomaly score is the
+reconstruction error (Sec. 3.4). LinSep-LIS-AE (Sec. 4.2) adds to phase 1 the BCE of a linear classifier on Z's
+pre-activation, so that D+ and D- are linearly separable there when phase 2 starts.
 
-Reproduces AE (phase 1) vs LIS-AE vs LinSep-LIS-AE (--linsep) AUROC under Sec. 5's negative sets: Table 1 (MNIST
-vs Omniglot, Fashion-MNIST vs the next class, 2-class MNIST: --normal 0,1), Table 2 (SVHN / CIFAR-10 halves,
-supervised upper bounds), Table 3 (--negative <dataset> --test-half), the None / Comb. / Sup. rows of Tables 4-5
-and A1-A4 (single negative classes are not offered), Figure 3 (--save-recon). Each run scores the phase-1 AE
-(auroc_ae) and the shaped model (auroc), which share E and D: "the most direct comparison" (Sec. 5.1).
+Reproduces AE (phase 1) vs LIS-AE vs LinSep-LIS-AE (--linsep) AUROC under Sec. 5's negative sets: Table 1 (MNIST vs
+Omniglot, Fashion-MNIST vs the next class, 2-class MNIST: --normal 0,1), Table 2 (SVHN / CIFAR-10 halves, supervised
+upper bounds), Table 3 (--negative <dataset> --test-half), Tables 4-5 and A1-A4's None / Comb. / Sup. rows, Figure 3
+(--save-recon). Each run scores the AE (auroc_ae) and LIS-AE (auroc): "the most direct comparison" (Sec. 5.1).
 
-Your own images: --dataset FILE.npz (x_train normal, x_test, y_test) or an MVTec AD folder; grey images become
-1x28x28 (MNIST's settings), RGB 3x32x32 (CIFAR-10's). D- depends on D+ (Sec. 3.2), so it must be named:
---negative PATH (unlabelled images of a similar domain: an .npz holding x, or a folder of images), omniglot, a
-built-in dataset, or none (the plain AE of the None rows). --save-scores, --save-model, --load-model keep a run.
-
-Equation map (a user's calls: build_model, train_phase1, train_phase2, anomaly_scores; save, load)
+Equation map (a user calls fit -> score; save / load keep a fitted model)
     Sec. 3.1 s = E(x), z = Z(s), x_hat = D(z); Sec. 5.1 layers ... build_model(), LatentInsensitiveAE
-    Sec. 3.4 score ||x_hat - x||_2 ................................ reconstruction_error(), anomaly_scores()
+    Sec. 3.4 score ||x_hat - x||_2 ................................ reconstruction_error(), anomaly_scores(), score()
     Alg. 1, phase 1 (feature extraction) .......................... train_phase1()
-    Sec. 4.2 LinSep BCE on Z's pre-activation (phase 1) ........... linsep_loss()
-    Eq. (1) latent-shaping loss ................................... latent_shaping_loss()
+    Eq. (1) latent-shaping loss; Sec. 4.2 LinSep's BCE (phase 1) .. latent_shaping_loss(), linsep_loss()
     Alg. 1, phase 2 (E and D frozen, Z trained on Eq. (1)) ........ train_phase2()
+    Alg. 1 whole; the phase-1 AE of Sec. 5.1's comparison ......... fit(), phase1_ae()
     Sec. 3.2 / 5.1 D+, D- and the test set; Omniglot augmentation . prepare(), negative_set(), augment_negatives()
 
 Deviations, and choices where the paper is silent
   - Phase-1 standardisation of Z's pre-activation (not in the paper; --latent-norm batch). Trained as written
-    (tanh, Adam 1e-3), phase 1 saturates the tanh: codes +-1, no gradient in phase 2, LIS-AE = its AE. So in
-    phase 1 the pre-activation is standardised per unit over the batch of positives (BatchNorm1d without scale or
-    shift), folded into Z's weight and bias at its end: phase 2 and scoring use the paper's linear layer + tanh.
-    --latent-norm none is the saturating original; the log shows `sat` (|z| > 0.99), RESULT latent_saturated.
-  - --latent-act linear drops Z's tanh: an ablation (Sec. 3.1 keeps the tanh).
+    (tanh, Adam 1e-3), phase 1 saturates the tanh: codes +-1, no gradient in phase 2, LIS-AE = its AE. So phase 1
+    standardises the pre-activation per unit over the batch of positives (BatchNorm1d without scale or shift),
+    folded into Z's weight and bias at its end: phase 2 and scoring use the paper's linear layer + tanh. --latent-norm
+    none is the saturating original (log `sat`: |z| > 0.99; RESULT latent_saturated); --latent-act linear drops
+    the tanh, an ablation (Sec. 3.1 keeps it).
   - Sizes (Sec. 5.1 names the layers, not their widths): 28x28: E = conv 1->32->64 (4x4, stride 2), Z = linear
     3136->16, D = linear 16->3136, transposed convs 64->32->32, 3x3 conv + sigmoid, LeakyReLU 0.2; 32x32x3: the
     same at width 64, Z = 8192->128 (--width, --latent; 16 was the best of 16, 32, 64 in a short sweep).
-  - ||.||_2 is the per-sample Euclidean norm (not squared), averaged over the batch. Eq. (1)'s |gamma - .| is
-    taken per negative sample, as printed, so it also pulls errors above gamma down (Sec. 3.3's "satisfied if
-    [it] exceeds a certain value" would be a hinge). gamma = 2 x the phase-1 AE's mean error on 2048 negatives
-    (--gamma-scale, --gamma); beta = 1 (--beta). Adam, lr 1e-3, 128 positives (+ 128 negatives) per step, 2000
-    steps per phase on 28x28 sets, 5000 on 32x32 sets (Alg. 1: "until convergence") (--lr, --batch-size,
-    --iters). No validation set.
-  - LinSep: nn.Linear(latent, 1), BCE weight 1 (train_phase1's linsep_weight), dropped after phase 1; phase 1
-    still reconstructs positives only; negatives use the positives' standardisation statistics.
+  - ||.||_2: per sample, not squared, averaged over the batch. Eq. (1)'s |gamma - .| is taken per negative, as
+    printed, so it also pulls errors above gamma down (Sec. 3.3's "satisfied if [it] exceeds a certain value"
+    would be a hinge). gamma = 2 x the phase-1 AE's mean error on 2048 negatives (--gamma-scale, --gamma); beta 1.
+    Adam, lr 1e-3, 128 positives (+ 128 negatives) per step, 2000 steps per phase on 28x28 sets, 5000 on 32x32
+    (Alg. 1: "until convergence"); no validation. LinSep: nn.Linear(latent, 1), BCE weight 1, dropped after phase 1.
   - Omniglot (Sec. 5.1: blur, crop, flips): per sample, flips (p 0.5 each), crop after 2-pixel zero padding,
     Gaussian blur (p 0.5, 5x5, sigma ~ U(0.1, 1.5)); resized to 28x28, white strokes on black.
   - next-class with several normal classes: the first non-normal class after the largest normal one (9 -> 0).
     split / supervised: halves 0..n/2-1 and n/2..n-1, all normal classes in one half, tested on that half;
     supervised (an upper bound) takes as D- the normal half's other classes, i.e. the test anomalies.
+  - Your own images (--dataset PATH): grey as 1x28x28 with MNIST's settings, RGB as 3x32x32 with CIFAR-10's; D-
+    must be named (Sec. 3.2): --negative PATH (unlabelled images), omniglot, a built-in dataset, or none.
 Run:  python lis_ae.py --dataset mnist --normal 8 (Omniglot negatives); add --linsep for LinSep-LIS-AE
 """
-import argparse
 import copy
-import json
-import math
-import os
-import random
-import subprocess
 import sys
-import tempfile
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, fit_images, is_anomaly, is_user_dataset, load_image_folder, load_images,
-                    load_npz, load_omniglot, load_unlabelled_images, parse_normal)
+from common import (DataError, IMAGE_DATASETS, Progress, as_input, check_finite, check_input_shape, check_scores,
+                    command_line, dataset_type, exit_codes, finish, flags, is_anomaly, is_user_dataset, load_checkpoint,
+                    load_images, load_omniglot, load_unlabelled_images, load_weights, loaded_note, number, output_flags,
+                    parse, parse_normal, png_path, read_user_data, run_name, save_checkpoint, say, set_seed,
+                    user_data_kind)
 
-# Sec. 5.1: each dataset's negative set D-. The sizes and budgets below are our choices (the paper gives none);
-# their keys are keyword names of build_model (latent, width) and train_phase1/2 (iters, batch_size).
+# Sec. 5.1's negative set D- per dataset; sizes and budgets are our choices (the paper gives none), fit()'s keywords
 NEGATIVE = {"mnist": "omniglot", "fashion-mnist": "next-class", "digits": "next-class", "svhn": "split",
             "cifar10": "split", "cifar100": "split"}
 PAPER = {
@@ -85,23 +72,25 @@ PAPER = {
     "cifar10":       dict(iters=5000, batch_size=128, latent=128, width=64),
     "cifar100":      dict(iters=5000, batch_size=128, latent=128, width=64),
 }
-INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))
+USER_ROWS = {"grey": "mnist", "RGB": "cifar10"}   # your own images take these rows' values
 LABEL_MODES = ("next-class", "split", "supervised")
 SATURATED = 0.99    # |z| above this counts as a saturated tanh unit (tanh' < 0.02)
+FIX = "Try a smaller lr (--lr) or beta (--beta)"    # what a diverged loss's message advises
 
 
 # ------------------------------------------------------------------------------------------ model
 
 class LatentInsensitiveAE(nn.Module):
-    """s = E(x), z = Z(s) = act(latent(s)), x_hat = D(z) (Sec. 3.1). Phase 2 trains only `latent`, the linear part
-    of Z. `norm` standardises Z's pre-activation during phase 1 (latent_norm="batch"); fold_latent_norm() folds it
-    into `latent` when phase 1 ends, after which it is the identity."""
+    """s = E(x), z = Z(s) = act(latent(s)), x_hat = D(z) (Sec. 3.1). Phase 2 trains only `latent`, Z's linear part;
+    `norm` standardises its output in phase 1 until fold_latent_norm() folds it into `latent`. fit() keeps Z as
+    phase 1 left it in `ae_latent` (None for a plain AE): phase1_ae() rebuilds that AE."""
 
     def __init__(self, input_shape, encoder, latent, decoder, act, norm=None):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.encoder, self.latent, self.decoder, self.act = encoder, latent, decoder, act
         self.norm = norm if norm is not None else nn.Identity()
+        self.ae_latent = None
 
     def forward(self, x):
         s = self.encoder(x)              # s = E(x)
@@ -111,13 +100,11 @@ class LatentInsensitiveAE(nn.Module):
 
 
 def build_model(input_shape=(1, 28, 28), latent=16, width=32, latent_act="tanh", latent_norm="batch"):
-    """Sec. 5.1's architecture for (1, 28, 28) or (3, 32, 32) images in [0, 1]: E = two convs with LeakyReLU;
-    Z = one fully connected layer with tanh (latent_act="linear" drops it, an ablation); D = fully connected +
-    LeakyReLU, two transposed convs with LeakyReLU, a conv with sigmoid. latent_norm="batch" adds the phase-1
-    standardisation of Z's pre-activation (not in the paper; see the deviations). The command line uses latent
-    128 and width 64 for 32x32 sets."""
+    """Sec. 5.1's architecture for (1, 28, 28) or (3, 32, 32) images in [0, 1]: E = two convs with LeakyReLU; Z = one
+    fully connected layer with tanh (or linear); D = fully connected + LeakyReLU, two transposed convs with LeakyReLU,
+    a conv with sigmoid. latent_norm="batch": the phase-1 standardisation of Z's pre-activation (the deviations)."""
     input_shape = tuple(int(d) for d in input_shape)
-    if input_shape not in INPUT_SHAPES:
+    if input_shape not in ((1, 28, 28), (3, 32, 32)):
         raise ValueError(f"input_shape must be (1, 28, 28) or (3, 32, 32) for this model, got {input_shape}")
     channels, side = input_shape[0], input_shape[1]
     f = side // 4                                                           # 28 -> 7, 32 -> 8
@@ -151,6 +138,15 @@ def fold_latent_norm(model):
     model.norm = nn.Identity()
 
 
+def phase1_ae(model):
+    """Sec. 5.1's "AE" of a fitted LIS-AE: its E and D with Z as phase 1 left it (a plain AE is its own AE)."""
+    if model.ae_latent is None:
+        return model
+    ae = copy.deepcopy(model)
+    ae.latent, ae.ae_latent = ae.ae_latent, None
+    return ae
+
+
 # ------------------------------------------------------------------------------------------ losses and score
 
 def reconstruction_error(x_hat, x):
@@ -159,8 +155,7 @@ def reconstruction_error(x_hat, x):
 
 
 def latent_shaping_loss(x_hat_pos, x_pos, x_hat_neg, x_neg, beta, gamma):
-    """Eq. (1): ||x_hat+ - x+||_2 + beta * |gamma - ||x_hat- - x-||_2|, each term a batch mean.
-    Returns (loss, positive term, mean negative error)."""
+    """Eq. (1): ||x_hat+ - x+||_2 + beta * |gamma - ||x_hat- - x-||_2|, batch means -> (loss, rec_pos, rec_neg)."""
     rec_pos = reconstruction_error(x_hat_pos, x_pos)
     rec_neg = reconstruction_error(x_hat_neg, x_neg)
     loss = rec_pos.mean() + beta * (gamma - rec_neg).abs().mean()          # Eq. (1)
@@ -181,21 +176,16 @@ def saturated_fraction(z):
 
 # ------------------------------------------------------------------------------------------ training
 
-def as_input(model, x, name="x"):
-    """A numpy array or tensor -> float32 tensor on the model's device, of the shape the model takes."""
-    x = torch.as_tensor(x, dtype=torch.float32)
-    if tuple(x.shape[1:]) != model.input_shape or len(x) == 0:
-        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, model.input_shape))}) with N >= 1 for "
-                         f"this model, got {tuple(x.shape)}")
-    return x.to(next(model.parameters()).device)
+def model_input(model, x, name="x"):
+    """x (a numpy array or tensor) -> float32 tensor on the model's device, of the shape the model takes."""
+    return as_input(x, model.input_shape, next(model.parameters()).device, name)
 
 
 def augment_negatives(x, pad=2, blur_p=0.5, sigma=(0.1, 1.5), ksize=5):
     """Sec. 5.1 augmentation of the small Omniglot set, with per-sample random parameters, batched on x's device:
     horizontal and vertical flips (p = 0.5 each), random crop of the original size from the image padded by
     `pad` zeros, Gaussian blur (probability blur_p, sigma ~ U(sigma), ksize x ksize, reflect padding)."""
-    B, C, H, W = x.shape
-    dev = x.device
+    (B, C, H, W), dev = x.shape, x.device
     x = torch.where((torch.rand(B, device=dev) < 0.5)[:, None, None, None], x.flip(3), x)   # horizontal flip
     x = torch.where((torch.rand(B, device=dev) < 0.5)[:, None, None, None], x.flip(2), x)   # vertical flip
     xp = F.pad(x, (pad, pad, pad, pad))                                     # (B, C, H+2p, W+2p)
@@ -210,8 +200,7 @@ def augment_negatives(x, pad=2, blur_p=0.5, sigma=(0.1, 1.5), ksize=5):
     delta = (r == 0).float().expand(B, ksize)
     k = torch.where((torch.rand(B, 1, device=dev) < blur_p), k, delta)      # blur only with probability blur_p
     k = k.repeat_interleave(C, 0)                                           # (B*C, ksize), one per channel
-    y = x.reshape(1, B * C, H, W)
-    h = ksize // 2
+    y, h = x.reshape(1, B * C, H, W), ksize // 2
     y = F.conv2d(F.pad(y, (h, h, 0, 0), mode="reflect"), k[:, None, None, :], groups=B * C)  # blur along width
     y = F.conv2d(F.pad(y, (0, 0, h, h), mode="reflect"), k[:, None, :, None], groups=B * C)  # along height
     return y.reshape(B, C, H, W)
@@ -223,24 +212,18 @@ def sample(x, batch_size, augment=False):
     return augment_negatives(xb) if augment else xb
 
 
-def check_finite(value, where):
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training diverged: {where} is {value}. Try a smaller lr (--lr) or beta (--beta)")
-
-
 def train_phase1(model, x_normal, x_negative=None, linsep=False, iters=2000, batch_size=128, lr=1e-3,
-                 linsep_weight=1.0, augment=False, log=print):
+                 linsep_weight=1.0, augment=False, log=None):
     """Alg. 1, phase 1 (feature extraction): Adam on ||x_hat+ - x+||_2 over batches of x_normal (N, *input_shape).
-    linsep=True (LinSep-LIS-AE, Sec. 4.2) adds linsep_weight x the BCE of a new linear classifier on Z's
-    pre-activation, x_normal vs x_negative (augmented when augment=True); the classifier is dropped afterwards.
-    With latent_norm="batch", negatives use the positives' running statistics, and the standardisation is folded
-    into Z at the end. Returns the model, trained in place, in evaluation mode."""
-    x_pos = as_input(model, x_normal, "x_normal")
+    linsep=True (LinSep-LIS-AE, Sec. 4.2) adds linsep_weight x the BCE of a new linear classifier on Z's pre-activation,
+    x_normal vs x_negative (augmented if asked; the positives' standardisation statistics), dropped afterwards. The
+    standardisation is folded into Z at the end. log: progress lines. Returns the model, trained, in eval mode."""
+    x_pos = model_input(model, x_normal, "x_normal")
     classifier = None
     if linsep:
         if x_negative is None:
             raise ValueError("linsep=True needs x_negative, the negative set the classifier separates from x_normal")
-        x_neg = as_input(model, x_negative, "x_negative")
+        x_neg = model_input(model, x_negative, "x_negative")
         classifier = nn.Linear(model.latent.out_features, 1).to(x_pos.device)
     params = list(model.parameters()) + (list(classifier.parameters()) if linsep else [])
     opt = torch.optim.Adam(params, lr=lr)
@@ -260,7 +243,7 @@ def train_phase1(model, x_normal, x_negative=None, linsep=False, iters=2000, bat
         opt.zero_grad(set_to_none=True)
         loss.backward()                                                     # Alg. 1: minimise L
         opt.step()
-        check_finite(loss.item(), f"the phase-1 loss at iteration {it}")
+        check_finite(loss.item(), f"the phase-1 loss at iteration {it}", FIX)
         bce = "" if bce is None else f" bce={bce.item():.4f}"
         sat = saturated_fraction(model.act(u_pos))
         progress(it, f" loss={loss.item():.4f} rec={rec.item():.4f}{bce} sat={sat:.3f}")
@@ -272,22 +255,22 @@ def train_phase1(model, x_normal, x_negative=None, linsep=False, iters=2000, bat
 def negative_target(model, x_negative, gamma_scale=2.0, augment=False, n=2048):
     """Eq. (1)'s gamma when none is given (not in the paper): gamma_scale x the model's mean reconstruction error
     on n negatives drawn with replacement (augmented if asked), measured on the phase-1 AE."""
-    x_neg = as_input(model, x_negative, "x_negative")
+    x_neg = model_input(model, x_negative, "x_negative")
     return gamma_scale * float(anomaly_scores(model, sample(x_neg, n, augment)).mean())
 
 
 def train_phase2(model, x_normal, x_negative, iters=2000, batch_size=128, lr=1e-3, beta=1.0, gamma=None,
-                 gamma_scale=2.0, augment=False, log=print):
+                 gamma_scale=2.0, augment=False, log=None):
     """Alg. 1, phase 2 (latent shaping): freeze E and D and train only the latent layer Z with Adam on Eq. (1),
     with batches from x_normal (D+) and x_negative (D-, augmented when augment=True). gamma=None: gamma_scale x
     the phase-1 AE's mean error on the negatives (negative_target). Returns the model, trained in place."""
-    x_pos, x_neg = as_input(model, x_normal, "x_normal"), as_input(model, x_negative, "x_negative")
+    x_pos, x_neg = model_input(model, x_normal, "x_normal"), model_input(model, x_negative, "x_negative")
     fold_latent_norm(model)                                                 # no-op when phase 1 already did it
     model.eval()
     if gamma is None:
         gamma = negative_target(model, x_neg, gamma_scale, augment)
-    for p in list(model.encoder.parameters()) + list(model.decoder.parameters()):
-        p.requires_grad_(False)                                             # Alg. 1: FreezeEncoder(), FreezeDecoder()
+    model.encoder.requires_grad_(False)                                     # Alg. 1: FreezeEncoder()
+    model.decoder.requires_grad_(False)                                     # Alg. 1: FreezeDecoder()
     opt = torch.optim.Adam(model.latent.parameters(), lr=lr)               # only Z is trained
     progress = Progress("phase2 iter", iters, log)
     for it in range(1, iters + 1):
@@ -297,12 +280,11 @@ def train_phase2(model, x_normal, x_negative, iters=2000, batch_size=128, lr=1e-
         opt.zero_grad(set_to_none=True)
         loss.backward()                                                     # Alg. 1: minimise L
         opt.step()
-        check_finite(loss.item(), f"the Eq. (1) loss at phase-2 iteration {it}")
+        check_finite(loss.item(), f"the Eq. (1) loss at phase-2 iteration {it}", FIX)
         progress(it, f" loss={loss.item():.4f} rec_pos={rec_pos.item():.4f} rec_neg={rec_neg.item():.4f} gamma="
                      f"{gamma:.4f} sat_pos={saturated_fraction(model.act(u_p)):.3f} sat_neg="
                      f"{saturated_fraction(model.act(u_n)):.3f}")
-    for p in model.parameters():
-        p.requires_grad_(True)
+    model.requires_grad_(True)                                              # unfrozen for any later use
     return model
 
 
@@ -310,23 +292,19 @@ def train_phase2(model, x_normal, x_negative, iters=2000, batch_size=128, lr=1e-
 
 @torch.no_grad()
 def in_chunks(model, x, fn, what="scoring", log=None, chunk=1000):
-    """fn(model, batch) over x (a numpy array or tensor, N samples) in chunks, in evaluation mode -> tensor (N, ...);
-    with log, the progress of the pass."""
-    x = as_input(model, x)
-    was, out = model.training, []
+    """fn(model, batch) over x (numpy or tensor) in chunks, in eval mode -> tensor (N, ...); log: the progress."""
+    x = model_input(model, x)
+    was, out, progress = model.training, [], Progress(what, len(x), log)
     model.eval()
-    progress = Progress(what, len(x), log) if log else None
     for i in range(0, len(x), chunk):
         out.append(fn(model, x[i:i + chunk]))
-        if progress:
-            progress(min(i + chunk, len(x)))
+        progress(min(i + chunk, len(x)))
     model.train(was)
     return torch.cat(out)
 
 
 def anomaly_scores(model, x, log=None):
-    """Sec. 3.4: the reconstruction error ||x_hat - x||_2 of each sample of x (N, *input_shape) -> numpy array (N,),
-    higher = more anomalous. log: a callable that receives the pass's progress (silent by default)."""
+    """Sec. 3.4: ||x_hat - x||_2 of each sample of x (N, *input_shape) -> numpy (N,), higher = more anomalous."""
     return in_chunks(model, x, lambda m, xb: reconstruction_error(m(xb)[0], xb), "scores", log).cpu().numpy()
 
 
@@ -340,52 +318,106 @@ def auroc(model, x, y):
     return roc_auc_score(torch.as_tensor(y).cpu().numpy(), anomaly_scores(model, x))
 
 
-def save_recon(path, x, ae, model):
-    """Figure 3: row 1 inputs, row 2 the phase-1 AE's output, row 3 the LIS-AE output."""
+def evaluate(model, x, y, log=None):
+    """Sec. 5.1's "most direct comparison" on test images x, y (1 = anomaly): the phase-1 AE's and the LIS-AE's scores
+    and AUROC, and the AE's latent saturation (|z| > 0.99) -> dict(scores={"ae", "main"}, auroc, auroc_ae,
+    latent_saturated, score_seconds). NaN/inf or all-equal scores raise FloatingPointError (a degenerate run)."""
+    ae, y, log = phase1_ae(model), torch.as_tensor(y).cpu().numpy(), log or (lambda line: None)
+    log(f"scoring: {2 if ae is model else 3} passes over the test set (the phase-1 AE's scores and latent codes"
+        f"{'' if ae is model else ', then LIS-AE scores'})")
+    ts, log_ae = time.time(), lambda line: log("phase-1 AE " + line)
+    scores = {"ae": anomaly_scores(ae, x, log_ae)}
+    seconds = time.time() - ts
+    check_scores(scores, "the test set")
+    auroc_ae, z = roc_auc_score(y, scores["ae"]), latent_codes(ae, x, log_ae)
+    sat, z_std = saturated_fraction(z), z[torch.as_tensor(y == 0, device=z.device)].std(0)
+    log(f"phase-1 AE: test auroc={auroc_ae:.4f}; latent on the test set: {sat:.3f} of |z| > {SATURATED}, per-unit std "
+        f"over test normals min {float(z_std.min()):.3f} mean {float(z_std.mean()):.3f}")
+    if isinstance(ae.act, nn.Tanh) and sat > 0.5:
+        log(f"WARNING: {sat:.0%} of the latent is saturated (|z| > {SATURATED}): phase 2 gets (almost) no gradient "
+            "through tanh, so LIS-AE stays close to the AE (--latent-norm batch avoids it)")
+    scores["main"] = scores["ae"] if ae is model else score(model, x, lambda line: log("LIS-AE " + line))
+    check_scores(scores, "the test set")
+    auroc_lis = roc_auc_score(y, scores["main"])
+    if ae is not model:
+        log(f"test auroc: AE (phase 1) {auroc_ae:.4f}, {model.config['variant']} (phase 2) {auroc_lis:.4f}")
+    return dict(scores=scores, auroc=auroc_lis, auroc_ae=auroc_ae, latent_saturated=sat, score_seconds=seconds)
+
+
+def save_recon(path, x, y, ae, model):
+    """Figure 3: the first 8 normal and 8 anomalous images of x, the phase-1 AE's and the LIS-AE's outputs."""
     from torchvision.utils import save_image
+    x = model_input(model, x[torch.cat([torch.nonzero(torch.as_tensor(y) == k).view(-1)[:8] for k in (0, 1)])])
     with torch.no_grad():
         grid = torch.cat([x, ae(x)[0], model(x)[0]])
     save_image(grid.cpu(), path, nrow=len(x), padding=2, pad_value=0.5)
 
 
-def save(model, path, ae=None, config=None):
-    """Write a trained model to path (.pt): the weights, build_model's settings and the input shape (plus `config`,
-    e.g. the training settings); with ae, the phase-1 AE's latent layer too (E and D are shared, Alg. 1)."""
-    if ae is not None and any(not torch.equal(v, ae.state_dict()[k]) for k, v in model.state_dict().items()
-                              if not k.startswith("latent.")):
-        raise ValueError("ae must be the phase-1 AE of model: the same E and D, only the latent layer differs")
+# ------------------------------------------------------------------------------------------ fit, score, save, load
+
+def fit(x_normal, x_negative=None, *, linsep=False, iters=2000, batch_size=128, lr=1e-3, latent=16, width=32,
+        latent_act="tanh", latent_norm="batch", beta=1.0, gamma=None, gamma_scale=2.0, augment=False, device="cpu",
+        log=None):
+    """Alg. 1 on images in [0, 1], x_normal = D+ (N, 1, 28, 28) or (N, 3, 32, 32): build_model(), phase 1 (linsep:
+    with LinSep's BCE), then with x_negative = D- (Sec. 3.2; augment: Sec. 5.1's Omniglot augmentation) phase 2 on
+    Eq. (1); without D- the plain AE. gamma=None: gamma_scale x the phase-1 AE's mean error on D-. The model keeps
+    the phase-1 latent layer (ae_latent), config (settings, gamma, variant) and info (samples trained on, seconds)."""
+    t0 = time.time()
+    model = build_model(tuple(x_normal.shape[1:]), latent=latent, width=width, latent_act=latent_act,
+                        latent_norm=latent_norm).to(device)
+    train_phase1(model, x_normal, x_negative, linsep=linsep, iters=iters, batch_size=batch_size, lr=lr,
+                 augment=augment, log=log)                                  # Alg. 1, phase 1
+    if x_negative is not None:
+        model.ae_latent = copy.deepcopy(model.latent)                       # the AE's Z; E and D are shared
+        gamma = negative_target(model, x_negative, gamma_scale, augment) if gamma is None else gamma
+        train_phase2(model, x_normal, x_negative, iters=iters, batch_size=batch_size, lr=lr, beta=beta, gamma=gamma,
+                     augment=augment, log=log)                              # Alg. 1, phase 2: Eq. (1) on Z only
+    variant = "ae" if x_negative is None else "linsep-lis-ae" if linsep else "lis-ae"
+    model.config = dict(iters=iters, batch_size=batch_size, lr=lr, latent=latent, width=width, latent_norm=latent_norm,
+                        latent_act=latent_act, beta=beta, gamma=gamma, gamma_scale=gamma_scale, linsep=linsep,
+                        variant=variant, augment=augment)
+    passes = (2 if linsep else 1) + (0 if x_negative is None else 2)      # batches of positives and negatives
+    model.info = dict(train_seconds=time.time() - t0, samples=iters * batch_size * passes)
+    return model
+
+
+def score(model, x, log=None):
+    """Sec. 3.4 for images x in [0, 1] -> numpy (N,), higher = more anomalous: the LIS-AE's reconstruction error."""
+    return anomaly_scores(model, x, log)
+
+
+def save(model, path, config=None):
+    """Keep a model: its weights, the phase-1 AE's latent layer (when phase 2 ran; E and D are shared), build_model's
+    settings, the input shape and its config (plus `config`). A bare build_model() is saved as a plain AE."""
     arch = dict(input_shape=list(model.input_shape), latent=model.latent.out_features,
                 width=model.encoder[0].out_channels, latent_act="tanh" if isinstance(model.act, nn.Tanh) else "linear")
-    state = {"model": model.state_dict(), **({"ae_latent": ae.latent.state_dict()} if ae is not None else {})}
+    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("ae_latent.")}}
+    if model.ae_latent is not None:
+        state["ae_latent"] = {k: v.detach().cpu() for k, v in model.ae_latent.state_dict().items()}
     preprocess = {"input": "images in [0, 1] (uint8 / 255) of input_shape; common.fit_images converts and resizes"}
-    save_checkpoint(path, "lis_ae", {**(config or {}), **arch}, preprocess, state)
+    save_checkpoint(path, "lis_ae", {**getattr(model, "config", {}), **(config or {}), **arch}, preprocess, state)
 
 
-def load(path):
-    """A checkpoint of save() or --save-model -> (model, ae or None, checkpoint dict), in evaluation mode."""
+def load(path, device="cpu"):
+    """A model written by save() or --save-model -> that model in eval mode, with ae_latent and config, for score()."""
     ck = load_checkpoint(path, "lis_ae")
     cfg, state = ck["config"], ck["state"]
-    try:
-        model = build_model(cfg["input_shape"], latent=cfg["latent"], width=cfg["width"], latent_act=cfg["latent_act"],
-                            latent_norm="batch" if "norm.running_mean" in state["model"] else "none")   # folded?
-        model.load_state_dict(state["model"])
-        ae = copy.deepcopy(model) if "ae_latent" in state else None
-        if ae is not None:
-            ae.latent.load_state_dict(state["ae_latent"])
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise DataError(f"'{path}' is a lis_ae.py checkpoint whose weights do not fit its settings "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Write it again with --save-model") \
-            from None
-    return model.eval(), None if ae is None else ae.eval(), ck
+    model = build_model(cfg["input_shape"], latent=cfg["latent"], width=cfg["width"], latent_act=cfg["latent_act"],
+                        latent_norm="batch" if "norm.running_mean" in state["model"] else "none")   # folded?
+    load_weights(model, state["model"], path)
+    if "ae_latent" in state:
+        model.ae_latent = load_weights(copy.deepcopy(model.latent), state["ae_latent"], path)
+    model.config = {"variant": "ae" if model.ae_latent is None else "lis-ae", **cfg}
+    model.info = dict(samples=0, train_seconds=None)                       # not trained here
+    return model.to(device).eval()
 
 
 # ------------------------------------------------------------------------------------------ data
 
 def negative_classes(mode, normal, n_classes, test_half=False):
-    """Sec. 5: (classes of the same dataset that form D-, classes kept in the test set). next-class: the next class,
-    not tested; split: the other half, tested on the normal half; supervised (Table 2's Sup. rows, Table 4's
-    "Sup. (0-4)"): the normal half's other classes, i.e. the test anomalies. Other modes take D- from elsewhere;
-    test_half tests the normal half only (Table 3). A protocol that leaves no anomaly class is a DataError."""
+    """Sec. 5: (D-'s classes of the same dataset, the tested classes). next-class: the next class, not tested; split:
+    the other half, tested on the normal half; supervised (Table 2's Sup. rows, Table 4's "Sup. (0-4)"): the normal
+    half's other classes = the test anomalies. test_half tests the normal half (Table 3). No anomaly left: DataError"""
     every = list(range(n_classes))
     halves = [every[:n_classes // 2], every[n_classes // 2:]]
     own = None
@@ -420,7 +452,7 @@ def negative_classes(mode, normal, n_classes, test_half=False):
 
 def negative_set(negative, shape, data_root=None):
     """D- from outside the normal data (Sec. 3.2, Table 3) for inputs of shape (C, S, S): omniglot, a built-in
-    dataset's training split (all classes), or the user's own images (common.load_unlabelled_images). -> (x, description)."""
+    dataset's training split (all classes), or your own images (common.load_unlabelled_images) -> (x, text)."""
     if negative == "omniglot" or negative in IMAGE_DATASETS:
         has = (1, 28) if negative == "omniglot" else IMAGE_DATASETS[negative][1:]
         if has != tuple(shape[:2]):
@@ -430,372 +462,111 @@ def negative_set(negative, shape, data_root=None):
         if negative == "omniglot":
             return load_omniglot(data_root, size=shape[-1])[0], "omniglot background images"
         return load_images(negative, data_root)[0], f"{negative} train split (all classes)"
-    return load_unlabelled_images(negative, shape[0], shape[-1]), f"your images {os.path.basename(os.path.normpath(negative))}"
+    return load_unlabelled_images(negative, shape[0], shape[-1]), f"your images {run_name(negative, None)[0]}"
 
 
-def prepare(dataset, normal, negative, test_half=False, data_root=None, with_negatives=True):
-    """The protocol's D+, D- and test set: a built-in dataset, or the user's own images (an .npz file or an image
-    folder, see prepare_own). Checks the combination before loading, then returns a dict of tensors (x_pos, x_neg
-    or None, x_test, y_test with 1 = anomaly, index = each test image's index in its source split) and text.
-    with_negatives=False (scoring a saved model) skips loading D-."""
+def prepare(dataset, normal, negative, test_half=False, data_root=None, with_negatives=True, seed=0):
+    """The protocol's D+, D- and test set, checked before loading -> dict of tensors (x_pos, x_neg or None, x_test,
+    y_test with 1 = anomaly, index: each test image's index in its source) and text. A built-in dataset (Sec. 5), or
+    your images (common.read_user_data; the seed splits an unsplit file; grey -> 1x28x28, RGB -> 3x32x32, taking the
+    PAPER row `like`), whose D- must be named (Sec. 3.2). with_negatives=False: no D- from outside the dataset."""
     if dataset not in IMAGE_DATASETS:
-        return prepare_own(dataset, negative, data_root, with_negatives)
-    n_classes, channels, side = IMAGE_DATASETS[dataset]
-    normal = parse_normal(normal, n_classes)
-    if negative == dataset:
-        raise DataError(f"--negative {negative} is the normal dataset itself. Use next-class, split or supervised "
-                        f"for negatives from the same dataset")
-    neg_cls, test_cls = negative_classes(negative, normal, n_classes, test_half)
-    x_tr, y_tr, x_te, y_te = load_images(dataset, data_root)
-    x_pos = x_tr[torch.isin(y_tr, torch.tensor(normal))]                  # D+: the normal training images
-    keep = torch.isin(y_te, torch.tensor(test_cls))
-    x_test, y_test = x_te[keep], is_anomaly(y_te[keep], normal)
-    if y_test.sum() == 0 or y_test.sum() == len(y_test):
-        raise DataError(f"the test split of {dataset} has no images of the anomaly classes or none of the normal "
-                        f"classes among classes {test_cls}. Check that the data files are complete")
+        if negative in LABEL_MODES or (negative is None and with_negatives):
+            why = "" if negative is None else f"; --negative {negative} needs the classes of a built-in dataset"
+            raise DataError(f"{run_name(dataset, None)[0]} needs a negative set D- (Sec. 3.2: unlabelled images of a "
+                            f"similar domain){why}. Give --negative PATH (an .npz holding x, or an image folder), "
+                            "omniglot, a built-in dataset of the same shape, or none (a plain AE: Tables 3-5's None)")
+        d = read_user_data(dataset, "lis_ae.py", seed, tables=False)
+        data = dict(normal=None, x_pos=d["train"], x_test=d["test"][0], y_test=d["test"][1], index=d["index"],
+                    source=d["source"], like=USER_ROWS[d["kind"]], test_classes=None, excluded=None)
+    else:
+        n_classes = IMAGE_DATASETS[dataset][0]
+        normal = parse_normal(normal, n_classes)
+        if negative == dataset:
+            raise DataError(f"--negative {negative} is the normal dataset itself. Use next-class, split or supervised "
+                            f"for negatives from the same dataset")
+        neg_cls, test_cls = negative_classes(negative, normal, n_classes, test_half)
+        x_tr, y_tr, x_te, y_te = load_images(dataset, data_root)
+        keep = torch.isin(y_te, torch.tensor(test_cls))
+        data = dict(normal=normal, x_pos=x_tr[torch.isin(y_tr, torch.tensor(normal))],   # D+: the normal train images
+                    x_test=x_te[keep], y_test=is_anomaly(y_te[keep], normal), index=torch.nonzero(keep).view(-1),
+                    source=None, like=dataset, test_classes=test_cls,
+                    excluded=[c for c in range(n_classes) if c not in test_cls])
+        if int(data["y_test"].sum()) in (0, len(data["y_test"])):
+            raise DataError(f"the test split of {dataset} has no images of the anomaly classes or none of the normal "
+                            f"classes among classes {test_cls}. Check that the data files are complete")
     x_neg, neg_desc = None, "none (plain AE)"
-    if negative in LABEL_MODES:
+    if negative in LABEL_MODES:                                             # D- from the same dataset's classes
         x_neg = x_tr[torch.isin(y_tr, torch.tensor(neg_cls))]
-        neg_desc = f"{dataset} train classes {','.join(map(str, neg_cls))}"
-        if negative == "supervised":
-            neg_desc += " (supervised UPPER BOUND: negatives are the test anomaly classes)"
-    elif negative != "none" and with_negatives:
-        x_neg, neg_desc = negative_set(negative, (channels, side, side), data_root)
+        neg_desc = f"{dataset} train classes {','.join(map(str, neg_cls))}" + (
+            " (supervised UPPER BOUND: negatives are the test anomaly classes)" if negative == "supervised" else "")
+    elif negative not in (None, "none") and with_negatives:
+        x_neg, neg_desc = negative_set(negative, tuple(data["x_pos"].shape[1:]), data_root)
     if x_neg is not None and len(x_neg) == 0:
         raise DataError(f"the negative set ({neg_desc}) is empty in the data under --data-root. Check that the "
                         f"data files are complete, or pick another --negative")
-    return dict(normal=normal, x_pos=x_pos, x_neg=x_neg, x_test=x_test, y_test=y_test, test_classes=test_cls,
-                neg_desc=neg_desc, index=torch.nonzero(keep).view(-1), source=None, like=dataset)
-
-
-def prepare_own(path, negative, data_root=None, with_negatives=True):
-    """--dataset PATH: the user's images, an .npz file (x_train normal, x_test, y_test; x_val / y_val unused) or an
-    MVTec AD folder, read by common.py: grey -> (1, 28, 28), RGB -> (3, 32, 32), trained with the settings of
-    MNIST (grey) or CIFAR-10 (RGB) (`like`). D- must be given: none, omniglot, a built-in dataset or a PATH."""
-    name = os.path.basename(os.path.normpath(path))
-    if path.endswith(".csv"):
-        raise DataError(f"lis_ae.py takes images, and '{name}' is a CSV file of feature rows; use toll.py or cance.py "
-                        "for tabular data")
-    if negative in LABEL_MODES or (negative is None and with_negatives):
-        why = "" if negative is None else f"; --negative {negative} needs the classes of a built-in dataset"
-        raise DataError(f"{name} needs a negative set D- (Sec. 3.2: unlabelled images from a similar domain){why}. "
-                        "Give --negative PATH (an .npz file holding x, or a folder of images), omniglot, a built-in "
-                        "dataset of the same shape, or none (the plain AE of Tables 3-5's None rows)")
-    if path.endswith(".npz"):
-        d = load_npz(path)
-        stored = tuple(d["train"].shape[1:])
-        if len(stored) == 1:
-            raise DataError(f"lis_ae.py takes images, and '{name}' holds ({len(d['train'])}, {stored[0]}) feature "
-                            "rows; use toll.py or cance.py for tabular data")
-        channels, side = (1, 28) if stored[0] == 1 else (3, 32)
-        (x_test, y_test), x_pos = d["test"], fit_images(d["train"], channels, side)
-        x_test = fit_images(x_test, channels, side)
-        source = (f"{len(x_pos)} x_train and {len(x_test)} x_test images of {'x'.join(map(str, stored))}, read as "
-                  f"{channels}x{side}x{side}" + ("; x_val / y_val unused (no validation)" if d["val"] else ""))
-    else:
-        d = load_image_folder(path)
-        (x_pos, (x_test, y_test)), source = (d["train"], d["test"]), d["source"]
-    shape = tuple(x_pos.shape[1:])
-    x_neg, neg_desc = None, "none (plain AE)"
-    if negative not in (None, "none") and with_negatives:
-        x_neg, neg_desc = negative_set(negative, shape, data_root)
-    return dict(normal=None, x_pos=x_pos, x_neg=x_neg, x_test=x_test, y_test=y_test, test_classes=None,
-                neg_desc=neg_desc, index=torch.arange(len(x_test)), source=source,
-                like="mnist" if shape[0] == 1 else "cifar10")
+    return dict(data, x_neg=x_neg, neg_desc=neg_desc)
 
 
 # ------------------------------------------------------------------------------------------ command line
-# These lines are the same in all five scripts (only data loading and ResNet blocks are shared via common.py).
-# Needs: import argparse, json, math, os, random, subprocess, sys, tempfile, time; numpy as np; torch.
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's error shape, 'error: <what is wrong>. <what to do>', and exit status 2."""
-
-    def error(self, message):
-        print(f"error: {message}. Run `python {os.path.basename(__file__)} --help` for the accepted values.",
-              file=sys.stderr)
-        sys.exit(2)
+TRAINING = ("iters", "batch_size", "lr", "latent", "width", "latent_norm", "latent_act", "beta", "gamma", "gamma_scale",
+            "linsep")           # fit()'s options: the dataset's PAPER row or flags; --load-model: the checkpoint's
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help prints the value each option really takes ('(default: 0.0001)'), and nothing where there is none."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
-            return action.help
-        if isinstance(action.default, float):
-            return f"{action.help} (default: {action.default:g})"
-        return super()._get_help_string(action)
-
-
-def number(kind=float, low=None, high=None, low_open=False):
-    """argparse type: a finite int or float in [low, high] (low itself excluded with low_open)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
-                                             f"'{text}'") from None
-        plain = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"     # 4294967295, not 4.29497e+09
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
-        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
-            rng = (f"{'>' if low_open else '>='} {plain(low)}" if high is None else
-                   f"in {'(' if low_open else '['}{plain(low)}, {plain(high)}]")
-            raise argparse.ArgumentTypeError(f"must be {rng} (got {text})")
-        return value
-    return parse
-
-
-def device_type(name):
-    """argparse type: auto (cuda if present, else cpu), cpu, cuda or cuda:N -> torch.device; an absent one is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
-        raise argparse.ArgumentTypeError(f"'{name}' was asked for, but torch finds {count} CUDA device(s) on this "
-                                         "machine; use --device cpu (or auto)")
-    return device
-
-
-def output_path(path):
-    """argparse type: a file this run can write, tried now so that no finished run is lost at the end."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name such as {os.path.join(path, 'out')}")
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist; create it first or choose another")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({e.strerror}); choose a writable folder") from None
-    return path
-
-
-def png_path(path):
-    """argparse type: where a PNG picture goes (a writable file whose name ends in .png)."""
-    if not path.lower().endswith(".png"):
-        raise argparse.ArgumentTypeError(f"{path} does not end in .png, and the picture is a PNG; give a name such as "
-                                         "figure.png")
-    return output_path(path)
-
-
-def set_seed(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def write_result(result, json_path=None, log=print, extra=None):
-    """The RESULT line (the last line a run prints) and, with --json, the same keys plus `extra` (configuration,
-    provenance, ...: the JSON only) written atomically."""
-    log("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
-    if json_path:
-        with open(json_path + ".tmp", "w") as f:
-            json.dump({**result, **(extra or {})}, f, indent=1)
-        os.replace(json_path + ".tmp", json_path)
-
-
-class Progress:
-    """Progress of a long phase: 'what i/n, 12s elapsed, about 30s left', printed at most every `every` seconds
-    (and at the end), so that no phase stays silent for long."""
-
-    def __init__(self, what, total, log=print, every=10.0):
-        self.what, self.total, self.log, self.every = what, total, log, every
-        self.t0 = self.last = time.time()
-
-    def __call__(self, done, extra=""):
-        now = time.time()
-        if done < self.total and now - self.last < self.every:
-            return
-        self.last, spent = now, now - self.t0
-        left = f", about {spent / done * (self.total - done):.0f}s left" if 0 < done < self.total else ""
-        self.log(f"{self.what} {done}/{self.total}{extra} {spent:.0f}s elapsed{left}")
-
-
-def check_scores(scores, where):
-    """A degenerate run is not a result: NaN/inf scores, or one value for every sample, stop the run (exit 3)."""
-    for name, s in scores.items():
-        s = np.asarray(s, dtype=np.float64)
-        if not np.isfinite(s).all():
-            raise FloatingPointError(f"the {name} scores of {where} hold {int((~np.isfinite(s)).sum())} NaN/inf "
-                                     f"values of {s.size}: the model diverged, or the data hold values too large for "
-                                     "float32. Try a smaller --lr, or rescale the data")
-        if s.size > 1 and s.min() == s.max():
-            raise FloatingPointError(f"every {name} score of {where} is {s[0]:.6g}: the model gives one score to "
-                                     "every sample, so no metric means anything. Try another --lr or more --iters")
-
-
-def provenance(argv):
-    """What made this result: the command line, package versions, and the git commit of the script's folder."""
-    import sklearn
-    import torchvision
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        commit = git.stdout.strip() if git.returncode == 0 else None
-        dirty = commit and subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                                          capture_output=True, text=True, timeout=10).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"command": " ".join(["python", os.path.basename(__file__), *argv]), "git_commit": commit,
-            "git_dirty": dirty, "python": sys.version.split()[0],
-            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-                         "scikit-learn": sklearn.__version__}}
-
-
-def save_scores(path, scores, labels, index):
-    """--save-scores: every reported variant's test scores (higher = more anomalous; `scores` is the main one,
-    `scores_<variant>` the others), the labels (1 = anomaly) and the test samples' indices, written atomically."""
-    arrays = {("scores" if k == "main" else f"scores_{k}"): np.asarray(v, dtype=np.float64) for k, v in scores.items()}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, labels=np.asarray(labels, dtype=np.int64), index=np.asarray(index, dtype=np.int64), **arrays)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path, script, config, preprocess, state):
-    """--save-model: the weights, every resolved hyperparameter and the preprocessing constants, atomically."""
-    torch.save({"script": script, "config": config, "preprocess": preprocess, "state": state}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_checkpoint(path, script):
-    """--load-model: a checkpoint this script wrote, or a DataError saying what it is instead."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                        f"Give a file written by `{script}.py --save-model`") from None
-    if not isinstance(ck, dict) or ck.get("script") != script:
-        who = ck.get("script") if isinstance(ck, dict) else None
-        raise DataError(f"'{path}' is {f'a checkpoint of {who}.py' if who else 'not a checkpoint of this project'}, "
-                        f"not of {script}.py. Load it with the script that wrote it")
-    return ck
-
-
-# the model and training options; --load-model takes them from the checkpoint and refuses them on the command line
-TRAINING = ("iters", "batch_size", "lr", "latent", "width", "latent_norm", "latent_act", "beta", "gamma",
-            "gamma_scale", "linsep")
-
-
-def name_or_path(choices, path):
-    """argparse type: one of choices, or a path to the user's own images (see common.is_user_dataset)."""
-    def parse(name):
-        if name in choices or is_user_dataset(name):
-            return name
-        raise argparse.ArgumentTypeError(f"invalid choice: '{name}' (choose from {', '.join(choices)}, or give {path})")
-    return parse
+def defaults(known):
+    """--dataset's PAPER row and D- (your images: MNIST's or CIFAR-10's row, D- to be named); --load-model: none."""
+    row = known.dataset if known.dataset in PAPER else USER_ROWS.get(user_data_kind(known.dataset), "mnist")
+    return dict(PAPER[row], negative=NEGATIVE.get(known.dataset), **dict.fromkeys(TRAINING if known.load_model else ()))
 
 
 def parse_args(argv=None):
-    pre = ArgumentParser(add_help=False)                  # the dataset first: --help shows its defaults
-    pre.add_argument("--dataset", default="mnist")
-    dataset = pre.parse_known_args(argv)[0].dataset
-    p = ArgumentParser(description="LIS-AE: latent-insensitive autoencoder (Battikh & Lenskiy, Mathematics 2022)",
-                       formatter_class=HelpFormatter)
-    p.add_argument("--dataset", type=name_or_path(tuple(PAPER), "your own images: an .npz file or an image folder"),
-                   default="mnist",
-                   help="mnist, fashion-mnist, svhn, cifar10 (Sec. 5); cifar100 (20 superclasses) and digits "
-                        "(offline install check) are not in the paper; or your own images: an .npz file (x_train "
-                        "normal, x_test, y_test with 1 = anomaly) or a folder (train/good, test/good, test/<defect>), "
-                        "grey read as 1x28x28 with MNIST's settings, RGB as 3x32x32 with CIFAR-10's")
-    p.add_argument("--normal", help="normal class, or a comma list for several (Table 1's 2-class MNIST: 0,1 2,3 ... "
-                                    "8,9); default 0 for the built-in sets, none for your own data")
-    p.add_argument("--negative", metavar="NAME|PATH", type=name_or_path(("none", "omniglot") + LABEL_MODES + tuple(
-                       PAPER), "a path: an .npz file holding x, or an image folder"),
-                   help="negative set D-: omniglot (MNIST; from ROOT/omniglot-py or ROOT/omniglot_subsets); "
-                        "next-class (Fashion-MNIST), removed from the test set; split (SVHN, CIFAR), the other half "
-                        "of the classes; supervised, the normal half's other classes = the test anomalies (upper "
-                        "bound, Table 2's Sup. rows); a dataset, its training split (Table 3); none, a plain AE "
-                        "(Sec. 5.1); PATH, your own unlabelled images of a similar domain (Sec. 3.2), an .npz file "
-                        "holding x or a folder of images. Your own --dataset needs one of omniglot, a dataset, "
-                        "PATH or none")
-    p.add_argument("--test-half", action="store_true",
-                   help="test only on the normal classes' half (0-4 or 5-9), as Table 3 does; split and supervised "
-                        "always do (Sec. 5.2)")
-    p.add_argument("--data-root", default=os.environ.get("AD_DATA_ROOT", "./data"),
-                   help="datasets folder, torchvision's layout ($AD_DATA_ROOT if set)")
-    p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0,
-                   help="random seed: init, batches, augmentation (not in the paper)")
-    p.add_argument("--device", type=device_type, default="auto",
-                   help="auto (cuda if present, else cpu), cpu, cuda or cuda:N (not in the paper)")
-    p.add_argument("--iters", type=number(int, 1),
-                   help="optimisation steps of each phase: 2000 on 28x28 sets, 5000 on 32x32 sets (not in the "
-                        "paper: Alg. 1 trains 'until convergence')")
-    p.add_argument("--batch-size", type=number(int, 2),
-                   help="positives per step, and as many negatives: 128, digits 64 (not in the paper: digits' "
-                        "classes have ~120 training images)")
+    p = command_line("lis_ae.py", "LIS-AE: latent-insensitive autoencoder (Battikh & Lenskiy, Mathematics 2022)", PAPER,
+                     "mnist, fashion-mnist, svhn, cifar10 (Sec. 5); not in the paper: cifar100 (20 superclasses), "
+                     "digits (offline install check)", "grey read as 1x28x28 with MNIST's settings, RGB as 3x32x32 "
+                     "with CIFAR-10's", "random seed: init, batches, augmentation, the split of an unsplit file (not "
+                     "in the paper)", "Sec. 5.1", tables=False)
+    p.add_argument("--negative", metavar="NAME|PATH", type=dataset_type(("none", "omniglot") + LABEL_MODES + tuple(
+        PAPER), tables=False), help="negative set D- (Sec. 5.1): omniglot (MNIST); next-class (Fashion-MNIST), not "
+        "tested; split (SVHN, CIFAR), the other half; supervised, the test anomalies (upper bound, Table 2's Sup. "
+        "rows); a dataset's train split (Table 3); none, a plain AE; PATH, your unlabelled images (Sec. 3.2)")
+    p.add_argument("--test-half", action="store_true", help="test only on the normal classes' half (0-4 or 5-9), as "
+                   "Table 3 does; split and supervised always do (Sec. 5.2)")
+    p.add_argument("--iters", type=number(int, 1), help="optimisation steps of each phase: 2000 on 28x28 sets, 5000 "
+                   "on 32x32 sets (not in the paper: Alg. 1 trains 'until convergence')")
+    p.add_argument("--batch-size", type=number(int, 2), help="positives per step, and as many negatives: 128, digits "
+                   "64 (not in the paper: digits' classes have ~120 training images)")
     p.add_argument("--lr", type=number(float, 0, low_open=True), default=1e-3,
                    help="Adam's learning rate in both phases (not in the paper: Adam's usual value)")
-    p.add_argument("--latent", type=number(int, 1),
-                   help="latent size: 16 on 28x28 sets, 128 on 32x32 sets (not in the paper, which reports 'the "
-                        "best performing latent dimension' (Sec. 5.1): 16 was the best of 16, 32, 64 here)")
-    p.add_argument("--width", type=number(int, 1),
-                   help="channels of the first conv, twice as many in the second: 32 on 28x28 sets, 64 on 32x32 "
-                        "sets (not in the paper: Sec. 5.1 gives 'higher capacity networks' for SVHN and CIFAR-10)")
-    p.add_argument("--latent-norm", default="batch", choices=["batch", "none"],
-                   help="batch: standardise Z's pre-activation over the batch in phase 1, then fold it into Z; "
-                        "none: the saturating original (not in the paper: it keeps the tanh out of saturation)")
+    p.add_argument("--latent", type=number(int, 1), help="latent size: 16 on 28x28 sets, 128 on 32x32 sets (not in "
+                   "the paper, which reports 'the best performing latent dimension' (Sec. 5.1): best of 16, 32, 64)")
+    p.add_argument("--width", type=number(int, 1), help="channels of the first conv, twice as many in the second: 32 "
+                   "on 28x28 sets, 64 on 32x32 sets (not in the paper: Sec. 5.1's 'higher capacity' for SVHN, CIFAR)")
+    p.add_argument("--latent-norm", default="batch", choices=["batch", "none"], help="batch: standardise Z's input "
+                   "over the batch in phase 1, then fold it into Z; none: the saturating original (not in the paper)")
     p.add_argument("--latent-act", default="tanh", choices=["tanh", "linear"],
                    help="activation of Z: tanh; linear drops it, an ablation (Sec. 3.1)")
     p.add_argument("--beta", type=number(float, 0), default=1.0,
                    help="weight of the negative term of Eq. (1) (not in the paper: no value given)")
-    p.add_argument("--gamma", type=number(float, 0),
-                   help="target error of the negatives in Eq. (1); unset: --gamma-scale times the phase-1 AE's "
-                        "mean error on D- (not in the paper: no value given)")
-    p.add_argument("--gamma-scale", type=number(float, 0, low_open=True), default=2.0,
-                   help="gamma = this times the phase-1 AE's mean error on D- (not in the paper: the negatives' "
-                        "error must rise above the AE's)")
-    p.add_argument("--linsep", action="store_true",
-                   help="LinSep-LIS-AE: phase 1 also trains a linear classifier (BCE) on Z's pre-activation, D+ "
-                        "vs D- (Sec. 4.2)")
-    p.add_argument("--save-recon", type=png_path,
-                   help="write a PNG: 8 normal and 8 anomalous test images, the AE's and the LIS-AE's outputs "
-                        "(Figure 3)")
-    p.add_argument("--save-scores", type=output_path,
-                   help="write the test scores to this .npz: scores (LIS-AE, phase 2), scores_ae (the phase-1 AE), "
-                        "scores_linsep with --linsep (= scores), labels (1 = anomaly), index (each test image's index "
-                        "in its source) (not in the paper)")
-    p.add_argument("--save-model", type=output_path,
-                   help="write the trained model to this .pt: LIS-AE's weights, the phase-1 AE's latent layer, every "
-                        "setting and the input shape (not in the paper)")
-    p.add_argument("--load-model",
-                   help="score the test set with a model written by --save-model, without training; the model and "
-                        "training options come from it and may not be given (not in the paper)")
-    p.add_argument("--json", type=output_path,
-                   help="also write the RESULT keys, the resolved settings and the provenance to this file (not in "
-                        "the paper)")
-    if dataset in PAPER:
-        p.set_defaults(negative=NEGATIVE[dataset], **PAPER[dataset])
-    args = p.parse_args(argv)
-    if args.dataset not in PAPER:
-        for flag, bad in (("--normal", args.normal is not None), ("--test-half", args.test_half)):
-            if bad:
-                p.error(f"{flag} names classes of a built-in dataset; in your own data ({args.dataset}) y_test = 1 or "
-                        f"a test/<defect>/ folder marks the anomalies. Drop {flag}")
-    unset = object()                                     # which options the command line set (not defaults)
-    given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))).items()
-             if v is not unset}
-    flags = lambda keys: ", ".join("--" + k.replace("_", "-") for k in keys)
-    if args.load_model:
-        held = [k for k in TRAINING if k in given]
-        if held:
-            p.error(f"{flags(held)} set the model or its training, which --load-model reads from the "
-                    f"checkpoint. Drop {'it' if len(held) == 1 else 'them'}")
-        return args
-    idle = [k for k in ("linsep", "beta", "gamma", "gamma_scale") if k in given and args.negative == "none"]
-    if idle:                                            # phase 2 and LinSep need D-
-        p.error(f"{flags(idle)} {'needs' if len(idle) == 1 else 'need'} a negative set (phase 2, Eq. (1)), and "
-                "--negative none trains a plain AE. Pick a --negative set, or drop "
-                f"{'it' if len(idle) == 1 else 'them'}")
-    if {"gamma", "gamma_scale"} <= given:
+    p.add_argument("--gamma", type=number(float, 0), help="target error of the negatives in Eq. (1); unset: "
+                   "--gamma-scale times the phase-1 AE's mean error on D- (not in the paper: no value given)")
+    p.add_argument("--gamma-scale", type=number(float, 0, low_open=True), default=2.0, help="gamma = this times the "
+                   "phase-1 AE's mean error on D- (not in the paper: the negatives' error must rise above the AE's)")
+    p.add_argument("--linsep", action="store_true", help="LinSep-LIS-AE: phase 1 also trains a linear classifier "
+                   "(BCE) on Z's pre-activation, D+ vs D- (Sec. 4.2)")
+    p.add_argument("--save-recon", type=png_path, metavar="FILE.png", help="write a PNG: 8 normal and 8 anomalous "
+                   "test images, the AE's and the LIS-AE's outputs (Figure 3)")
+    output_flags(p, "scores (LIS-AE, phase 2), scores_ae (the phase-1 AE), scores_linsep with --linsep (= scores)",
+                 "LIS-AE's weights, the phase-1 AE's latent layer, every setting and the input shape")
+    args = parse(p, argv, defaults, TRAINING)
+    idle = [k for k in ("linsep", "beta", "gamma", "gamma_scale") if k in args.given] if args.negative == "none" else []
+    if args.test_half and args.dataset not in PAPER:
+        p.error(f"--test-half names classes of a built-in dataset; in your own data ({args.dataset}) the labels (y = "
+                "1, a test/<defect>/ folder) mark the anomalies. Drop --test-half")
+    if idle and not args.load_model:                    # phase 2 and LinSep need D-
+        p.error(f"{flags(idle)} need{'s' if len(idle) == 1 else ''} a negative set (phase 2, Eq. (1)), and --negative "
+                f"none trains a plain AE. Pick a --negative set, or drop {'it' if len(idle) == 1 else 'them'}")
+    if {"gamma", "gamma_scale"} <= args.given and not args.load_model:
         p.error("--gamma-scale sets gamma when --gamma is not given; both were given. Drop one of them")
     return args
 
@@ -803,117 +574,46 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    log = lambda line: print(line, flush=True)
-    try:
-        t_start = time.time()
-        set_seed(args.seed)
-        model, ae, ck = load(args.load_model) if args.load_model else (None, None, None)
-        own = args.dataset not in PAPER
-        normal = "0" if args.normal is None else args.normal                  # the built-in sets' default
-        data = prepare(args.dataset, normal, args.negative, args.test_half, args.data_root, with_negatives=ck is None)
-        x_pos, x_test, y_test = (data[k].to(args.device) for k in ("x_pos", "x_test", "y_test"))
-        x_neg = None if data["x_neg"] is None else data["x_neg"].to(args.device)
-        shape, fmt = tuple(x_test.shape[1:]), lambda shape: "x".join(map(str, shape))
-        if ck and model.input_shape != shape:
-            raise DataError(f"'{args.load_model}' holds a model for {fmt(model.input_shape)} images, but "
-                            f"{args.dataset} gives {fmt(shape)} images. Score data of the model's shape, or train a "
-                            "model on this data")
-        for k in TRAINING:                                  # the checkpoint's settings; own data: MNIST's or CIFAR-10's
-            if ck or getattr(args, k) is None:
-                setattr(args, k, ck["config"].get(k) if ck else PAPER[data["like"]].get(k))
-        augment = args.negative == "omniglot"               # Sec. 5.1 augments Omniglot only
-        if ck:
-            variant = ck["config"].get("variant", "lis-ae" if "ae_latent" in ck["state"] else "ae")
-        else:
-            variant = "ae" if x_neg is None else ("linsep-lis-ae" if args.linsep else "lis-ae")
-        base = lambda path: os.path.basename(os.path.normpath(path))
-        name, negative = (base(args.dataset) if own else args.dataset), args.negative
-        negative = base(negative) if negative and is_user_dataset(negative) else negative
-        normal, tested = ("-", "-") if own else (",".join(map(str, data["normal"])), data["test_classes"])
-        neg = f"{0 if x_neg is None else len(x_neg)} ({data['neg_desc']})" if not ck else "not used (no training)"
-        log(f"lis_ae: dataset={name} variant={variant} normal={normal} D+={len(x_pos)} D-={neg} latent={args.latent} "
-            f"latent_norm={args.latent_norm} latent_act={args.latent_act} width={args.width} lr={args.lr:g} "
-            f"batch={args.batch_size} iters={args.iters}/phase device={args.device}")
-        if own:
-            log(f"data: {data['source']}; {data['like']}'s settings where not given")
-        excluded = [] if own else [c for c in range(IMAGE_DATASETS[args.dataset][0]) if c not in tested]
-        log(f"test set: {len(x_test)} images{'' if own else f' of classes {tested}'} ({int(y_test.sum())} anomalies)"
-            + ("" if own else f"; excluded from test: {excluded}"))
-        if ck:
-            log(f"model: {args.load_model}, not trained here; " + " ".join(f"{k}={v}" for k, v in ck["config"].items()))
-        log(f"scoring: {2 if variant == 'ae' else 3} passes over the test set (the phase-1 AE's scores and latent "
-            f"codes{'' if variant == 'ae' else ', then LIS-AE scores'})")
-        t1 = t2 = 0.0
-        if ck:
-            model, ae = model.to(args.device), (ae or model).to(args.device)
-        else:
-            model = build_model(shape, latent=args.latent, width=args.width, latent_act=args.latent_act,
-                                latent_norm=args.latent_norm).to(args.device)
-            t1 = time.time()                                # Alg. 1, phase 1 (LinSep adds the BCE term)
-            train_phase1(model, x_pos, x_neg, linsep=args.linsep, iters=args.iters, batch_size=args.batch_size,
-                         lr=args.lr, augment=augment, log=log)
-            t1, ae = time.time() - t1, copy.deepcopy(model)  # the phase-1 AE, scored beside the LIS-AE
-        ts = time.time()
-        scores = {"ae": anomaly_scores(ae, x_test, log=lambda line: log("phase-1 AE " + line))}
-        score_time = time.time() - ts
-        check_scores(scores, "the test set")
-        auroc_ae = roc_auc_score(y_test.cpu().numpy(), scores["ae"])
-        z_test = latent_codes(ae, x_test, log=lambda line: log("phase-1 AE " + line))
-        sat, z_std = saturated_fraction(z_test), z_test[y_test == 0].std(0)
-        log(f"phase-1 AE: test auroc={auroc_ae:.4f}; latent on the test set: {sat:.3f} of |z| > {SATURATED}, "
-            f"per-unit std over test normals min {float(z_std.min()):.3f} mean {float(z_std.mean()):.3f}")
-        if args.latent_act == "tanh" and sat > 0.5:
-            log(f"WARNING: {sat:.0%} of the latent is saturated (|z| > {SATURATED}): phase 2 gets (almost) no "
-                f"gradient through tanh and LIS-AE will stay close to the AE (--latent-norm batch avoids it)")
-        scores["main"], gamma = scores["ae"], args.gamma
-        if variant != "ae":
-            if not ck:                                      # Alg. 1, phase 2: Eq. (1) on Z only
-                gamma = gamma if gamma is not None else negative_target(model, x_neg, args.gamma_scale, augment)
-                t2 = time.time()
-                train_phase2(model, x_pos, x_neg, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
-                             beta=args.beta, gamma=gamma, augment=augment, log=log)
-                t2 = time.time() - t2
-            scores["main"] = anomaly_scores(model, x_test, log=lambda line: log("LIS-AE " + line))
-            scores.update({"linsep": scores["main"]} if args.linsep else {})
-            check_scores(scores, "the test set")
-        auroc_lis = roc_auc_score(y_test.cpu().numpy(), scores["main"])
-        if variant != "ae":
-            log(f"test auroc: AE (phase 1) {auroc_ae:.4f}, {variant} (phase 2) {auroc_lis:.4f}")
-        seen = 0 if ck else args.iters * args.batch_size * ((2 if args.linsep else 1) + (0 if variant == "ae" else 2))
-        result = {"method": "lis_ae", "dataset": name, "normal": normal, "seed": args.seed,
-                  "auroc": round(auroc_lis, 4), "auroc_linsep": round(auroc_lis, 4) if args.linsep else None,
-                  "auroc_ae": round(auroc_ae, 4), "variant": variant, "negative": negative,
-                  "test_classes": tested if own else ",".join(map(str, tested)), "latent": args.latent,
-                  "latent_act": args.latent_act, "latent_norm": args.latent_norm, "latent_saturated": round(sat, 4),
-                  "beta": args.beta, "gamma": None if gamma is None else round(gamma, 4), "iters": args.iters,
-                  "batch_size": args.batch_size, "lr": args.lr, "device": args.device.type,
-                  "seconds": round(time.time() - t_start, 1),
-                  "train_samples_per_s": None if ck else round(seen / max(t1 + t2, 1e-9), 1),  # positives + negatives
-                  "score_samples_per_s": round(len(x_test) / max(score_time, 1e-9), 1)}
-        config = ck["config"] if ck else dict(
-            {k: getattr(args, k) for k in TRAINING}, gamma=gamma, variant=variant, dataset=args.dataset,
-            normal=args.normal, negative=args.negative, test_half=args.test_half, seed=args.seed, augment=augment,
-            input_shape=list(shape), settings_of=data["like"])
+    set_seed(args.seed)
+    with exit_codes():
+        model = load(args.load_model, args.device) if args.load_model else None
+        data = prepare(args.dataset, "0" if args.normal is None else args.normal, args.negative, args.test_half,
+                       args.data_root, with_negatives=model is None, seed=args.seed)
+        x_neg, x_test, y_test, tested = data["x_neg"], data["x_test"], data["y_test"], data["test_classes"]
+        name, normal = run_name(args.dataset, data["normal"])
+        if model is not None:                               # --load-model: its settings, nothing trained
+            check_input_shape(model.input_shape, x_test.shape[1:], args.load_model, name)
+            say(loaded_note(args.load_model, model.config))
+        cfg = {k: getattr(args, k) if model is None else model.config.get(k) for k in TRAINING}
+        variant = model.config["variant"] if model else "ae" if x_neg is None else \
+            "linsep-lis-ae" if cfg["linsep"] else "lis-ae"
+        neg = "not used (no training)" if model else f"{0 if x_neg is None else len(x_neg)} ({data['neg_desc']})"
+        say(f"lis_ae: dataset={name} variant={variant} normal={normal} D+={len(data['x_pos'])} D-={neg} latent="
+            f"{cfg['latent']} latent_norm={cfg['latent_norm']} latent_act={cfg['latent_act']} width={cfg['width']} "
+            f"lr={cfg['lr']:g} batch={cfg['batch_size']} iters={cfg['iters']}/phase device={args.device}")
+        say((f"data: {data['source']}; {data['like']}'s settings where not given\n" if data["source"] else "") +
+            f"test set: {len(x_test)} images{'' if tested is None else f' of classes {tested}'} ({int(y_test.sum())} "
+            f"anomalies){'' if tested is None else '; excluded from test: ' + str(data['excluded'])}")
+        if model is None:                                   # Alg. 1; Sec. 5.1 augments Omniglot only
+            model = fit(data["x_pos"], x_neg, **cfg, augment=args.negative == "omniglot", device=args.device, log=say)
+        ev, gamma = evaluate(model, x_test, y_test, log=say), model.config.get("gamma")
+        scores = dict(ev["scores"], **({"linsep": ev["scores"]["main"]} if cfg["linsep"] else {}))
+        result = dict(method="lis_ae", dataset=name, normal=normal, seed=args.seed, auroc=round(ev["auroc"], 4),
+                      auroc_linsep=round(ev["auroc"], 4) if cfg["linsep"] else None, auroc_ae=round(ev["auroc_ae"], 4),
+                      variant=variant, negative=run_name(args.negative, None)[0] if is_user_dataset(args.negative or "")
+                      else args.negative, test_classes="-" if tested is None else ",".join(map(str, tested)),
+                      **{k: cfg[k] for k in ("latent", "latent_act", "latent_norm")},
+                      latent_saturated=round(ev["latent_saturated"], 4), beta=cfg["beta"], gamma=None if gamma is None
+                      else round(gamma, 4), **{k: cfg[k] for k in ("iters", "batch_size", "lr")})
+        config = model.config if args.load_model else dict(
+            model.config, dataset=args.dataset, normal=args.normal, negative=args.negative, test_half=args.test_half,
+            seed=args.seed, input_shape=list(x_test.shape[1:]), settings_of=data["like"])
         if args.save_recon:                                 # written only now: a degenerate run writes nothing
-            idx = torch.cat([torch.nonzero(y_test == k).view(-1)[:8] for k in (0, 1)])     # 8 normal, 8 anomalous
-            save_recon(args.save_recon, x_test[idx], ae, model)
-            log(f"wrote {args.save_recon}")
-        if args.save_scores:
-            save_scores(args.save_scores, scores, y_test.cpu().numpy(), data["index"].numpy())
-            log(f"wrote {args.save_scores}: {', '.join('scores' + ('' if k == 'main' else '_' + k) for k in scores)}"
-                ", labels, index")
-        if args.save_model:
-            save(model, args.save_model, None if variant == "ae" else ae, config)
-            log(f"wrote {args.save_model}")
-        result = {k: v for k, v in result.items() if v is not None}
-        write_result(result, args.json, log, extra=dict(config=config, provenance=provenance(argv)))
-        return result
-    except (DataError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3 if isinstance(e, FloatingPointError) else 2)
-    except KeyboardInterrupt:
-        print("\ninterrupted: no result was written", file=sys.stderr)
-        sys.exit(130)
+            save_recon(args.save_recon, x_test, y_test, phase1_ae(model), model)
+            say(f"wrote {args.save_recon}")
+        speed = (model.info["samples"], model.info["train_seconds"], len(x_test), ev["score_seconds"])
+        return finish(args, argv, result, config, scores, y_test.numpy(), data["index"].numpy(),
+                      lambda path: save(model, path, config), speed)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ and anomaly score are one expression, ||x_hat - x||_2 + beta * ||z||_2 (higher =
 Reproduces Tables 1-4 (MNIST; CIFAR-10; Fashion-MNIST and the CIFAR-100 superclasses; Arrhythmia, F1) under
 the Sec. 4.1 protocol (2000 random batches, validation every 20, the best validation checkpoint tested), the
 beta = 0 ablation of Table 7 and the beta grid of Fig. 4 (--beta), and Table 8's norms (--norm 1|2|inf).
-Fig. 2 and Theorems 1-2 (linear autoencoder) live in benchmarks/toll_figures.py and the tests. Not here:
-Tables 5-6 (the collapse term added to FITYMI, a classifier on a pre-trained ViT).
+Fig. 2 and Theorems 1-2 (linear autoencoder): benchmarks/toll_figures.py and the tests. Not here: Tables 5-6.
 
 Equation map (a user calls fit -> score; save / load keep a fitted model)
     Appendix B.1 / B.2 / B.3 architectures ........................ build_model(): MnistAE, CifarAE, TabularAE
@@ -35,9 +34,8 @@ Deviations: where the paper is silent, or this file differs or adds
       anomalies outside both unused. --split official: the authors' index files (GitHub Soltanilara/Toll,
       folder `val IDs/`, MIT License) in <data-root>/toll_splits/; Arrhythmia cut at 20% / 40% as their
       src/data.py does (20% validation, not the text's 30%); one split for every seed.
-    - F1: the top r of scores are called anomalous, r = the data's anomaly ratio (66/452; Sec. 4.1: "the
-      expected 15 percent"), on validation and test alike. --seed drives initialisation, batch order and the
-      random split (the authors' code reseeds numpy with 42 for every seed).
+    - F1: the top r of scores are anomalous, r = the data's anomaly ratio (66/452; Sec. 4.1: "the expected 15
+      percent"). --seed drives init, batches and the split (the authors' code reseeds numpy with 42 every time).
     - Not in the paper: thyroid (Arrhythmia's protocol), digits (an install check with the MNIST model), --select
       last (the final model is tested), your own data (--dataset PATH: tables take Arrhythmia's model and values,
       common.split_table's split with a labelled validation set and the training rows' standardisation; grey
@@ -56,10 +54,10 @@ import torch.nn as nn
 from sklearn.metrics import f1_score, roc_auc_score
 
 from common import (DataError, IMAGE_DATASETS, Progress, as_input, check_finite, check_input_shape, check_scores,
-                    command_line, data_root, exit_codes, finish, fit_batch, global_contrast_normalization, is_anomaly, load_checkpoint,
-                    load_images, load_tabular, load_weights, loaded_note, minmax_scale, number, one_class_split, output_flags, parse,
-                    parse_normal, read_index_file, read_user_data, row_moments, run_name, save_checkpoint, say,
-                    set_seed, standardize, user_data_kind)
+                    command_line, data_root, exit_codes, finish, fit_batch, global_contrast_normalization, is_anomaly,
+                    load_checkpoint, load_images, load_tabular, load_weights, loaded_note, minmax_scale, number,
+                    one_class_split, output_flags, parse, parse_normal, read_index_file, read_user_data, row_moments,
+                    run_name, save_checkpoint, say, set_seed, standardize, user_data_kind)
 
 # The paper's values per dataset (Sec. 4.1 batch sizes and validation size, Appendix B beta, lr and latent size);
 # the keys are the keyword names of fit() and prepare().
@@ -132,8 +130,8 @@ class CifarAE(TollAE):
             return [c(cin, cout, k, s, bias=False), nn.BatchNorm2d(cout), lrelu()]
 
         self.encoder = nn.Sequential(
-            *conv(3, 32, 5), *conv(32, 64, 4, 2), *conv(64, 128, 4),    # (B, 32, 28, 28) (B, 64, 13, 13) (B, 128, 10, 10)
-            *conv(128, 256, 4, 2), *conv(256, 512, 4), *conv(512, 512, 1),   # (B, 256, 4, 4) (B, 512, 1, 1)
+            *conv(3, 32, 5), *conv(32, 64, 4, 2), *conv(64, 128, 4),          # -> 32x28x28, 64x13x13, 128x10x10
+            *conv(128, 256, 4, 2), *conv(256, 512, 4), *conv(512, 512, 1),   # -> 256x4x4, 512x1x1, 512x1x1
             nn.Conv2d(512, latent, 1), nn.Flatten())                    # (B, latent)
         self.decoder = nn.Sequential(
             nn.Unflatten(1, (latent, 1, 1)),
@@ -188,8 +186,7 @@ def anomaly_scores(model, x, beta=PAPER["mnist"]["beta"], p=2, chunk=1000, log=N
     """Eq. (3) for every sample of x -> numpy (N,), higher = more anomalous; in eval mode (BN running statistics).
     Use the beta and p the model was trained with: Eq. (3) is Eq. (2)'s per-sample term. With log, a pass of more
     than one chunk reports its progress."""
-    x = as_input(x, model.input_shape, next(model.parameters()).device)
-    was_training = model.training
+    x, was_training = as_input(x, model.input_shape, next(model.parameters()).device), model.training
     model.eval()
     out, progress = [], Progress(what, len(x), log if len(x) > chunk else None)
     for i in range(0, len(x), chunk):
@@ -216,7 +213,8 @@ def f1_top_ratio(labels, scores, ratio):
 # ------------------------------------------------------------------------------------------ training (Sec. 4.1)
 
 def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], lr=PAPER["mnist"]["lr"],
-          iters=2000, batch_size=PAPER["mnist"]["batch_size"], eval_every=20, p=2, metric=auroc, log=None):
+          iters=2000, batch_size=PAPER["mnist"]["batch_size"], eval_every=20, p=2, metric=auroc, metric_name=None,
+          log=None):
     """Sec. 4.1: `iters` random batches of normal samples (no repeats within a batch), Adam with a fixed learning
     rate on the Eq. (2) loss. With labelled validation data (y_val: 1 = anomaly), every `eval_every` batches
     metric(y_val, scores) is computed and the best checkpoint is loaded at the end; without it the final model
@@ -233,8 +231,7 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
         if y_val.shape != (len(x_val),):
             raise ValueError(f"y_val must have shape ({len(x_val)},), a label per x_val sample (1 = anomaly), got "
                              f"{y_val.shape}")
-    name = getattr(metric, "__name__", "metric")
-    log = log or (lambda line: None)
+    name, log = metric_name or getattr(metric, "__name__", "metric"), log or (lambda line: None)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best = (-1.0, 0, None)  # (metric, iteration, state)
     n, t0, train_time, progress = len(x_normal), time.time(), 0.0, Progress("training", iters, log)
@@ -271,7 +268,7 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
 
 def fit(x_normal, x_val=None, y_val=None, *, beta=PAPER["mnist"]["beta"], lr=PAPER["mnist"]["lr"],
         latent=PAPER["mnist"]["latent"], iters=2000, batch_size=PAPER["mnist"]["batch_size"], eval_every=20, p=2,
-        metric=auroc, constants=None, device="cpu", log=None):
+        metric=auroc, metric_name="auroc", constants=None, device="cpu", log=None):
     """Sec. 4.1 on raw samples x_normal (N, D), (N, 1, 28, 28) or (N, 3, 32, 32): the preprocessing (constants;
     None = fit_constants(x_normal)), Appendix B's autoencoder for that shape, train() on Eq. (2), the best
     checkpoint on labelled x_val / y_val (raw; 1 = anomaly) if given, else the last. The model carries beta, p,
@@ -281,7 +278,7 @@ def fit(x_normal, x_val=None, y_val=None, *, beta=PAPER["mnist"]["beta"], lr=PAP
     model = build_model(x.shape[1:], latent=latent).to(device)
     x_val = None if x_val is None else normalise(x_val, constants)
     model, model.info = train(model, x, x_val, y_val, beta=beta, lr=lr, iters=iters, batch_size=batch_size,
-                              eval_every=eval_every, p=p, metric=metric, log=log)
+                              eval_every=eval_every, p=p, metric=metric, metric_name=metric_name, log=log)
     model.beta, model.p, model.constants = beta, p, constants
     model.config = dict(beta=beta, lr=lr, latent=latent, iters=iters, batch_size=batch_size, eval_every=eval_every)
     return model
@@ -306,8 +303,8 @@ def load(path, device="cpu"):
     constants and config as fit() leaves them."""
     ck = load_checkpoint(path, "toll")
     model = load_weights(build_model(ck["config"]["input_shape"], latent=ck["config"]["latent"]), ck["state"], path)
-    model.constants = dict(ck["preprocess"])
-    model.beta, model.p, model.config, model.info = model.constants.pop("beta"), model.constants.pop("p"), ck["config"], None
+    model.constants, model.config, model.info = dict(ck["preprocess"]), ck["config"], None
+    model.beta, model.p = model.constants.pop("beta"), model.constants.pop("p")
     return model.to(device).eval()
 
 
@@ -320,10 +317,9 @@ def fit_constants(x, standardize=True):
     x = torch.as_tensor(x, dtype=torch.float32)
     if x.dim() == 2:
         return dict(zip(("row_mean", "row_std"), (v.tolist() for v in row_moments(x)))) if standardize else {}
-    if x.shape[1] == 1:
-        return {"mean": float(x.mean()), "std": float(x.std())}
-    gcn = global_contrast_normalization(x)
-    return {"gcn_min": float(gcn.min()), "gcn_max": float(gcn.max())}
+    gcn = global_contrast_normalization(x) if x.shape[1] == 3 else None
+    return {"mean": float(x.mean()), "std": float(x.std())} if gcn is None else {"gcn_min": float(gcn.min()),
+                                                                                  "gcn_max": float(gcn.max())}
 
 
 def normalise(x, constants):
@@ -405,8 +401,7 @@ def tabular_split(X, y, seed=0, paths=None):
             a, b = int(np.round(0.2 * len(idx))), int(np.round(0.4 * len(idx)))
         parts["test"].append(idx[:a])
         parts["val"].append(idx[a:b])
-        if label == 0:
-            parts["train"].append(idx[b:])
+        parts["train"] += [idx[b:]] if label == 0 else []
     test, val = torch.cat(parts["test"]), torch.cat(parts["val"])
     return {"train": X[parts["train"][0]], "val": (X[val], y[val]), "test": (X[test], y[test]), "index": test}
 
@@ -415,8 +410,7 @@ FIX = "Use the authors' file for this dataset (GitHub Soltanilara/Toll, folder `
 
 
 def split_paths(dataset, root=None):
-    """--split official: the authors' index files for this dataset; a DataError when there are none or they
-    are missing (checked before any data is loaded)."""
+    """--split official: the authors' index files for this dataset (a DataError, before loading, where missing)."""
     if dataset not in SPLIT_FILES:
         raise DataError(f"--split official: the Toll authors ship no index files for {dataset} "
                         f"(they have {', '.join(SPLIT_FILES)}). Use --split random")
@@ -424,10 +418,9 @@ def split_paths(dataset, root=None):
     paths = [os.path.join(folder, f) for f in SPLIT_FILES[dataset]]
     missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
     if missing:
-        raise DataError(f"--split official reads {', '.join(SPLIT_FILES[dataset])} from {folder}, and {', '.join(missing)} "
-                        f"{'is' if len(missing) == 1 else 'are'} not there. These are the index files of the authors' "
-                        f"code (GitHub Soltanilara/Toll, folder `val IDs/`, MIT License): copy them into {folder}, or "
-                        "use --split random")
+        raise DataError(f"--split official reads {', '.join(SPLIT_FILES[dataset])} from {folder}, and "
+                        f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not there: copy the authors' "
+                        "files (GitHub Soltanilara/Toll, folder `val IDs/`, MIT License) into it, or use --split random")
     return paths
 
 
@@ -437,8 +430,9 @@ LOADED = ("beta", "norm", "lr", "latent", "iters", "batch_size", "eval_every", "
 
 
 def defaults(known):
-    """The options' defaults for --dataset: its PAPER row (your own data: its kind's); --load-model: the checkpoint's."""
-    row = dict(PAPER.get(known.dataset) or PAPER[USER_ROWS[user_data_kind(known.dataset) or "grey"]])
+    """The options' defaults for --dataset: its PAPER row (your data: its kind's); --load-model: the checkpoint's."""
+    row = dict(PAPER.get(known.dataset) or PAPER[USER_ROWS[user_data_kind(known.dataset) or "grey"]], iters=2000,
+               eval_every=20)
     image_split = known.split == "random" and known.dataset in PAPER and known.dataset not in TABULAR
     return dict(row, **dict.fromkeys(LOADED if known.load_model else () if image_split else ["val_size"]))
 
@@ -448,36 +442,36 @@ def parse_args(argv=None):
     p = command_line("toll.py", "Toll: targeted collapse regularized autoencoder (Ghafourian et al., TNNLS 2024)",
                      PAPER, "mnist, fashion-mnist, cifar10, cifar100 (20 superclasses), arrhythmia (Sec. 4.1); not in "
                      "the paper: thyroid (Arrhythmia's values), digits (install check: MNIST's, batch 64, val 300)",
-                     "tables take Arrhythmia's model and values, grey images (1x28x28) MNIST's, RGB (3x32x32) CIFAR-10's",
+                     "tables take Arrhythmia's model and values, grey images (1x28x28) MNIST's, RGB (3x32x32) "
+                     "CIFAR-10's",
                      "initialisation, batch order and the random split (Sec. 4.1 averages 10 seeds)", "Sec. 4.1")
-    p.add_argument("--iters", type=number(int, 1), default=2000, help="random training batches (Sec. 4.1)")
-    p.add_argument("--batch-size", type=number(int, 2), help=f"{values('batch_size')} (Sec. 4.1)")
-    p.add_argument("--lr", type=number(float, 0, low_open=True), help=f"Adam's fixed learning rate: {values('lr')} "
-                   "(Appendix B.1, B.2; Arrhythmia: the authors' code)")
-    p.add_argument("--beta", type=number(float, 0), help=f"weight of ||z|| in Eq. (2)-(3); 0 = the plain autoencoder "
-                   f"(Table 7, Fig. 4): {values('beta')} (Appendix B.1, B.2; Arrhythmia: the authors' code)")
+    for flag, kind, text in (
+            ("iters", number(int, 1), "random training batches (Sec. 4.1)"),
+            ("batch-size", number(int, 2), f"{values('batch_size')} (Sec. 4.1)"),
+            ("lr", number(float, 0, low_open=True), f"Adam's fixed learning rate: {values('lr')} (Appendix B)"),
+            ("beta", number(float, 0), f"weight of ||z|| in Eq. (2)-(3); 0 = the plain autoencoder (Table 7, Fig. 4): "
+                                       f"{values('beta')} (Appendix B; Arrhythmia's lr and beta: the authors' code)"),
+            ("latent", number(int, 1), f"latent size: {values('latent')} (Appendix B)"),
+            ("eval-every", number(int, 1), "validate every this many batches (Sec. 4.1); with --select last, a line"),
+            ("val-size", number(int, 0), "labelled samples held out of an image train split to validate (Sec. 4.1)")):
+        p.add_argument("--" + flag, type=kind, help=text)
     p.add_argument("--norm", default="2", choices=list(NORMS),
                    help="p of ||z||_p in loss and score alike: 2 = Eq. (2)-(3); 1 and inf (Table 8)")
-    p.add_argument("--latent", type=number(int, 1), help=f"latent size: {values('latent')} (Appendix B)")
     p.add_argument("--split", default="random", choices=["random", "official"],
                    help="random: validation (and Arrhythmia's test) split drawn from --seed (Sec. 4.1); official: "
                         f"the index files in <data-root>/{SPLIT_DIR}/ (not in the paper: the authors' code's)")
-    p.add_argument("--eval-every", type=number(int, 1), default=20,
-                   help="validate every this many batches (Sec. 4.1); with --select last, print a line")
-    p.add_argument("--val-size", type=number(int, 0),
-                   help="labelled samples held out of an image train split for validation (Sec. 4.1: 10000)")
     p.add_argument("--select", default="val", choices=["val", "last"],
-                   help="val: test the checkpoint of the best validation metric (Sec. 4.1, uses anomaly labels; data "
-                        "without labelled validation: last, said in the header); last: test the final model, nothing "
-                        "held out (not in the paper)")
-    output_flags(p, "scores (Eq. 3)", "the trained weights, the resolved hyperparameters and the preprocessing constants")
+                   help="val: test the checkpoint of the best validation metric (Sec. 4.1; data without labelled "
+                        "validation: last, said in the header); last: test the final model (not in the paper)")
+    output_flags(p, "scores (Eq. 3)", "the weights, the resolved hyperparameters and the preprocessing constants")
     args = parse(p, argv, defaults, LOADED, pre=("split",))
     if args.normal is not None and args.dataset in TABULAR:
         p.error(f"--normal does not apply to {args.dataset}: its normal label is 0. Leave --normal out")
     if "val_size" in args.given and (args.dataset not in PAPER or args.dataset in TABULAR or args.split == "official"):
-        p.error(f"--val-size does not apply {'with --split official' if args.split == 'official' else 'to ' + args.dataset}"
-                ": tabular sets validate on 30% of each class (Sec. 4.1), --split official on the index file's samples, "
-                "your own data on its x_val / y_val or the split rule's. Drop --val-size")
+        where = "with --split official" if args.split == "official" else f"to {args.dataset}"
+        p.error(f"--val-size does not apply {where}: tabular sets validate on 30% of each class (Sec. 4.1), --split "
+                "official on the index file's samples, your own data on its x_val / y_val or the split rule's. Drop "
+                "--val-size")
     if "val_size" in args.given and args.select == "last" and args.val_size:
         p.error(f"--val-size {args.val_size} holds out samples that --select last never uses. Drop --val-size (all "
                 "normal training samples then train), or use --select val")
@@ -497,7 +491,8 @@ def main(argv=None):
                                args.label_column, args.normal_label, not args.raw_features)
         shape, (x_test, y_test), ratio = tuple(data["train"].shape[1:]), data["test"], data["anomaly_ratio"]
         (name, normal_text), split = run_name(args.dataset, normal), args.split if args.dataset in PAPER else "own"
-        cfg, note = {k: getattr(args, k) for k in LOADED}, ""
+        cfg, note, info = {k: getattr(args, k) for k in LOADED}, "", dict(best_val=None, best_iter=None,
+                                                                          train_seconds=None)
         if model is not None:                                     # the checkpoint's hyperparameters and F1 ratio
             cfg = dict({k: model.config.get(k) for k in LOADED}, beta=model.beta, norm=NORM_NAME[model.p])
             ratio = model.constants.get("anomaly_ratio", ratio)
@@ -511,8 +506,8 @@ def main(argv=None):
             cfg["select"], note = "last", " (no labelled validation data: the last model is tested)"
         if model is None:
             cfg["batch_size"] = fit_batch(cfg["batch_size"], len(data["train"]), "batch_size" in args.given, say)
-        metric = auroc if ratio is None else lambda labels, scores: f1_top_ratio(labels, scores, ratio)
-        metric.__name__ = m = "auroc" if ratio is None else "f1"
+        f1 = lambda labels, scores: f1_top_ratio(labels, scores, ratio)             # Sec. 4.1: F1 for tables
+        metric, m = (auroc, "auroc") if ratio is None else (f1, "f1")
         if data["source"]:
             say(f"toll: read {name}: {data['source']}; the model and hyperparameters of --dataset {data['row']}")
         say(f"toll: dataset={name} normal={normal_text} split={split} train={len(data['train'])} "
@@ -523,9 +518,9 @@ def main(argv=None):
         if model is None:
             x_val, y_val = val if cfg["select"] == "val" else (None, None)
             model = fit(data["train"], x_val, y_val, **{k: cfg[k] for k in FIT}, p=NORMS[cfg["norm"]], metric=metric,
-                        constants=data["constants"], device=args.device, log=say)
-        info, ts = model.info or dict(best_val=None, best_iter=None, train_seconds=None), time.time()
-        scores = score(model, x_test, log=say)
+                        constants=data["constants"], device=args.device, log=say, metric_name=m)
+            info = model.info
+        ts, scores = time.time(), score(model, x_test, log=say)
         speed = (cfg["iters"] * cfg["batch_size"], info["train_seconds"], len(x_test), time.time() - ts)
         check_scores({"Eq. (3)": scores}, "the test set")
         y_test = y_test.numpy()
@@ -538,6 +533,7 @@ def main(argv=None):
                   "split": split, "input_shape": list(shape), "paper_row": model.config.get("paper_row", data["row"])}
         return finish(args, argv, result, config, {"main": scores}, y_test, data["index"],
                       lambda path: save(model, path, config), speed)
+
 
 if __name__ == "__main__":
     main()

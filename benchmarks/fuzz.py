@@ -43,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
+import common  # noqa: E402
 SCRIPTS = ("toll", "lis_ae", "cance", "itad", "csi_gen")
 TABULAR = ("toll", "cance")                     # the scripts that take tabular data
 SKIP = {"help", "dataset"}                      # --help exits 0 without a RESULT line; --dataset is drawn first
@@ -57,7 +58,7 @@ class _Captured(Exception):
 def parser_of(mod):
     """The ArgumentParser that mod.parse_args builds (its last parse_args call), without running it."""
     seen = []
-    cls = mod.ArgumentParser
+    cls = common.ArgumentParser                  # every script builds its parser from common.py
     original = cls.parse_args
 
     def grab(self, args=None, namespace=None):

@@ -17,7 +17,7 @@ import torchvision
 from sklearn.metrics import roc_auc_score
 
 import cance
-from common import DataError, load_mnist_c
+from common import DataError, load_mnist_c, row_moments, split_table
 from conftest import REPO, class_images, read_json, run_script
 
 QUIET = lambda line: None
@@ -293,7 +293,7 @@ import cance                     # copy cance.py and common.py next to your code
 rng = np.random.default_rng(0)
 x_normal = rng.normal(5.0, 3.0, size=(600, 20)).astype(np.float32)  # rows (fit z-scores them), or images in [0, 1]
 x_new = np.concatenate([rng.normal(5.0, 3.0, size=(50, 20)), rng.normal(11.0, 3.0, size=(50, 20))]).astype(np.float32)
-model = cance.fit(x_normal, latent=3, ae_iters=100, decoder_iters=50, nce_iters=100, device="cpu")
+model = cance.fit(x_normal, latent=3, ae_iters=100, decoder_iters=50, nce_iters=100, device="cpu")  # silent; log=print
 scores = cance.score(model, x_new)                                 # numpy, higher = more anomalous
 print("mean score of normal / shifted rows:", scores[:50].mean(), scores[50:].mean())
 cance.save(model, "cance_model.pt")                                # weights, moments, K, z-scoring, hyperparameters
@@ -338,7 +338,8 @@ def test_api_trains_and_scores_in_an_empty_folder_holding_only_cance_and_common(
     p = subprocess.run([sys.executable, "-c", README_SNIPPET + API_CHECKS], cwd=tmp_path, capture_output=True,
                        text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "mean score of normal / shifted rows" in p.stdout and p.stdout.rstrip().endswith("API OK")
+    assert p.stdout.startswith("mean score of normal / shifted rows") and p.stdout.rstrip().endswith("API OK")  # fit()
+    # printed nothing unasked (log=None)
 
 
 @pytest.mark.parametrize("dataset", ["thyroid", "mnist"])
@@ -580,7 +581,7 @@ EVERY_CLASS = ",".join(map(str, range(10)))
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--dataset", "omniglot"], "invalid choice"),
+    (["--dataset", "omniglot"], "unknown dataset 'omniglot'"),
     (["--dataset", "mnist", "--normal", "10"], "out of range"),
     (["--dataset", "mnist", "--normal", "1;2"], "comma list"),
     (["--dataset", "mnist", "--normal", "a"], "comma list"),
@@ -613,14 +614,20 @@ EVERY_CLASS = ",".join(map(str, range(10)))
     (["--dataset", "thyroid", "--features", "resnet18-pca"], "image datasets"),
     (["--dataset", "mnist-c", "--corruption", "nope"], "'nope' is not 'all'"),
     (["--dataset", "mnist-c", "--normal", "3"], "fixed for mnist-c"),
-    (["--dataset", "my.csv", "--normal", "1"], "--normal does not apply to your own data ('my.csv')"),
-    (["--dataset", "./folder", "--normal", "0"], "--normal does not apply to your own data"),
-    (["--dataset", "mnist", "--label-column", "y"], "are for a .csv --dataset"),
-    (["--dataset", "x.npz", "--normal-label", "1"], "are for a .csv --dataset"),
-    (["--dataset", "x.npz", "--tabular-split", "drocc"], "--tabular-split splits a tabular set"),
+    (["--dataset", "my.csv", "--normal", "1"], "--normal names classes of a built-in dataset; in your own data"),
+    (["--dataset", "./folder", "--normal", "0"], "--normal names classes of a built-in dataset"),
+    (["--dataset", "mnist", "--label-column", "y"], "apply to a .csv dataset only"),
+    (["--dataset", "x.npz", "--normal-label", "1"], "apply to a .csv dataset only"),
+    (["--dataset", "x.npz", "--tabular-split", "drocc"], "--tabular-split splits a tabular set of Table 6, and 'x.npz' "
+                                                         "is none (your own tables follow the split rule"),
+    (["--dataset", "my.csv", "--tabular-split", "goad"], "--tabular-split splits a tabular set"),
     (["--dataset", "mnist", "--tabular-split", "goad"], "--tabular-split splits a tabular set"),
-    (["--load-model", "m.pt", "--latent", "4", "--lr", "1"], "--latent, --lr cannot apply with --load-model"),
-    (["--load-model", "m.pt", "--save-model", "n.pt"], "--save-model cannot apply with --load-model"),
+    (["--dataset", "thyroid", "--raw-features"], "--raw-features keeps your own table's features"),
+    (["--dataset", "mnist", "--raw-features"], "--raw-features keeps your own table's features"),
+    (["--load-model", "m.pt", "--latent", "4", "--lr", "1"], "--latent, --lr set the model or its training, which "
+                                                             "--load-model reads from the checkpoint"),
+    (["--load-model", "m.pt", "--raw-features"], "--raw-features sets the model or its training"),
+    (["--load-model", "m.pt", "--save-model", "n.pt"], "--save-model sets the model or its training"),
     (["--dataset", "mnist", "--save-scores", "/no/such/dir/s.npz"], "does not exist"),
     (["--dataset", "mnist", "--save-model", "/no/such/dir/m.pt"], "does not exist"),
 ])
@@ -784,25 +791,25 @@ def result_line(out):
     return dict(kv.split("=", 1) for kv in out.strip().splitlines()[-1].split()[1:])
 
 
-def test_csv_gives_the_builtin_sets_result_and_a_score_file_that_recomputes_it(tiny_root, tmp_path, capsys):
-    """Thyroid written as CSV (exact float32 text, a label column): the same split, the same hyperparameters
-    (Thyroid's row), the same F1 and AUROC; the score file holds the four variants, the labels and each test row's
-    index in the file; the JSON adds the config and provenance, the RESULT line does not."""
+def test_csv_is_split_by_the_one_rule_and_a_score_file_recomputes_its_result(tiny_root, tmp_path, capsys):
+    """Thyroid written as CSV (exact float32 text, a label column) is your own table: split by common.split_table
+    (not by --tabular-split, Table 6's preparation of the built-in set), z-scored with its training rows, Thyroid's
+    hyperparameters; the score file holds the four variants, the labels and each test row's index in the file and
+    recomputes the result; the JSON adds the config and provenance, the RESULT line does not."""
     X, y = cance.load_tabular("thyroid", tiny_root)
     path = write_csv(tmp_path / "thyroid.csv", X.numpy(), y.numpy())
-    argv = ["--iters", "2", "--seed", "1"]
-    builtin = cance.main(["--dataset", "thyroid", "--data-root", tiny_root] + argv)
-    capsys.readouterr()
     scores, out = tmp_path / "s.npz", tmp_path / "r.json"
-    mine = cance.main(["--dataset", path, "--save-scores", str(scores), "--json", str(out)] + argv)
+    mine = cance.main(["--dataset", path, "--save-scores", str(scores), "--json", str(out), "--iters", "2",
+                       "--seed", "1"])
     stdout = capsys.readouterr().out
-    assert "read 600 rows of 6 features (30 anomalies); hyperparameters of thyroid" in stdout
+    assert "read thyroid.csv: 600 rows of 6 features, 30 anomalies (y = 1), unsplit; split: train 285 normal, " \
+           "test 300 (15 anomalies)" in stdout
+    assert "rows z-scored with the training rows' mean and std; hyperparameters of thyroid" in stdout
     assert mine["dataset"] == "thyroid.csv" and mine["normal"] == "-" and mine["latent"] == 3
-    for key in ("f1", "f1_error", "f1_latnce", "f1_cnce", "auroc", "auroc_error", "auroc_latnce", "auroc_cnce"):
-        assert mine[key] == builtin[key], key
+    assert "tabular_split" not in mine and "f1" in mine
     f = np.load(scores)
     assert sorted(f.files) == ["index", "labels", "scores", "scores_cnce", "scores_error", "scores_latnce"]
-    assert np.array_equal(f["index"], cance.tabular_split(y, 1)[1].numpy())
+    assert np.array_equal(f["index"], split_table(X, y, seed=1)["index"].numpy())
     assert np.array_equal(f["labels"], y.numpy()[f["index"]])
     assert round(cance.f1_at_ratio(f["scores"], f["labels"]), 4) == mine["f1"]
     for variant, key in (("scores", "auroc"), ("scores_error", "auroc_error"), ("scores_cnce", "auroc_cnce")):
@@ -810,9 +817,93 @@ def test_csv_gives_the_builtin_sets_result_and_a_score_file_that_recomputes_it(t
     js = read_json(out)
     assert js["config"]["hyperparameters_of"] == "thyroid" and js["config"]["label_column"] == "label"
     assert js["config"]["lr"] == 1e-3 and js["config"]["input_shape"] == [6] and js["config"]["nce_iters"] == 2
+    assert js["config"]["standardize"] is True and "tabular_split" not in js["config"]
     assert set(js["provenance"]) >= {"command", "git_commit", "git_dirty", "versions"}
     assert "--save-scores" in js["provenance"]["command"] and "torch" in js["provenance"]["versions"]
     assert "config" not in stdout.strip().splitlines()[-1] and "provenance" not in stdout.strip().splitlines()[-1]
+
+
+def own_table(n=300, anomalies=40, d=8, seed=0, shift=0.0, scale=1.0):
+    """A generated table, float32 (exact in CSV text), columns of different scales; y = 1 marks an anomaly."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(size=(n - anomalies, d)), rng.normal(3.0, 1.0, size=(anomalies, d))])
+    return (x * np.arange(1, d + 1) * scale + shift).astype(np.float32), np.r_[np.zeros(n - anomalies),
+                                                                              np.ones(anomalies)].astype(np.int64)
+
+
+def test_every_table_layout_gives_the_same_split_and_scores(tmp_path, capsys):
+    """Issue 34: one table as a CSV, an ADBench / PyOD .npz (X, y) and an ODDS .mat (X, y (N, 1)) is one dataset:
+    split by common.split_table (the rule toll.py uses too), z-scored with the training rows and scored identically.
+    --raw-features keeps the features as they are (other scores)."""
+    import scipy.io
+    x, y = own_table()
+    np.savez(tmp_path / "t.npz", X=x, y=y)
+    scipy.io.savemat(tmp_path / "t.mat", {"X": x, "y": y[:, None]})
+    runs = {}
+    for path, flags in ((write_csv(tmp_path / "t.csv", x, y), []), (str(tmp_path / "t.npz"), []),
+                        (str(tmp_path / "t.mat"), []), (str(tmp_path / "t.mat"), ["--raw-features"])):
+        r = cance.main(["--dataset", path, "--iters", "3", "--seed", "4", "--save-scores", str(tmp_path / "s.npz")]
+                       + flags)
+        runs[path[-3:] + "".join(flags)] = dict(np.load(tmp_path / "s.npz"), f1=r["f1"], auroc=r["auroc"])
+    out = capsys.readouterr().out
+    assert out.count("rows z-scored with the training rows' mean and std") == 3 and "rows as they are" in out
+    rule = split_table(torch.from_numpy(x), torch.from_numpy(y), seed=4)
+    np.testing.assert_array_equal(runs["csv"]["index"], rule["index"])
+    np.testing.assert_array_equal(runs["csv"]["labels"], y[rule["index"]])
+    for layout in ("npz", "mat"):
+        for k in ("scores", "scores_error", "scores_latnce", "scores_cnce", "labels", "index", "f1", "auroc"):
+            np.testing.assert_array_equal(runs[layout][k], runs["csv"][k])
+    assert not np.array_equal(runs["mat"]["scores"], runs["mat--raw-features"]["scores"])   # standardised by default
+
+
+def test_own_tables_are_standardised_with_the_training_rows_only(tmp_path):
+    """Issue 34: the z-scoring of your own table comes from its training rows alone: moving every test row far away
+    (x 1000 + 50) leaves the saved model's constants as they were, the training rows' mean and std (a test row in
+    the statistics would move them)."""
+    x, y = own_table()
+    rule = split_table(torch.from_numpy(x), torch.from_numpy(y), seed=0)
+    far = x.copy()
+    far[rule["index"].numpy()] = far[rule["index"].numpy()] * 1000 + 50
+    for name, rows in (("near", x), ("far", far)):
+        cance.main(["--dataset", write_csv(tmp_path / f"{name}.csv", rows, y), "--iters", "2", "--save-model",
+                    str(tmp_path / f"{name}.pt")])
+    near, moved = cance.load(str(tmp_path / "near.pt")), cance.load(str(tmp_path / "far.pt"))
+    mean, std = row_moments(rule["train"])
+    assert torch.equal(near.x_mean, mean) and torch.equal(near.x_std, std) and near.config["standardize"]
+    assert torch.equal(moved.x_mean, mean) and torch.equal(moved.x_std, std)
+    assert not torch.allclose(row_moments(torch.from_numpy(x))[0], mean)            # every row's mean differs
+
+
+def test_a_default_batch_larger_than_the_training_part_is_fitted_an_explicit_one_is_an_error(tmp_path, capsys):
+    """Issue 34: 300 rows leave 130 normal training rows, 104 after Appendix E's 20% hold-out: Thyroid's default
+    batch 128 becomes 104 with a note; --batch-size 500, given by the user, stops before training (exit 2)."""
+    path = write_csv(tmp_path / "t.csv", *own_table())
+    r = cance.main(["--dataset", path, "--iters", "2"])
+    assert r["batch_size"] == 104 and "note: --batch-size 104: the default 128 exceeds the 104 normal training " \
+                                       "samples left after Appendix E's 20% hold-out" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cance.main(["--dataset", path, "--iters", "2", "--batch-size", "500"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and "--batch-size 500 exceeds the 104 normal training samples" in err and "iter" not in out
+
+
+def test_load_model_on_other_data_uses_the_checkpoints_z_scoring_never_refitted(tmp_path, capsys, request):
+    """Issue 34: --load-model on another table (other rows, another location and scale) scores with the z-scoring
+    the checkpoint holds, the saving run's training rows' mean and std: the API's score() of the loaded model gives
+    the same scores, and constants refitted on the new table's training rows would give others."""
+    x, y = own_table(seed=0)
+    cance.main(["--dataset", write_csv(tmp_path / "a.csv", x, y), "--iters", "3", "--save-model",
+                str(tmp_path / "m.pt")])
+    x2, y2 = own_table(seed=1, shift=3.0, scale=5.0)
+    request.getfixturevalue("no_training")                          # from here on, an optimiser step fails
+    r = cance.main(["--dataset", write_csv(tmp_path / "b.csv", x2, y2), "--load-model", str(tmp_path / "m.pt"),
+                    "--save-scores", str(tmp_path / "b.npz")])
+    assert "not trained here" in capsys.readouterr().out and 0 <= r["auroc"] <= 1
+    f, model = np.load(tmp_path / "b.npz"), cance.load(str(tmp_path / "m.pt"))
+    assert torch.equal(model.x_mean, row_moments(split_table(torch.from_numpy(x), torch.from_numpy(y))["train"])[0])
+    np.testing.assert_array_equal(cance.score(model, x2[f["index"]]), f["scores"])   # the checkpoint's constants
+    model.x_mean, model.x_std = row_moments(split_table(torch.from_numpy(x2), torch.from_numpy(y2))["train"])
+    assert not np.allclose(cance.score(model, x2[f["index"]]), f["scores"])          # what refitting would give
 
 
 @pytest.mark.parametrize("kind", ["rows", "grey", "rgb"])
@@ -831,9 +922,11 @@ def test_npz_rows_and_images_run_end_to_end(tmp_path, capsys, kind):
     r = cance.main(["--dataset", path, "--iters", "2", "--batch-size", "16"])
     out = capsys.readouterr().out
     assert r["dataset"] == "d.npz" and r["normal"] == "-" and 0 <= r["auroc"] <= 1
-    expected = {"rows": ("x_train: 120 rows of 20 features; hyperparameters of thyroid", 3),
-                "grey": ("60 1x28x28 images -> 1x28x28; hyperparameters of mnist", 6),
-                "rgb": ("60 3x40x40 images -> 3x32x32; hyperparameters of cifar10", 64)}[kind]
+    expected = {"rows": ("120 x_train, 40 x_test rows of 20 features; rows z-scored with the training rows' mean "
+                         "and std; hyperparameters of thyroid", 3),
+                "grey": ("60 x_train, 20 x_test images of 1x28x28, read as 1x28x28; hyperparameters of mnist", 6),
+                "rgb": ("60 x_train, 20 x_test images of 3x40x40, read as 3x32x32; hyperparameters of cifar10",
+                        64)}[kind]
     assert expected[0] in out and r["latent"] == expected[1]
     assert ("f1" in r) == (kind == "rows") and "tabular_split" not in r
 
@@ -844,7 +937,7 @@ def test_image_folder_runs_end_to_end(tmp_path, capsys):
                     "--save-scores", str(scores)])
     out = capsys.readouterr().out
     assert "40 train/good, 10 test/good and 10 anomalous images (crack) of 28x28 grey, read as 1x28x28" in out
-    assert "scoring: one pass of the AE over the 20 test samples" in out
+    assert "scoring: one pass of the AE over the 20 samples" in out
     assert r["dataset"] == "parts" and r["normal"] == "-" and r["latent"] == 6
     f = np.load(scores)
     assert f["index"].tolist() == list(range(20)) and f["labels"].tolist() == [0] * 10 + [1] * 10
@@ -875,7 +968,7 @@ def test_save_model_then_load_model_scores_identically_without_training(kind, ti
     if kind == "csv":
         X, y = cance.load_tabular("thyroid", tiny_root)
         data = ["--dataset", write_csv(tmp_path / "t.csv", X.numpy() * 100 + 7, y.numpy())]
-        train = ["--seed", "2", "--tabular-split", "drocc"]
+        train = ["--seed", "2"]
     elif kind == "folder":
         data, train = ["--dataset", write_folder(tmp_path / "f")], ["--batch-size", "16"]
     else:
@@ -886,14 +979,14 @@ def test_save_model_then_load_model_scores_identically_without_training(kind, ti
     capsys.readouterr()
     request.getfixturevalue("no_training")                          # from here on, an optimiser step fails
     loaded = cance.main(data + ["--load-model", str(model), "--save-scores", str(second)])
-    assert "(no training; seed" in capsys.readouterr().out
+    assert "its settings and preprocessing, not trained here" in capsys.readouterr().out
     a, b = np.load(first), np.load(second)
     for key in a.files:
         assert np.array_equal(a[key], b[key]), key
     for key in ("auroc", "auroc_error", "auroc_latnce", "auroc_cnce", "k_mean", "latent", "nce_steps", "iters"):
         assert loaded[key] == saved[key], key
     if kind == "csv":
-        assert loaded["seed"] == 2 and loaded["tabular_split"] == "drocc"
+        assert loaded["seed"] == 2                                  # the checkpoint's split of the table
 
 
 def test_load_model_refuses_another_scripts_checkpoint_another_input_shape_and_a_non_checkpoint(tiny_root, tmp_path,
@@ -905,7 +998,7 @@ def test_load_model_refuses_another_scripts_checkpoint_another_input_shape_and_a
     cance.save_checkpoint(str(tmp_path / "toll.pt"), "toll", {}, {}, {})
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     cases = [(["--dataset", "mnist", "--normal", "3", "--data-root", tiny_root, "--load-model",
-               str(tmp_path / "rows.pt")], "holds a model of inputs (6,), but mnist gives (1, 28, 28)"),
+               str(tmp_path / "rows.pt")], "holds a model for inputs of 6 features, but mnist gives 1x28x28"),
              (["--dataset", "thyroid", "--data-root", tiny_root, "--load-model", str(tmp_path / "toll.pt")],
               "is a checkpoint of toll.py, not of cance.py"),
              (["--dataset", "thyroid", "--data-root", tiny_root, "--load-model", str(tmp_path / "junk.pt")],
@@ -975,13 +1068,13 @@ def bad_files(tmp_path):
             ("npz-lengths", t("lengths.npz"), [], "x_test has 40 samples but y_test has 39 labels"),
             ("npz-labels", t("labels.npz"), [], "0 (normal) and 1 (anomaly) only"),
             ("npz-nan", t("nan.npz"), [], "x_train holds NaN or inf"),
-            ("npz-one-class-test", t("allnormal.npz"), [], "every test sample is normal"),
+            ("npz-one-class-test", t("allnormal.npz"), [], "holds no anomalies"),
             ("csv-no-label", t("nolabel.csv"), [], "no column 'label' (columns: a, b, class)"),
             ("csv-text-column", t("text.csv"), [], "column 'b' is not numeric"),
             ("folder-no-train", t("notrain"), [], "no images in train/good"),
             ("folder-no-anomalies", t("nodefect"), [], "no anomaly folder"),
             ("folder-non-image", t("stray"), [], "notes.txt' is not an image"),
-            ("neither-kind", "." + os.sep + os.path.relpath(t("plain.txt")), [], "neither .npz nor .csv"),
+            ("neither-kind", "." + os.sep + os.path.relpath(t("plain.txt")), [], "is a file cance.py cannot read"),
             ("rows-to-resnet", rows, ["--features", "resnet18-pca"], "resnet18-pca takes images")]
 
 

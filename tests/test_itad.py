@@ -16,6 +16,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
 import itad  # noqa: E402
 from conftest import REPO, read_json, run_script  # noqa: E402
 
@@ -37,11 +38,10 @@ import itad
 
 x_normal = np.random.rand(64, 1, 28, 28)       # your normal images, (N, 1, 28, 28) or (N, 3, 32, 32), in [0, 1]
 x_new = np.random.rand(20, 1, 28, 28)          # images to score, the same shape
-model = itad.build_encoder(input_shape=(1, 28, 28), ndf=16, nrkhs=128, ndepth=1)   # Table IV: 128, 1024, 10
-model, info = itad.train(model, x_normal, iters=20, batch_size=32)   # Alg. 1 (paper: 400 epochs of 200 images)
-scores = itad.anomaly_scores(model, x_new)     # Eq. 23 negated: higher = more anomalous (BatchNorm stats of x_new)
-itad.save(model, "itad.pt")                    # weights, training BatchNorm buffers, sizes and input shape
-model, checkpoint = itad.load("itad.pt")       # later, or elsewhere: the same scores
+model = itad.fit(x_normal, ndf=16, nrkhs=128, ndepth=1, iters=20, batch_size=32)   # Alg. 1; Table IV: 128, 1024, 10
+scores = itad.score(model, x_new)              # Eq. 23 negated: higher = more anomalous (BatchNorm stats of x_new)
+itad.save(model, "itad.pt")                    # weights, training BatchNorm buffers, settings, bn_stats
+again = itad.score(itad.load("itad.pt"), x_new)   # later, or elsewhere: the same scores, no training
 '''
 
 
@@ -337,9 +337,11 @@ def test_api_in_a_fresh_folder_with_keyword_arguments_only(tmp_path):
         shutil.copy(os.path.join(REPO, name), tmp_path / name)
     code = "import numpy as np\nnp.random.seed(0)\n" + README_SNIPPET + '''
 assert scores.shape == (20,) and np.isfinite(scores).all() and np.ptp(scores) > 0, scores
-assert np.array_equal(itad.anomaly_scores(model, x_new, bn_stats=checkpoint["preprocess"]["bn_stats"]), scores)
-rgb = itad.build_encoder(input_shape=(3, 32, 32), ndf=4, nrkhs=8, ndepth=1, model="extension")
-rgb, _ = itad.train(rgb, np.random.rand(16, 3, 32, 32), iters=2, batch_size=8, log=lambda line: None)
+loaded = itad.load("itad.pt")
+assert np.array_equal(again, scores) and loaded.bn_stats == "test" and loaded.c2 == 20.0
+assert loaded.config["iters"] == 20 and loaded.config["ndf"] == 16 and model.info["iters"] == 20
+assert np.array_equal(itad.anomaly_scores(loaded, x_new, bn_stats="test"), scores)   # score() = Eq. 23, test stats
+rgb = itad.fit(np.random.rand(16, 3, 32, 32), model="extension", ndf=4, nrkhs=8, ndepth=1, iters=2, batch_size=8)
 for kind in ("ori", "rand", "mc"):
     s = itad.anomaly_scores(rgb, np.random.rand(10, 3, 32, 32), kind=kind, mc_samples=2, bn_stats="train")
     assert s.shape == (10,) and np.isfinite(s).all() and np.ptp(s) > 0, (kind, s)
@@ -347,7 +349,7 @@ print("ok")
 '''
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
+    assert p.returncode == 0 and p.stdout == "ok\n", p.stderr[-3000:]          # the library prints nothing unasked
 
 
 def test_command_line_and_api_give_the_same_scores_and_the_score_file_holds_them(tiny_root, tmp_path, capsys):
@@ -373,6 +375,9 @@ def test_command_line_and_api_give_the_same_scores_and_the_score_file_holds_them
     assert np.array_equal(itad.anomaly_scores(model, data["x_test"], bn_stats="train"), f["scores_trainbn"])
     assert np.array_equal(-itad.normal_scores(model.eval(), itad.as_input(model, data["x_test"])),
                           f["scores_trainbn"])                      # anomaly score = -NormalScore (Alg. 2 line 9)
+    itad.set_seed(5)                                                # fit / score: the calls main() makes
+    model = itad.fit(itad.prepare("mnist", "3", tiny_root)["x_train"], ndf=4, nrkhs=8, ndepth=1, iters=3, batch_size=16)
+    assert np.array_equal(itad.score(model, data["x_test"]), f["scores"])
 
 
 def test_wrong_input_shapes_and_values_are_value_errors_naming_the_expected_shape():
@@ -457,7 +462,7 @@ def test_cpu_runs_are_repeatable_and_the_curve_changes_no_result(tiny_root, tmp_
     (["--normal", "1,1"], "twice"),
     (["--normal", "0,1,2,3,4,5,6,7,8,9"], "every class"),
     (["--batch-size", "5000"], "exceeds"),
-    (["--dataset", "imagenet"], "invalid choice"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
 ])
 def test_bad_input_is_an_error_line_before_training(tiny_root, capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -551,6 +556,20 @@ def test_own_images_run_end_to_end_in_the_encoders_shape(kind, tmp_path, capsys)
     assert round(itad.auroc(f["labels"], f["scores"]), 4) == r["auroc"]
 
 
+def test_unsplit_images_x_y_are_split_by_the_one_rule(tmp_path):
+    """Issue 34: images in the ADBench / PyOD layout (.npz with X and y, 1 = anomaly) are split by
+    common.split_table with --seed, as every script splits them: the score file's index lists its test rows."""
+    x, y = RNG.integers(0, 255, (40, 28, 28), dtype=np.uint8), np.r_[np.zeros(30), np.ones(10)].astype(int)
+    np.savez(tmp_path / "xy.npz", X=x, y=y)
+    r = itad.main(["--dataset", str(tmp_path / "xy.npz"), "--iters", "2", "--seed", "3", "--save-scores",
+                   str(tmp_path / "s.npz"), *TINY[2:], "--batch-size", "8"])
+    rule = common.split_table(torch.zeros(len(y), 1), torch.from_numpy(y), seed=3)
+    f = np.load(tmp_path / "s.npz")
+    assert np.array_equal(f["index"], rule["index"]) and np.array_equal(f["labels"], y[rule["index"]])
+    assert r["dataset"] == "xy.npz" and len(f["scores"]) == 20 and round(itad.auroc(f["labels"], f["scores"]), 4) == \
+        r["auroc"]
+
+
 def test_save_model_and_load_model_give_identical_scores_without_training(tiny_root, tmp_path, monkeypatch):
     """Round trip: --load-model rebuilds the encoder from the checkpoint (its sizes, its training BatchNorm
     buffers), re-estimates the test statistics as the saving run did, continues the saving run's random state
@@ -577,13 +596,19 @@ def test_save_model_and_load_model_give_identical_scores_without_training(tiny_r
     assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
     same = ("auroc", "auroc_rand", "auroc_mc", "auroc_trainbn", "model", "znorm_normal", "dims_alive", "iters")
     assert {k: loaded[k] for k in same} == {k: trained[k] for k in same}
-    model, ck = itad.load(str(tmp_path / "m.pt"))                                # the API reads it too
+    model = itad.load(str(tmp_path / "m.pt"))                                   # the API reads it too
     data = itad.prepare("mnist", "3", tiny_root)
     assert np.array_equal(itad.anomaly_scores(model, data["x_test"], bn_stats="train"), a["scores_trainbn"])
-    itad.save(model, str(tmp_path / "api.pt"))                                  # sizes only: the command line
-    api = itad.main([*base, "--mc-samples", "0", "--load-model", str(tmp_path / "api.pt")])   # scores it all the same
-    assert api["auroc"] == trained["auroc"] and api["auroc_trainbn"] == trained["auroc_trainbn"]
-    assert "iters" not in api and "nce_end" not in api
+    assert np.array_equal(itad.score(model, data["x_test"]), a["scores"]) and model.bn_stats == "test"
+    itad.save(model, str(tmp_path / "api.pt"))                                  # save(load()): the same checkpoint
+    api = itad.main([*base, "--mc-samples", "0", "--load-model", str(tmp_path / "api.pt")])
+    assert {k: api[k] for k in ("auroc", "auroc_rand", "auroc_trainbn", "iters")} == \
+        {k: trained[k] for k in ("auroc", "auroc_rand", "auroc_trainbn", "iters")}
+    sizes = {k: ck["config"][k] for k in ("input_shape", "ndf", "nrkhs", "ndepth", "model", "local_size")}
+    itad.save_checkpoint(str(tmp_path / "old.pt"), "itad", sizes, ck["preprocess"], {"encoder": ck["state"]["encoder"]})
+    old = itad.main([*base, "--mc-samples", "0", "--load-model", str(tmp_path / "old.pt")])   # an API checkpoint
+    assert old["auroc"] == trained["auroc"] and old["auroc_trainbn"] == trained["auroc_trainbn"]   # of sizes only
+    assert "iters" not in old and "nce_end" not in old
 
 
 @pytest.mark.parametrize("case", ["other-script", "other-shape", "not-a-checkpoint", "training-flag"])
@@ -597,7 +622,7 @@ def test_load_model_refuses_what_it_cannot_score(case, tiny_root, tmp_path, caps
         itad.save_checkpoint(path, "toll", {}, {}, {})
         message = "is a checkpoint of toll.py, not of itad.py"
     elif case == "other-shape":
-        argv[1], message = "cifar10", "holds a model for 1x28x28 images, but cifar10 gives 3x32x32 images"
+        argv[1], message = "cifar10", "holds a model for inputs of 1x28x28, but cifar10 gives 3x32x32"
     elif case == "not-a-checkpoint":
         open(path, "w").write("not a checkpoint")
         message = "cannot read"
@@ -657,7 +682,7 @@ class FakeClock:
 def test_every_scoring_pass_reports_progress_with_the_time_left(monkeypatch):
     """Issue 24: a long scoring phase printed nothing for 13 minutes. Every pass (the BatchNorm re-estimation, each
     score kind) now reports after each batch of 100 images, with an estimate of the time left."""
-    monkeypatch.setattr(itad, "time", FakeClock())
+    monkeypatch.setattr(common, "time", FakeClock())                  # Progress (common.py) reads the clock
     torch.manual_seed(0)
     model = itad.build_encoder((1, 28, 28), ndf=4, nrkhs=8, ndepth=1)
     lines = []
@@ -715,10 +740,10 @@ def bad_npz(kind, tmp_path):
             "holds (40, 20) feature rows. Use toll.py or cance.py"
     if kind == "csv":
         (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,4,1\n")
-        return str(tmp_path / "d.csv"), "is a CSV file of feature rows. Use toll.py or cance.py"
+        return str(tmp_path / "d.csv"), "holds a table of feature rows. Use toll.py or cance.py"
     if kind == "other-file":
         (tmp_path / "d.txt").write_text("hello")
-        return str(tmp_path / "d.txt"), "is neither an .npz file nor an image folder"
+        return str(tmp_path / "d.txt"), "is a file itad.py cannot read. Give an .npz file"
     if kind == "no-normal-test-images":
         return own_npz(tmp_path / "d.npz", x, x[:30], np.ones(30, dtype=int)), "holds only anomalies"
     folder = own_folder(tmp_path / "parts", size=8)

@@ -470,7 +470,7 @@ def test_help_shows_each_datasets_real_defaults(capsys):
 def test_unknown_dataset_and_missing_data_exit_without_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         lis_ae.parse_args(["--dataset", "imagenet"])
-    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert e.value.code == 2 and "unknown dataset 'imagenet'" in capsys.readouterr().err     # common's wording
     with pytest.raises(SystemExit) as e:
         lis_ae.main(["--dataset", "mnist", "--data-root", str(tmp_path)])
     err = capsys.readouterr().err
@@ -518,26 +518,30 @@ def test_learning_lis_ae_beats_its_phase1_autoencoder_on_synthetic_data():
 # README, "Use a method in your own code": copy lis_ae.py and common.py. Run verbatim by the next test.
 README_SNIPPET = """\
 import numpy as np
-from sklearn.metrics import roc_auc_score
-
 import lis_ae
 
-x_normal = np.random.rand(500, 1, 28, 28).astype("float32")     # your normal images, (N, 1, 28, 28) in [0, 1]
+x_normal = np.random.rand(500, 1, 28, 28).astype("float32")     # your normal images (D+), (N, 1, 28, 28) in [0, 1]
 x_negative = np.random.rand(500, 1, 28, 28).astype("float32")   # unlabelled images of a similar domain (D-)
-model = lis_ae.build_model((1, 28, 28))                           # or (3, 32, 32)
-lis_ae.train_phase1(model, x_normal, iters=5)                     # Alg. 1, phase 1: the autoencoder (default 2000)
-lis_ae.train_phase2(model, x_normal, x_negative, iters=5)         # phase 2: only the latent layer, Eq. (1)
-scores = lis_ae.anomaly_scores(model, np.random.rand(20, 1, 28, 28))   # one per sample, higher = more anomalous
-lis_ae.save(model, "lis_ae.pt")                                 # weights, settings, input shape
-model, _, _ = lis_ae.load("lis_ae.pt")                      # later: score new images without training
+x_new = np.random.rand(20, 1, 28, 28).astype("float32")         # images to score; or all (N, 3, 32, 32)
+model = lis_ae.fit(x_normal, x_negative, iters=5)        # Alg. 1: the AE, then its latent layer on Eq. (1) (default 2000)
+scores = lis_ae.score(model, x_new)                      # Sec. 3.4: numpy (20,), higher = more anomalous
+lis_ae.save(model, "lis_ae.pt")                          # weights, the phase-1 AE's latent layer, settings
+again = lis_ae.score(lis_ae.load("lis_ae.pt"), x_new)    # later: the same scores, no training
 """
 
 CHECKS = """
 assert scores.shape == (20,) and np.isfinite(scores).all() and scores.std() > 0, scores
-x_new, trained = np.random.rand(7, 1, 28, 28), lis_ae.build_model((1, 28, 28))   # save -> load: same scores
-lis_ae.train_phase1(trained, x_normal, iters=2, log=lambda line: None)
+loaded = lis_ae.load("lis_ae.pt")
+assert np.array_equal(again, scores) and loaded.config["variant"] == "lis-ae" and loaded.config["iters"] == 5
+ae, ae_loaded = lis_ae.phase1_ae(model), lis_ae.phase1_ae(loaded)   # the phase-1 AE rides along (E and D shared)
+assert np.array_equal(lis_ae.score(ae, x_new), lis_ae.score(ae_loaded, x_new))
+assert not np.array_equal(lis_ae.score(ae, x_new), scores)
+plain = lis_ae.fit(x_normal, iters=2)                                # no D-: the plain AE (Sec. 3.2)
+assert plain.ae_latent is None and plain.config["variant"] == "ae" and lis_ae.phase1_ae(plain) is plain
+x_new, trained = np.random.rand(7, 1, 28, 28), lis_ae.build_model((1, 28, 28))   # the step functions: same scores
+lis_ae.train_phase1(trained, x_normal, iters=2)
 lis_ae.save(trained, "t.pt")
-assert np.array_equal(lis_ae.anomaly_scores(trained, x_new), lis_ae.anomaly_scores(lis_ae.load("t.pt")[0], x_new))
+assert np.array_equal(lis_ae.anomaly_scores(trained, x_new), lis_ae.score(lis_ae.load("t.pt"), x_new))
 lines = []
 x32 = lambda n: np.random.rand(n, 3, 32, 32).astype("float32")
 m32 = lis_ae.build_model(input_shape=(3, 32, 32), latent=8, width=8)
@@ -556,8 +560,7 @@ def test_api_trains_and_scores_plain_arrays_in_a_folder_with_only_lis_ae_and_com
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     p = subprocess.run([sys.executable, "-c", README_SNIPPET + CHECKS], cwd=tmp_path, capture_output=True, text=True,
                        env=dict(env, OMP_NUM_THREADS="1"), timeout=300)
-    assert p.returncode == 0 and "API OK" in p.stdout, p.stderr[-3000:]
-    assert "phase1 iter 5/5" in p.stdout and "phase2 iter 5/5" in p.stdout      # log=print by default
+    assert p.returncode == 0 and p.stdout == "API OK\n", p.stderr[-3000:]     # the library prints nothing unasked
 
 
 def test_command_line_and_api_give_the_same_scores_for_the_same_seed(tiny_root, monkeypatch):
@@ -565,10 +568,14 @@ def test_command_line_and_api_give_the_same_scores_for_the_same_seed(tiny_root, 
     monkeypatch.setattr(lis_ae, "anomaly_scores", lambda model, x, log=None: seen.append(real(model, x)) or seen[-1])
     r = lis_ae.main(["--dataset", "mnist", "--normal", "2", "--negative", "next-class", "--seed", "3",
                      "--data-root", tiny_root, *TINY])
-    cli_ae, cli_lis = seen[0], seen[-1]                             # test set: phase-1 AE first, LIS-AE last
+    cli_ae, cli_lis = seen[-2:]                             # the test set: phase-1 AE, then LIS-AE (after fit)
     data = lis_ae.prepare("mnist", "2", "next-class", data_root=tiny_root)
     x_normal, x_negative, x_test = (data[k].numpy() for k in ("x_pos", "x_neg", "x_test"))
     lis_ae.set_seed(3)
+    model = lis_ae.fit(x_normal, x_negative, iters=2, batch_size=8, latent=4, width=4)      # what main() calls
+    np.testing.assert_array_equal(real(lis_ae.phase1_ae(model), x_test), cli_ae)
+    np.testing.assert_array_equal(lis_ae.score(model, x_test), cli_lis)
+    lis_ae.set_seed(3)                                      # fit() = Alg. 1's step functions, in this order
     model = lis_ae.build_model((1, 28, 28), latent=4, width=4)
     lis_ae.train_phase1(model, x_normal, iters=2, batch_size=8, log=quiet)
     ae = real(model, x_test)
@@ -589,7 +596,7 @@ def test_wrong_input_shapes_are_a_value_error_naming_the_expected_shape():
         lis_ae.train_phase2(model, np.zeros((5, 1, 28, 28)), np.zeros((5, 3, 32, 32)))
     with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 28, 28\).*got \(5, 784\)"):
         lis_ae.anomaly_scores(model, np.zeros((5, 784)))
-    with pytest.raises(ValueError, match=r"got \(0, 1, 28, 28\)"):
+    with pytest.raises(ValueError, match="x holds no samples"):                   # common.as_input's wording
         lis_ae.anomaly_scores(model, np.zeros((0, 1, 28, 28)))
     with pytest.raises(ValueError, match="linsep=True needs x_negative"):
         lis_ae.train_phase1(model, np.zeros((5, 1, 28, 28)), linsep=True)
@@ -717,6 +724,21 @@ def test_an_image_folder_and_an_npz_of_the_same_images_give_the_same_scores(tmp_
         assert np.array_equal(folder[key], npz[key][order]), key
 
 
+def test_images_as_x_and_y_are_split_by_the_one_rule(tmp_path, capsys):
+    """Issue 34: images in the ADBench / PyOD layout (X, y; 1 = anomaly) come unsplit: common.split_table with the
+    seed picks the test images (half of each class), the same rows in every script."""
+    from common import split_table
+    d = np.load(own_npz(tmp_path / "o.npz"))
+    X, y = np.concatenate([d["x_train"], d["x_test"]]), np.r_[np.zeros(40, dtype=int), d["y_test"]]
+    np.savez(tmp_path / "xy.npz", X=X, y=y)
+    code, out, err, r = run_main(["--dataset", str(tmp_path / "xy.npz"), "--negative", "none", *TINY, "--seed", "4",
+                                  "--save-scores", str(tmp_path / "s.npz")], capsys)
+    assert code == 0 and "unsplit" in out and r["normal"] == "-", err
+    rule, s = split_table(torch.from_numpy(X), torch.from_numpy(y), seed=4), np.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(s["index"], rule["index"])
+    np.testing.assert_array_equal(s["labels"], y[rule["index"]])
+
+
 def test_builtin_round_trip_with_linsep_json_config_and_provenance(tiny_root, tmp_path, capsys, monkeypatch):
     """--save-scores holds scores (LinSep-LIS-AE), scores_ae, scores_linsep and the built-in test split's indices
     (next-class removes class 3); --load-model reproduces every array exactly; the JSON has config + provenance."""
@@ -747,29 +769,36 @@ def test_builtin_round_trip_with_linsep_json_config_and_provenance(tiny_root, tm
     assert all(r2[k] == r[k] for k in ("auroc", "auroc_ae", "auroc_linsep", "latent", "gamma", "iters"))
 
 
-def test_api_save_model_load_model_keeps_both_phases():
+def test_api_save_load_keeps_both_phases_in_the_checkpoint_format_of_before():
+    """One model carries the phase-1 AE's latent layer (E and D are shared); the checkpoint keeps the format of
+    before the four calls: {"script", "config", "preprocess", "state": {"model", "ae_latent"}}."""
     torch.manual_seed(0)
-    model = lis_ae.build_model((1, 28, 28), latent=4, width=4)
     pos, neg, x = (np.random.rand(16, 1, 28, 28) for _ in range(3))
-    lis_ae.train_phase1(model, pos, iters=2, batch_size=8, log=quiet)
-    ae = lis_ae.copy.deepcopy(model)
-    lis_ae.train_phase2(model, pos, neg, iters=2, batch_size=8, log=quiet)
-    with pytest.raises(ValueError, match="phase-1 AE of model"):
-        lis_ae.save(model, "/nonexistent/x.pt", lis_ae.build_model((1, 28, 28), latent=4, width=4))
+    model = lis_ae.fit(pos, neg, iters=2, batch_size=8, latent=4, width=4)
+    ae = lis_ae.phase1_ae(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ae.state_dict().items() if not k.startswith("latent."))
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        lis_ae.save(model, os.path.join(d, "m.pt"), ae, config={"note": "mine"})
-        m2, ae2, ck = lis_ae.load(os.path.join(d, "m.pt"))
-    assert ck["config"]["note"] == "mine" and ck["config"]["latent"] == 4 and ck["script"] == "lis_ae"
-    assert np.array_equal(lis_ae.anomaly_scores(m2, x), lis_ae.anomaly_scores(model, x))
-    assert np.array_equal(lis_ae.anomaly_scores(ae2, x), lis_ae.anomaly_scores(ae, x))
-    assert not np.array_equal(lis_ae.anomaly_scores(ae2, x), lis_ae.anomaly_scores(m2, x))
+        lis_ae.save(model, os.path.join(d, "m.pt"), config={"note": "mine"})
+        m2, ck = lis_ae.load(os.path.join(d, "m.pt")), torch.load(os.path.join(d, "m.pt"), weights_only=True)
+        old = os.path.join(d, "old.pt")                     # written as the code before fit/score/save/load wrote it
+        lis_ae.save_checkpoint(old, "lis_ae", {k: v for k, v in ck["config"].items() if k != "variant"}, {}, {
+            "model": {k: v for k, v in model.state_dict().items() if not k.startswith("ae_latent.")},
+            "ae_latent": ae.latent.state_dict()})
+        m3 = lis_ae.load(old)
+    assert m2.config["note"] == "mine" and m2.config["latent"] == 4 and ck["script"] == "lis_ae"
+    assert set(ck["state"]) == {"model", "ae_latent"} and not any(k.startswith("ae_") for k in ck["state"]["model"])
+    assert m3.config["variant"] == "lis-ae"                 # an API checkpoint of before: told by its ae_latent
+    for loaded in (m2, m3):
+        assert np.array_equal(lis_ae.score(loaded, x), lis_ae.score(model, x))
+        assert np.array_equal(lis_ae.anomaly_scores(lis_ae.phase1_ae(loaded), x), lis_ae.anomaly_scores(ae, x))
+    assert not np.array_equal(lis_ae.anomaly_scores(ae, x), lis_ae.score(model, x))
 
 
 @pytest.mark.parametrize("case,message", [
     ("other-script", "is a checkpoint of toll.py, not of lis_ae.py"),
     ("not-a-checkpoint", "cannot read"),
-    ("other-shape", "holds a model for 1x28x28 images, but"),
+    ("other-shape", "holds a model for inputs of 1x28x28, but"),
     ("training-flag", "--lr, --latent set the model or its training, which --load-model reads"),
 ])
 def test_load_model_refuses_what_it_cannot_use(tmp_path, capsys, no_training, case, message):
@@ -805,10 +834,10 @@ def bad_input(tmp_path, case):
     if case == "nan-features":
         return ["--dataset", npz(x_train=np.full((5, 20, 20), np.nan)), *neg], "NaN or inf"
     if case == "tabular-npz":
-        return ["--dataset", npz(x_train=np.zeros((5, 20)), x_test=np.zeros((30, 20))), *neg], "use toll.py or cance.py"
+        return ["--dataset", npz(x_train=np.zeros((5, 20)), x_test=np.zeros((30, 20))), *neg], "Use toll.py or cance.py"
     if case == "csv":
         (tmp_path / "t.csv").write_text("a,label\n1,0\n2,1\n")
-        return ["--dataset", str(tmp_path / "t.csv"), *neg], "use toll.py or cance.py"
+        return ["--dataset", str(tmp_path / "t.csv"), *neg], "Use toll.py or cance.py"
     if case == "folder-without-train-good":
         os.makedirs(tmp_path / "f" / "test" / "crack")
         return ["--dataset", str(tmp_path / "f"), *neg], "no images in train/good"
