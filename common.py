@@ -212,7 +212,8 @@ def load_images(name, root=None):
             folders()                                       # a failed download leaves no empty folder behind
             present = _corrupt_torchvision_files(name, root)
             if present:
-                raise DataError(f"{name}: the files are in '{root}' ({', '.join(os.path.relpath(p, root) for p in present)}) "
+                names = ", ".join(os.path.relpath(p, root) for p in present)
+                raise DataError(f"{name}: the files are in '{root}' ({names}) "
                                 "but torchvision rejects them: their md5 does not match the originals (truncated or "
                                 "corrupt copy?). Replace them with the original files, or delete them so that "
                                 "torchvision downloads them again") from None
@@ -548,7 +549,8 @@ def load_npz(path):
     missing = [k for k in ("x_train", "x_test", "y_test") if k not in arrays]
     if missing or (("x_val" in arrays) != ("y_val" in arrays)):
         raise DataError(f"'{path}' must hold x_train, x_test and y_test (and optionally x_val with y_val), or X and y "
-                        f"(ADBench / PyOD: the whole data, 1 = anomaly); it holds {', '.join(sorted(arrays)) or 'nothing'}."
+                        f"(ADBench / PyOD: the whole data, 1 = anomaly); it holds "
+                        f"{', '.join(sorted(arrays)) or 'nothing'}."
                         " Save it with those keys")
     out = {}
     for part in ("train", "val", "test"):
@@ -688,7 +690,8 @@ def load_image_folder(path, channels=None, size=None, grey28_only=False):
                         "test/good/). Add one: the test set needs anomalies to be scored against")
     bad = [folder("test", d) for d in defects]
     sizes = set()
-    train, test = _read_images(train, path, sizes), _read_images(good + [f for files in bad for f in files], path, sizes)
+    train = _read_images(train, path, sizes)
+    test = _read_images(good + [f for files in bad for f in files], path, sizes)
     if channels is None:
         keep = (lambda x: x.shape[1:] == (1, 28, 28)) if grey28_only else (lambda x: x.shape[1] == 1)
         channels = 1 if all(keep(x) for x in train + test) else 3
@@ -744,7 +747,8 @@ def user_data_kind(path, grey28_only=False):
                 (shape[3], shape[1:3])
             return "grey" if c == 1 and (tuple(hw) == (28, 28) or not grey28_only) else "RGB"
         files = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names
-                 if f.lower().endswith(IMAGE_SUFFIXES) and os.path.relpath(d, path).split(os.sep)[0] in ("train", "test")]
+                 if f.lower().endswith(IMAGE_SUFFIXES)
+                 and os.path.relpath(d, path).split(os.sep)[0] in ("train", "test")]
         grey, sizes = set(), set()
         for f in files:
             with Image.open(f) as img:
@@ -793,7 +797,8 @@ def read_user_data(path, script, seed=0, tables=True, grey28_only=False, validat
         counts = f"{len(d['train'])} x_train, {len(d['test'][0])} x_test" + (f", {len(d['val'][0])} x_val"
                                                                               if d["val"] else "")
         d.update(train=fit(d["train"]), test=(fit(d["test"][0]), d["test"][1]), table=None, source=f"{counts} {what}",
-                 val=None if d["val"] is None else (fit(d["val"][0]), d["val"][1]), index=torch.arange(len(d["test"][0])))
+                 val=None if d["val"] is None else (fit(d["val"][0]), d["val"][1]),
+                 index=torch.arange(len(d["test"][0])))
         y = d["test"][1]
         if y.min() == y.max():
             raise DataError(f"the test set of '{path}' holds {'only anomalies' if y[0] else 'no anomalies'}; AUROC and "
@@ -853,7 +858,8 @@ def read_index_file(path, n, what, exact=False, fix=""):
     except Exception as e:
         raise DataError(f"{path} is not a readable .npy index file ({type(e).__name__}: {e}). {fix}") from None
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-        raise DataError(f"{path} must hold a 1-D array of integer indices, but holds {a.dtype} of shape {a.shape}. {fix}")
+        raise DataError(f"{path} must hold a 1-D array of integer indices, but holds {a.dtype} of shape {a.shape}. "
+                        f"{fix}")
     if (exact and len(a) != n) or (not exact and not 0 < len(a) < n):
         rule = "the file must list each once" if exact else "at least one must be listed and some left to train"
         raise DataError(f"{path} holds {len(a)} indices, but the data has {n} {what}: {rule}. {fix}")
@@ -959,7 +965,7 @@ def number(kind=float, low=None, high=None, low_open=False):
 
 
 def device_type(name):
-    """argparse type: auto (cuda if present, else cpu), cpu, cuda or cuda:N -> torch.device; an absent one is refused."""
+    """argparse type: auto (cuda if present, else cpu), cpu, cuda or cuda:N -> torch.device; an absent one: refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -986,7 +992,8 @@ def output_path(path):
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({e.strerror}); choose a writable folder") from None
+        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({e.strerror}); choose a writable folder") \
+            from None
     return path
 
 
@@ -1257,7 +1264,8 @@ def finish(args, argv, result, config, scores=None, labels=None, index=None, sav
     if args.save_model:
         save_model(args.save_model)
         log(f"wrote {args.save_model}")
-    write_result(result, args.json, log, extra=dict(extra or {}, config=config, provenance=provenance(argv, args.script)))
+    extra = dict(extra or {}, config=config, provenance=provenance(argv, args.script))
+    write_result(result, args.json, log, extra=extra)
     return result
 
 

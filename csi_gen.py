@@ -28,9 +28,9 @@ Deviations: the paper is silent (S), the code follows CSI's released code alinla
   - (C) T: flip p 0.5 before the shift, then colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2,
     random resized crop (0.08, 1); no blur (--blur-p 0; Sec. 2.1 lists blur after SimCLR). Jitter steps in a
     fixed order (CSI: random); crops clamped to the image. NT-Xent tau 0.5 (--temperature), 128-d projection.
-  - (C) M_ens: R draws of T (--ensemble 10) with the crop area fixed (--test-crop-scale 0.54); the R features
-    of an image and shift are averaged, then Eq. (11). Both scores use the projection head's output. (A) The
-    draws come from --seed on their own: one model, the same images and seed give the same M_ens.
+  - (C) M_ens (--ensemble R, CSI's 10; default 0: no table uses it, Sec. 3.2 starts from CSI's single-view 94.3):
+    R draws of T, crop area fixed (--test-crop-scale 0.54), the R features of an image and shift averaged, then
+    Eq. (11); (A) draws from --seed. Both scores use the projection head's output.
   - (S) Eq. (11)'s arg max: x~ maximises sum_S m(S x_test, S x') (the printed arg max drops S), so M is one max.
   - (S) F's passes for L_CSI-S and L_REC run frozen in eval mode: only F's own steps (L_CSI, L_JOINT) move
     its BN statistics. D and D' minimise the cross-entropies of "real" = 1 (Alg. 1's arg min of L_D, Eq. 7,
@@ -44,7 +44,7 @@ Deviations: the paper is silent (S), the code follows CSI's released code alinla
     (adversarial autoencoders); h ~ N(0, I) 128-d (--width, --gan-width, --proj-dim, --latent-dim, --ld-width).
   - (A) Images in [0, 1]; 28x28 gray images are repeated to 3 channels and zero-padded to 32x32. On a CPU, F
     runs in channels_last memory format (speed; it changes float rounding, so it stays on to repeat runs).
-  - (A) --dataset digits (offline install check): widths 8 and --ensemble 2 unless given. --dataset PATH: your
+  - (A) --dataset digits (offline install check): widths 8 unless given. --dataset PATH: your
     own images (common.read_user_data) with the paper's values; 1x28x28 grey stays, others become 3x32x32.
 Run:  python csi_gen.py --dataset cifar10 --normal 0 --variant full
 """
@@ -68,7 +68,7 @@ EPOCHS = 1000               # CSI's released --epochs (the paper gives no schedu
 INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))
 ARCH = ("input_shape", "variant", "width", "proj_dim", "gan_width", "latent_dim", "ld_width")   # build_models
 M_ENS = ("blur_p", "ensemble", "test_crop_scale")  # the settings a set of normal-set features was made with
-DIGITS = dict(width=8, gan_width=8, ensemble=2)   # --dataset digits, an offline install check (not in the paper)
+DIGITS = dict(width=8, gan_width=8)   # --dataset digits, an offline install check (not in the paper)
 
 # ------------------------------------------------------------------------------------------ models (Sec. 2.2, 3)
 
@@ -559,7 +559,7 @@ def anomaly_scores(nets, normal, x, ensemble=0, blur_p=0.0, test_crop_scale=0.54
 # ------------------------------------------------------------------------------------------ fit, score, save, load
 
 def fit(x_normal, *, variant="full", width=64, proj_dim=128, gan_width=64, latent_dim=128, ld_width=1000, iters=None,
-        batch_size=32, lr=2e-4, temperature=0.5, gen_every=5, lambda_rec=100.0, blur_p=0.0, ensemble=10,
+        batch_size=32, lr=2e-4, temperature=0.5, gen_every=5, lambda_rec=100.0, blur_p=0.0, ensemble=0,
         test_crop_scale=0.54, seed=0, device="cpu", log=None):
     """Alg. 1 on the normal images x_normal (N, 1, 28, 28) or (N, 3, 32, 32) in [0, 1], then Eq. (11)'s
     nearest-neighbour set: set_seed(seed), build_models() for that shape, train(), and normal_features() for M
@@ -683,8 +683,9 @@ OPTIONS = [   # (flag, type, help naming the value's source); the defaults are f
     ("ld-width", POS, "hidden width of D', two layers (not in the paper: adversarial autoencoders' 1000)"),
     ("blur-p", number(float, 0, 1), "probability of Gaussian blur in T; Sec. 2.1 lists blur after SimCLR (not in the "
                                     "paper: 0 = CSI's CIFAR policy, which has none; SimCLR's ImageNet value is 0.5)"),
-    ("ensemble", number(int, 0), "R of M_ens (Sec. 2.3): features averaged over R draws of T per image and shift, "
-                                 "auroc_ens; 0 = M only; digits: 2 (not in the paper: CSI's --ood_samples 10)"),
+    ("ensemble", number(int, 0), "R > 0: also M_ens (Sec. 2.3, auroc_ens), features averaged over R draws of T per "
+                                 "image and shift, R more passes over both image sets; CSI's --ood_samples 10. 0 = M "
+                                 "(Eq. 11) alone: no table of the paper uses M_ens"),
     ("test-crop-scale", number(float, 0, 1, low_open=True), "area fraction of M_ens's test-time random resized crop; "
      "the other test-time steps are T's: flip 0.5 [CSI], jitter 0.8 [CSI], grayscale 0.2 [CSI], blur --blur-p (not in "
      "the paper: CSI's README eval, --resize_factor 0.54 --resize_fix)")]
@@ -717,6 +718,9 @@ def parse_args(argv=None):
         p.error(f"{flags(idle)} {'has' if len(idle) == 1 else 'have'} no effect with --variant {args.variant}, which "
                 f"trains no {'generator' if args.variant == 'csi' else 'encoder E'}. Use --variant full, or drop "
                 f"{'it' if len(idle) == 1 else 'them'}")
+    if "test_crop_scale" in args.given and not args.ensemble:
+        p.error("--test-crop-scale sets M_ens's test-time crop, and --ensemble 0 computes M alone. Add --ensemble R, "
+                "or drop --test-crop-scale")
     return args
 
 
@@ -741,7 +745,7 @@ def main(argv=None):
                                           "normal training images")
             cfg["iters"] = args.iters or EPOCHS * math.ceil(len(x_train) / cfg["batch_size"])
             if args.dataset == "digits":
-                say("csi_gen: digits is an offline install check: widths 8, --ensemble 2 unless given (paper: 64, 10)")
+                say("csi_gen: digits is an offline install check: widths 8 unless given (the paper's: 64)")
         r, passes = cfg["ensemble"], f"{1 + cfg['ensemble']} pass{'es' if cfg['ensemble'] else ''} over"
         if data["source"]:
             say(f"csi_gen: read {name}: {data['source']}; the paper's values where not given (one for every dataset)")

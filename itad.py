@@ -9,8 +9,8 @@ z^T z (Eq. 23): the entropy term shrinks anomalies' codes faster than normal one
 
 Reproduces the base model (Alg. 1-2, Eq. 13 / 23) and the extension model (Alg. 3-5, Eq. 21 / 24) on Table IV's
 encoder (Table III); Table I (--mi jsd, --entropy l2); the beta study of Fig. 1-3 (--beta; --curve-every K: Fig. 2's
-test AUROC over training, in the JSON); Table II's scores in every RESULT: auroc = NormalScore_ori (Eq. 23 / 24),
-auroc_rand (Eq. 22), auroc_mc (Eq. 29). Not here: ImageNet (Table V). Your own images: --dataset PATH (common.py).
+test AUROC over training, in the JSON); Table II (--table2: auroc = NormalScore_ori, Eq. 23 / 24, beside auroc_rand,
+Eq. 22, and auroc_mc, Eq. 29). Not here: ImageNet (Table V). Your own images: --dataset PATH (common.py).
 
 Equation map (a user calls fit -> score; save / load keep a fitted encoder)
     Table IV encoder; phi_theta2 of Alg. 4 ........................ build_encoder(), AmdimEncoder, LocalProjection
@@ -520,23 +520,17 @@ def auroc(labels, scores):
     return roc_auc_score(np.asarray(labels), scores)
 
 
-def scoring_passes(mc_samples, rand=True):
-    """Passes over the test set that evaluate() makes: the BatchNorm re-estimation, Eq. 23 / 24 under both
-    statistics, two views for Eq. 22, 2 H for Eq. 29."""
-    return 3 + 2 * rand + 2 * mc_samples
-
-
-def evaluate(model, x, y, bn_stats="test", rand=True, mc_samples=PAPER["mc_samples"], c2=PAPER["c2"],
+def evaluate(model, x, y, bn_stats="test", rand=False, mc_samples=0, c2=PAPER["c2"],
              where="the test set", log=None, timing=None):
     """Every score and diagnostic the RESULT line reports, each computed once, on the test images x (N,
-    *model.input_shape) in [0, 1] with labels y (1 = anomaly); with rand=False and mc_samples=0, one point of
-    Fig. 2's curve (no random numbers drawn). Under bn_stats: the Eq. 23 / 24 score "ori", and from the same pass
-    Fig. 3's mean ||z||_2 of normal and anomalous codes and z_spread (the normal codes' mean per-dimension std);
-    Eq. 22 "rand"; Eq. 29 "mc" (mc_samples = H > 0). Under the other statistics: the Eq. 23 / 24 score again,
-    "<other>bn". Returns (anomaly scores {kind: numpy (N,)}, higher = more anomalous, checked by check_scores
-    (where names the set in its error); metrics: auroc, auroc_rand, auroc_mc, znorm_normal, znorm_anomaly,
-    z_spread, auroc_<other>bn, dims_alive). The model's training buffers and mode are left as they were. timing: a
-    dict that receives the seconds of the main score, "ori" (its BatchNorm re-estimation included)."""
+    *model.input_shape) in [0, 1] with labels y (1 = anomaly). Under bn_stats: the Eq. 23 / 24 score "ori" and,
+    from its pass, Fig. 3's mean ||z||_2 of normal and anomalous codes and z_spread (the normal codes' mean
+    per-dimension std); Table II's Eq. 22 "rand" (rand=True) and Eq. 29 "mc" (mc_samples = H > 0). Under the
+    other statistics: the Eq. 23 / 24 score again, "<other>bn". The defaults (no random numbers drawn) are also one
+    point of Fig. 2's curve. Returns (anomaly scores {kind: numpy (N,)}, higher = more anomalous, checked by
+    check_scores (where names the set in its error); metrics: auroc, auroc_rand, auroc_mc, znorm_normal,
+    znorm_anomaly, z_spread, auroc_<other>bn, dims_alive). The model's training buffers and mode are left as they
+    were. timing: a dict that receives the seconds of the main score, "ori" (its BatchNorm re-estimation included)."""
     x, other = as_input(model, x), "train" if bn_stats == "test" else "test"
     is_normal = torch.as_tensor(np.asarray(y) == 0, device=x.device)
     scores, seen, t0 = {}, [], time.time()
@@ -700,19 +694,25 @@ def parse_args(argv=None):
     add("--bn-stats", ["train", "test"], "the codes' BatchNorm statistics when scoring: test = re-estimated on the "
         "test images (transductive), train = training's (--load-model: the checkpoint's unless given); RESULT adds "
         "Eq. 23 / 24 under the other as auroc_<other>bn (not in the paper: AMDIM's evaluation code)")
-    add("--mc-samples", number(int, 0), "H, augmented pairs of Eq. 29 (auroc_mc), 2 H passes over the test set; 0 = "
-        f"skip it (Sec. IV-D; digits: {DIGITS['mc_samples']}, not in the paper)")
+    p.add_argument("--table2", action="store_true", help="also Table II's comparison scores, which multiply the "
+                   "passes over the test set: Eq. 22 (auroc_rand, 2 passes) and Eq. 29 (auroc_mc, 2 H passes); without "
+                   "it the main score alone, Eq. 23 / 24 (Table III; Sec. IV-C uses it for every table after Table II)")
+    add("--mc-samples", number(int, 1), f"with --table2: H, the augmented pairs of Eq. 29 (Sec. IV-D; digits: "
+        f"{DIGITS['mc_samples']}, not in the paper)")
     for key, what in (("ndf", "encoder base width"), ("nrkhs", "code size d"), ("ndepth", "layers per ResBlock")):
         add("--" + key, number(int, 1), f"{what} (Table IV: {PAPER[key]}; digits: {DIGITS[key]}, not in the paper)")
     add("--local-size", [5, 7], "extension: f_local, 5 = Table IV's 5x5 'provides f_local' block; 7 = the block "
         "before it (not in the paper: AMDIM's second)")
     add("--curve-every", number(int, 0), "every K steps (monitoring only) the test AUROC of Eq. 23 / 24 under both "
         "BatchNorm statistics, mean ||z||, dims_alive: printed, JSON 'curve'; 0 = off (Sec. IV-B, Fig. 2)")
-    output_flags(p, "scores (Eq. 23 / 24 under --bn-stats), scores_rand (Eq. 22), scores_mc (Eq. 29, unless "
-                 "--mc-samples 0), scores_trainbn or scores_testbn (Eq. 23 / 24 under the other statistics)",
+    output_flags(p, "scores (Eq. 23 / 24 under --bn-stats), scores_trainbn or scores_testbn (the same under the "
+                 "other statistics), with --table2 scores_rand (Eq. 22) and scores_mc (Eq. 29)",
                  "the trained encoder (its training BatchNorm buffers included), every setting, the input shape and "
                  "--bn-stats", "; the Eq. 22 / 29 augmentations continue from the saving run's random state")
     args = parse(p, argv, defaults, TRAINING)
+    if "mc_samples" in args.given and not args.table2:
+        p.error("--mc-samples sets H of Eq. 29, a Table II score that only --table2 computes. Add --table2, or drop "
+                "--mc-samples")
     if "local_size" in args.given and args.model == "base":
         p.error("--local-size picks the extension model's f_local (Alg. 3), and --model base has no local features. "
                 "Add --model extension, or drop --local-size")
@@ -726,7 +726,8 @@ def main(argv=None):
         set_seed(args.seed)
         model = load(args.load_model, args.device) if args.load_model else None
         data = prepare(args.dataset, args.normal, args.data_root, args.seed)
-        x_train, x_test, y_test, h = data["x_train"], data["x_test"], data["y_test"], args.mc_samples
+        x_train, x_test, y_test = data["x_train"], data["x_test"], data["y_test"]
+        h, rand = (args.mc_samples, True) if args.table2 else (0, False)     # Table II's scores only when asked
         (name, normal_text), shape = run_name(args.dataset, data["normal"]), tuple(x_test.shape[1:])
         if model is None:                                  # a default batch larger than the training set is fitted
             cfg = {k: getattr(args, k) for k in TRAINING + ("bn_stats",)}
@@ -745,8 +746,8 @@ def main(argv=None):
             f"beta={cfg['beta']} bn_stats={cfg['bn_stats']} lr={cfg['lr']} batch={cfg['batch_size']} "
             f"ndf={cfg['ndf']} nrkhs={cfg['nrkhs']} ndepth={cfg['ndepth']}"
             + (f" local={cfg['local_size']}" if cfg["model"] == "extension" else "") + f" device={args.device}")
-        say(f"scoring: {scoring_passes(h)} passes over the {len(x_test)} test images (BatchNorm statistics 1, Eq. 23 / "
-            f"24 under both statistics 2, Eq. 22 2" + (f", Eq. 29 2 x {h}" if h else "") + ")"
+        say(f"scoring: {3 + 2 * rand + 2 * h} passes over the {len(x_test)} test images (BatchNorm statistics 1, "
+            f"Eq. 23 / 24 under both statistics 2" + (f", Eq. 22 2, Eq. 29 2 x {h}" if rand else "") + ")"
             + ("; each curve point 3 more" if cfg["curve_every"] and model is None else ""))
         if model is None:
             model = fit(x_train, **cfg, x_test=x_test, y_test=y_test, device=args.device, log=say)
@@ -754,10 +755,11 @@ def main(argv=None):
         else:
             restore_rng(model, args.device)
         timing, info = {}, model.info or {"iters": cfg["iters"], "train_seconds": None, "curve": []}
-        scores, metrics = evaluate(model, x_test, y_test, cfg["bn_stats"], mc_samples=h, c2=cfg["c2"], log=say,
+        scores, metrics = evaluate(model, x_test, y_test, cfg["bn_stats"], rand, h, cfg["c2"], log=say,
                                    timing=timing)
         result = {"method": "itad", "dataset": name, "normal": normal_text, "seed": args.seed,   # auroc_<other>bn:
                   **{k: v for k, v in metrics.items() if k.startswith("auroc")},     # Eq. 23 / 24, other statistics
+                  "scores": ",".join(scores),
                   **{k: cfg[k] for k in ("model", "mi", "entropy", "entropy_reduce")}, "code_norm": "affine",
                   "c1": "sqrt", "bn_stats": cfg["bn_stats"], "beta": cfg["beta"],   # *_end: only when trained here
                   **{k: round(info[k], 4) for k in (f"{cfg['mi']}_end", "entropy_end") if k in info},
@@ -765,7 +767,7 @@ def main(argv=None):
                   "iters": info["iters"], "batch_size": cfg["batch_size"]}
         run = {"loaded_from": args.load_model} if args.load_model else dict(dataset=args.dataset, normal=normal_text,
                seed=args.seed, device=args.device.type, values_of="digits" if args.dataset == "digits" else "paper")
-        config = {**cfg, "mc_samples": h, "input_shape": list(shape), **run}
+        config = {**cfg, "table2": rand, "mc_samples": h, "input_shape": list(shape), **run}
         speed = (model.info and info["iters"] * cfg["batch_size"], info["train_seconds"], len(x_test), timing["ori"])
         return finish(args, argv, result, config, {("main" if k == "ori" else k): s for k, s in scores.items()},
                       y_test, data["index"], lambda path: save(model, path, config), speed,

@@ -420,7 +420,7 @@ def split_paths(dataset, root=None):
     if missing:
         raise DataError(f"--split official reads {', '.join(SPLIT_FILES[dataset])} from {folder}, and "
                         f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not there: copy the authors' "
-                        "files (GitHub Soltanilara/Toll, folder `val IDs/`, MIT License) into it, or use --split random")
+                        "files (GitHub Soltanilara/Toll, folder `val IDs/`, MIT License) into it, or --split random")
     return paths
 
 

@@ -27,8 +27,8 @@ FIVE = [  # (script, protocol flags as in protocols.json)
     ("lis_ae", ["--iters", "300"]),
     ("cance", ["--iters", "500"]),
     ("itad", ["--ndf", "16", "--nrkhs", "128", "--ndepth", "1", "--batch-size", "64", "--iters", "400",
-              "--mc-samples", "2"]),
-    ("csi_gen", ["--iters", "150", "--width", "8", "--gan-width", "8"]),
+              "--table2", "--mc-samples", "2"]),
+    ("csi_gen", ["--iters", "150", "--width", "8", "--gan-width", "8", "--ensemble", "10"]),
 ]
 
 

@@ -37,7 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from run import host_info, host_text, write_atomic  # noqa: E402
+from sweeps import host_info, host_text, write_atomic  # noqa: E402
 
 NINE = ["--dataset", "digits", "--normal", "0,1,2,3,4,5,6,7,8"]
 # (row id, script, architecture in words, flags, what a training sample counts)

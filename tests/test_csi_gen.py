@@ -322,7 +322,7 @@ def test_csi_augmentation_order_and_probabilities(monkeypatch):
     csi_gen.augment(x, 0.5)
     assert order == ["jitter", "gray", ("crop", (0.08, 1.0)), ("blur", 0.5)]
     a = csi_gen.parse_args([])
-    assert a.blur_p == 0.0 and a.test_crop_scale == 0.54 and a.ensemble == 10 and a.lr == 2e-4
+    assert a.blur_p == 0.0 and a.test_crop_scale == 0.54 and a.ensemble == 0 and a.lr == 2e-4
     train = inspect.signature(csi_gen.train).parameters                 # the API's defaults are the CLI's
     assert [train[k].default for k in ("batch_size", "lr", "temperature", "gen_every", "lambda_rec", "blur_p")] == \
         [a.batch_size, a.lr, a.temperature, a.gen_every, a.lambda_rec, a.blur_p]
@@ -343,15 +343,15 @@ def test_help_states_the_source_of_each_value_and_real_defaults(capsys):
     assert "grayscale 0.2 [CSI]" in out and "(Sec. 3) (default: 0.0002)" in out and "(default: None)" not in out
     assert "--width WIDTH base width of F's ResNet-18" in out and "install check) (default: 64)" in out
     digits = help_text(capsys, ["--dataset", "digits"])                 # the dataset's own defaults
-    assert "install check) (default: 8)" in digits and "--ood_samples 10) (default: 2)" in digits
+    assert "install check) (default: 8)" in digits and "no table of the paper uses M_ens (default: 0)" in digits
 
 
 def test_digits_defaults_fit_the_offline_set():
     a = csi_gen.parse_args(["--dataset", "digits"])
-    assert (a.width, a.gan_width, a.ensemble) == (8, 8, 2)
+    assert (a.width, a.gan_width, a.ensemble) == (8, 8, 0)
     assert csi_gen.parse_args(["--dataset", "digits", "--width", "4"]).width == 4
     a = csi_gen.parse_args(["--dataset", "mnist"])   # the paper's scale elsewhere
-    assert (a.width, a.gan_width, a.ensemble) == (64, 64, 10)
+    assert (a.width, a.gan_width, a.ensemble) == (64, 64, 0)
 
 
 # ------------------------------------------------------------------------------------------ Python API

@@ -30,7 +30,8 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-TINY = ["--batch-size", "16", "--ndf", "4", "--nrkhs", "8", "--ndepth", "1", "--mc-samples", "1"]
+TINY = ["--batch-size", "16", "--ndf", "4", "--nrkhs", "8", "--ndepth", "1"]
+TABLE2 = ["--table2", "--mc-samples", "1"]             # Table II's scores (Eq. 22, Eq. 29 with H = 1): opt-in
 
 # README, "Use a method in your own code": copy itad.py and common.py, then (runs as is after `import numpy as np`)
 README_SNIPPET = '''
@@ -358,7 +359,7 @@ def test_command_line_and_api_give_the_same_scores_and_the_score_file_holds_them
     prepared arrays and seed, gives the same arrays (the command line computes each score once, in evaluate())."""
     out = tmp_path / "s.npz"
     r = itad.main(["--dataset", "mnist", "--normal", "3", "--data-root", tiny_root, "--iters", "3", "--seed", "5",
-                   "--save-scores", str(out), *TINY])
+                   "--save-scores", str(out), *TINY, *TABLE2])
     assert "scoring: 7 passes over the 200 test images" in capsys.readouterr().out
     f = np.load(out)
     assert sorted(f.files) == ["index", "labels", "scores", "scores_mc", "scores_rand", "scores_trainbn"]
@@ -399,7 +400,7 @@ def test_wrong_input_shapes_and_values_are_value_errors_naming_the_expected_shap
 def test_base_two_iterations_as_a_user_runs_it(tiny_root, tmp_path):
     out = tmp_path / "r.json"
     p, r = run_script("itad.py", "--dataset", "mnist", "--normal", "3", "--data-root", tiny_root, "--iters", "2",
-                      "--json", out, *TINY)
+                      "--json", out, *TINY, *TABLE2)
     assert "iter 2/2" in p.stdout
     assert r["method"] == "itad" and r["model"] == "base" and r["normal"] == "3"
     for key in ("auroc", "auroc_rand", "auroc_mc", "auroc_trainbn"):
@@ -411,19 +412,19 @@ def test_base_two_iterations_as_a_user_runs_it(tiny_root, tmp_path):
 def test_extension_two_iterations_jsd_l2_train_bn_stats(tiny_root):
     r = itad.main(["--dataset", "fashion-mnist", "--normal", "0,1", "--data-root", tiny_root, "--iters", "2",
                    "--model", "extension", "--mi", "jsd", "--entropy", "l2", "--bn-stats", "train",
-                   "--entropy-reduce", "mean", *TINY])
+                   "--entropy-reduce", "mean", *TINY, *TABLE2])
     assert r["model"] == "extension" and r["normal"] == "0,1" and r["bn_stats"] == "train"
     assert 0 <= r["auroc"] <= 1 and 0 <= r["auroc_mc"] <= 1 and 0 <= r["auroc_testbn"] <= 1
 
 
 def test_cifar10_extension_local7_beta0_without_mc(tiny_root, torchvision_md5):
     r = itad.main(["--dataset", "cifar10", "--normal", "2", "--data-root", tiny_root, "--iters", "2",
-                   "--model", "extension", "--beta", "0", "--local-size", "7", *TINY[:-2], "--mc-samples", "0"])
+                   "--model", "extension", "--beta", "0", "--local-size", "7", *TINY])
     assert r["dataset"] == "cifar10" and r["beta"] == 0.0 and 0 <= r["auroc"] <= 1 and "auroc_mc" not in r
 
 
 def test_digits_runs_with_its_defaults(capsys):
-    r = itad.main(["--dataset", "digits", "--normal", "3", "--iters", "2", "--mc-samples", "0"])
+    r = itad.main(["--dataset", "digits", "--normal", "3", "--iters", "2"])
     assert r["batch_size"] == 122 and 0 <= r["auroc"] <= 1
     assert "note: --batch-size 122" in capsys.readouterr().out
 
@@ -452,7 +453,8 @@ def test_cpu_runs_are_repeatable_and_the_curve_changes_no_result(tiny_root, tmp_
     (["--iters", "0"], "--iters: must be >= 1"),
     (["--epochs", "-3"], "--epochs: must be >= 1"),
     (["--batch-size", "1"], "--batch-size: must be >= 2"),
-    (["--mc-samples", "-1"], "--mc-samples: must be >= 0"),
+    (["--table2", "--mc-samples", "0"], "--mc-samples: must be >= 1"),
+    (["--mc-samples", "2"], "--mc-samples sets H of Eq. 29, a Table II score that only --table2 computes"),
     (["--curve-every", "-1"], "--curve-every: must be >= 0"),
     (["--ndf", "0"], "--ndf: must be >= 1"),
     (["--device", "tpu"], "unknown device 'tpu'"),
@@ -575,7 +577,8 @@ def test_save_model_and_load_model_give_identical_scores_without_training(tiny_r
     buffers), re-estimates the test statistics as the saving run did, continues the saving run's random state
     for Eq. 22 / 29, and so writes the same score file, bit for bit; no optimiser step runs."""
     base = ["--dataset", "mnist", "--normal", "3", "--data-root", tiny_root]
-    trained = itad.main([*base, "--iters", "3", "--model", "extension", *TINY, "--save-model", str(tmp_path / "m.pt"),
+    trained = itad.main([*base, "--iters", "3", "--model", "extension", *TINY, *TABLE2, "--save-model",
+                         str(tmp_path / "m.pt"),
                          "--save-scores", str(tmp_path / "a.npz"), "--json", str(tmp_path / "a.json")])
     ck = torch.load(tmp_path / "m.pt", weights_only=True)
     assert ck["script"] == "itad" and ck["preprocess"]["bn_stats"] == "test"
@@ -590,7 +593,7 @@ def test_save_model_and_load_model_give_identical_scores_without_training(tiny_r
     def no_training(*a, **k):
         raise AssertionError("--load-model trained")
     monkeypatch.setattr(torch.optim.Adam, "step", no_training)
-    loaded = itad.main([*base, "--mc-samples", "1", "--load-model", str(tmp_path / "m.pt"),
+    loaded = itad.main([*base, *TABLE2, "--load-model", str(tmp_path / "m.pt"),
                         "--save-scores", str(tmp_path / "b.npz")])
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
@@ -601,12 +604,12 @@ def test_save_model_and_load_model_give_identical_scores_without_training(tiny_r
     assert np.array_equal(itad.anomaly_scores(model, data["x_test"], bn_stats="train"), a["scores_trainbn"])
     assert np.array_equal(itad.score(model, data["x_test"]), a["scores"]) and model.bn_stats == "test"
     itad.save(model, str(tmp_path / "api.pt"))                                  # save(load()): the same checkpoint
-    api = itad.main([*base, "--mc-samples", "0", "--load-model", str(tmp_path / "api.pt")])
+    api = itad.main([*base, *TABLE2, "--load-model", str(tmp_path / "api.pt")])
     assert {k: api[k] for k in ("auroc", "auroc_rand", "auroc_trainbn", "iters")} == \
         {k: trained[k] for k in ("auroc", "auroc_rand", "auroc_trainbn", "iters")}
     sizes = {k: ck["config"][k] for k in ("input_shape", "ndf", "nrkhs", "ndepth", "model", "local_size")}
     itad.save_checkpoint(str(tmp_path / "old.pt"), "itad", sizes, ck["preprocess"], {"encoder": ck["state"]["encoder"]})
-    old = itad.main([*base, "--mc-samples", "0", "--load-model", str(tmp_path / "old.pt")])   # an API checkpoint
+    old = itad.main([*base, "--load-model", str(tmp_path / "old.pt")])   # an API checkpoint
     assert old["auroc"] == trained["auroc"] and old["auroc_trainbn"] == trained["auroc_trainbn"]   # of sizes only
     assert "iters" not in old and "nce_end" not in old
 
@@ -686,11 +689,11 @@ def test_every_scoring_pass_reports_progress_with_the_time_left(monkeypatch):
     torch.manual_seed(0)
     model = itad.build_encoder((1, 28, 28), ndf=4, nrkhs=8, ndepth=1)
     lines = []
-    itad.evaluate(model, torch.rand(250, 1, 28, 28), np.r_[np.zeros(50), np.ones(200)], mc_samples=2, log=lines.append)
+    itad.evaluate(model, torch.rand(250, 1, 28, 28), np.r_[np.zeros(50), np.ones(200)], rand=True, mc_samples=2,
+                  log=lines.append)
     for what in ("BatchNorm statistics of the test images 100/250", "scoring ori (Eq. 23 / 24), images 100/250",
                  "scoring rand (Eq. 22), augmented views 100/500", "scoring mc (Eq. 29), augmented views 100/1000"):
-        assert any(line.startswith(what) and "s left" in line for line in lines), (what, lines)
-    assert itad.scoring_passes(2) == 9 and itad.scoring_passes(0, rand=False) == 3
+        assert any(line.startswith(what) and "left" in line for line in lines), (what, lines)
 
 
 def test_batched_passes_give_the_scores_of_one_call():
@@ -791,7 +794,7 @@ def test_options_that_do_not_apply_to_own_data_are_refused(argv, message, tmp_pa
 # ------------------------------------------------------------------------------------------ learning
 
 EASY = ["--dataset", "mnist", "--normal", "0", "--iters", "150", "--batch-size", "32", "--ndf", "8", "--nrkhs", "64",
-        "--ndepth", "1", "--mc-samples", "0", "--seed", "0"]
+        "--ndepth", "1", "--seed", "0"]
 CHANCE = math.log(2 * 32 - 1)                                 # InfoNCE at chance with 2N = 64 views
 
 
