@@ -17,6 +17,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -52,23 +53,24 @@ def write_idx(folder, prefix, x, y):
         f.write(struct.pack(">II", 2049, len(y)) + y.astype(np.uint8).tobytes())
 
 
-def make_tiny_root(root):
+def make_tiny_root(root, n_train=N_TRAIN, n_test=N_TEST):
+    """The generated data root; n_train / n_test images per split, all classes together."""
     for name, seed in (("MNIST", 1), ("FashionMNIST", 2)):
-        for prefix, n, s in (("train", N_TRAIN, seed), ("t10k", N_TEST, seed + 100)):
+        for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 100)):
             x, y = class_images(n, 28, 1, 10, s)
             write_idx(os.path.join(root, name, "raw"), prefix, x, y)
     # CIFAR-10: data rows are 3072 values, channel-major, as in the originals
     c10 = os.path.join(root, "cifar-10-batches-py")
     os.makedirs(c10, exist_ok=True)
     for i, fname in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        x, y = class_images(N_TRAIN // 5 if i < 5 else N_TEST, 32, 3, 10, 10 + i)
+        x, y = class_images(n_train // 5 if i < 5 else n_test, 32, 3, 10, 10 + i)
         with open(os.path.join(c10, fname), "wb") as f:
             pickle.dump({"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1), "labels": y.tolist()}, f)
     with open(os.path.join(c10, "batches.meta"), "wb") as f:
         pickle.dump({"label_names": [f"c{k}" for k in range(10)]}, f)
     c100 = os.path.join(root, "cifar-100-python")
     os.makedirs(c100, exist_ok=True)
-    for fname, n, s in (("train", N_TRAIN, 30), ("test", N_TEST, 31)):
+    for fname, n, s in (("train", n_train, 30), ("test", n_test, 31)):
         x, coarse = class_images(n, 32, 3, 20, s)
         with open(os.path.join(c100, fname), "wb") as f:
             pickle.dump({"data": x.transpose(0, 3, 1, 2).reshape(n, -1), "fine_labels": (coarse * 5).tolist(),
@@ -76,7 +78,7 @@ def make_tiny_root(root):
     with open(os.path.join(c100, "meta"), "wb") as f:
         pickle.dump({"fine_label_names": [f"f{k}" for k in range(100)]}, f)
     import scipy.io
-    for fname, n, s in (("train_32x32.mat", N_TRAIN, 40), ("test_32x32.mat", N_TEST, 41)):
+    for fname, n, s in (("train_32x32.mat", n_train, 40), ("test_32x32.mat", n_test, 41)):
         x, y = class_images(n, 32, 3, 10, s)
         y = np.where(y == 0, 10, y)  # SVHN stores digit 0 as label 10
         scipy.io.savemat(os.path.join(root, fname), {"X": x.transpose(1, 2, 3, 0), "y": y.reshape(-1, 1)})
@@ -110,6 +112,22 @@ def make_tiny_root(root):
             vals = [size + rng.normal(0, 0.03) for _ in range(7)]
             f.write(",".join(["MFI"[i % 3]] + [f"{v:.4f}" for v in vals] + [str(rings)]) + "\n")
     return root
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the opt-in slow group (README gives its duration)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: the opt-in group (python -m pytest -q --slow): what the default suite "
+                                       "checks in brief, at length or at the papers' network sizes")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--slow"):
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason="the slow group: pass --slow"))
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +176,13 @@ def run_script(script, *args, expect_rc=0):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def readme_block(script):
+    """README's "Use a method in your own code" block for `script`, verbatim: each script's API test runs it in a
+    folder holding only that script and common.py (tests/test_readme.py checks there is one block per script)."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        section = f.read().split("## Use a method in your own code", 1)[1].split("\n## ", 1)[0]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if re.search(rf"^import {script}$", b, re.M)]
+    assert len(blocks) == 1, f"README holds {len(blocks)} python blocks importing {script}"
+    return blocks[0]

@@ -423,11 +423,11 @@ def test_submitit_local_executor_runs_the_same_sweep(setup):
 
 
 def test_real_script_gives_the_same_result_sequential_parallel_and_through_submitit(tmp_path):
-    """Determinism across launchers (issue 20): cance.py on the offline digits set, two classes, one thread per
+    """Determinism across launchers (issue 20): cance.py on the offline digits set, one class, one thread per
     run; every RESULT key but the timings is equal whether the runs went one after another, two at a time, or
     through submitit's local executor."""
     results = tmp_path / "results"
-    base = ["--script", "cance.py", "--classes", "0,1", "--seeds", "0", "--threads", "1", "--cpu",
+    base = ["--script", "cance.py", "--classes", "0", "--seeds", "0", "--threads", "1", "--cpu",
             "--results-dir", str(results), "--paper-tables", str(tmp_path / "none.json"),
             "--protocols", str(tmp_path / "none.json")]
     flags = ["--", "--dataset", "digits", "--iters", "3"]
@@ -437,7 +437,7 @@ def test_real_script_gives_the_same_result_sequential_parallel_and_through_submi
     for name, extra in launchers.items():
         assert bench.main([*base, "--name", name, *extra, *flags]) == 0
     timing = {"seconds", "train_samples_per_s", "score_samples_per_s", "nce_seconds", "provenance"}   # + its --json
-    for c in (0, 1):
+    for c in (0,):
         got = {name: {k: v for k, v in json.loads((results / name / "runs" / f"c{c}_s0.json").read_text()).items()
                       if k not in timing} for name in launchers}
         assert got["seq"]["auroc"] > 0.5

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import csi_gen  # noqa: E402
-from conftest import read_json, run_script  # noqa: E402
+from conftest import read_json, readme_block, run_script  # noqa: E402
 
 TINY = ["--width", "4", "--proj-dim", "16", "--gan-width", "4", "--latent-dim", "8", "--ld-width", "16",
         "--batch-size", "8", "--ensemble", "2"]
@@ -25,20 +25,7 @@ TINY_NETS = dict(width=4, proj_dim=16, gan_width=4, latent_dim=8, ld_width=16)  
 QUIET = lambda line: None
 
 # README, "Use a method in your own code" (run verbatim by test_api_runs_from_a_folder_with_only_the_two_files)
-SNIPPET = """\
-import numpy as np
-import csi_gen
-
-x_normal = np.random.rand(64, 1, 28, 28)      # your normal images: (N, 1, 28, 28) or (N, 3, 32, 32), in [0, 1]
-x_new = np.random.rand(10, 1, 28, 28)         # images to score
-model = csi_gen.fit(x_normal, variant="full", width=8, gan_width=8, iters=5, batch_size=8, ensemble=2)
-# (the paper's scale: widths 64, 1000 epochs at batch 32, ensemble 10); the model keeps the normal set's features
-scores = csi_gen.score(model, x_new)          # -M (Eq. 11): numpy (10,), higher = more anomalous
-scores_ens = csi_gen.score(model, x_new, ensemble=True)     # -M_ens (Sec. 2.3), R = 2 test-time draws
-csi_gen.save(model, "csi_gen.pt")             # weights, settings and the features (not the images)
-again = csi_gen.score(csi_gen.load("csi_gen.pt"), x_new)   # later: the same scores, without the normal set
-assert np.array_equal(again, scores)
-"""
+SNIPPET = readme_block("csi_gen")   # README's block, run verbatim below
 
 
 @pytest.fixture(autouse=True)
@@ -362,6 +349,7 @@ def test_api_runs_from_a_folder_with_only_the_two_files(tmp_path):
     for f in ("csi_gen.py", "common.py"):
         shutil.copy(os.path.join(REPO, f), tmp_path / f)
     code = SNIPPET + """
+assert np.array_equal(again, scores)
 assert scores.shape == scores_ens.shape == (10,) and np.isfinite(scores).all() and np.ptp(scores) > 0, scores
 assert [b["ensemble"] for b in model.banks] == [0, 2] and model.config["iters"] == 5
 x32 = np.random.rand(12, 3, 32, 32).astype(np.float32)

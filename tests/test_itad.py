@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import itad  # noqa: E402
-from conftest import REPO, read_json, run_script  # noqa: E402
+from conftest import REPO, read_json, readme_block, run_script  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,16 +34,7 @@ TINY = ["--batch-size", "16", "--ndf", "4", "--nrkhs", "8", "--ndepth", "1"]
 TABLE2 = ["--table2", "--mc-samples", "1"]             # Table II's scores (Eq. 22, Eq. 29 with H = 1): opt-in
 
 # README, "Use a method in your own code": copy itad.py and common.py, then (runs as is after `import numpy as np`)
-README_SNIPPET = '''
-import itad
-
-x_normal = np.random.rand(64, 1, 28, 28)       # your normal images, (N, 1, 28, 28) or (N, 3, 32, 32), in [0, 1]
-x_new = np.random.rand(20, 1, 28, 28)          # images to score, the same shape
-model = itad.fit(x_normal, ndf=16, nrkhs=128, ndepth=1, iters=20, batch_size=32)   # Alg. 1; Table IV: 128, 1024, 10
-scores = itad.score(model, x_new)              # Eq. 23 negated: higher = more anomalous (BatchNorm stats of x_new)
-itad.save(model, "itad.pt")                    # weights, training BatchNorm buffers, settings, bn_stats
-again = itad.score(itad.load("itad.pt"), x_new)   # later, or elsewhere: the same scores, no training
-'''
+README_SNIPPET = readme_block("itad")   # README's block, run verbatim below
 
 
 # ------------------------------------------------------------------------------------------ Alg. 1

@@ -27,7 +27,7 @@ import torch.nn as nn
 from sklearn.metrics import roc_auc_score
 
 import lis_ae
-from conftest import REPO, read_json, run_script
+from conftest import REPO, read_json, readme_block, run_script
 
 TINY = ["--iters", "2", "--batch-size", "8", "--width", "4", "--latent", "4"]
 quiet = lambda *a, **k: None
@@ -516,18 +516,7 @@ def test_learning_lis_ae_beats_its_phase1_autoencoder_on_synthetic_data():
 # ------------------------------------------------------------------------------------------ Python API
 
 # README, "Use a method in your own code": copy lis_ae.py and common.py. Run verbatim by the next test.
-README_SNIPPET = """\
-import numpy as np
-import lis_ae
-
-x_normal = np.random.rand(500, 1, 28, 28).astype("float32")     # your normal images (D+), (N, 1, 28, 28) in [0, 1]
-x_negative = np.random.rand(500, 1, 28, 28).astype("float32")   # unlabelled images of a similar domain (D-)
-x_new = np.random.rand(20, 1, 28, 28).astype("float32")         # images to score; or all (N, 3, 32, 32)
-model = lis_ae.fit(x_normal, x_negative, iters=5)        # Alg. 1: the AE, then its latent layer on Eq. (1) (default 2000)
-scores = lis_ae.score(model, x_new)                      # Sec. 3.4: numpy (20,), higher = more anomalous
-lis_ae.save(model, "lis_ae.pt")                          # weights, the phase-1 AE's latent layer, settings
-again = lis_ae.score(lis_ae.load("lis_ae.pt"), x_new)    # later: the same scores, no training
-"""
+README_SNIPPET = readme_block("lis_ae")   # README's block, run verbatim below
 
 CHECKS = """
 assert scores.shape == (20,) and np.isfinite(scores).all() and scores.std() > 0, scores

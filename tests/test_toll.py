@@ -13,7 +13,7 @@ import torch
 
 import toll
 from common import split_table
-from conftest import read_json, run_script
+from conftest import read_json, readme_block, run_script
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import toll_figures  # noqa: E402  (the linear autoencoder of Fig. 2, reused for Theorem 1)
@@ -285,17 +285,7 @@ def test_random_arrhythmia_split_of_seed_0_is_unchanged_by_the_split_option(tiny
 # ------------------------------------------------------------------------------------------ the Python API (issue 23)
 
 # README, "Use a method in your own code": copy toll.py and common.py, then (run verbatim by the test below)
-README_SNIPPET = """\
-import numpy as np
-import toll
-
-x_train = np.random.randn(1000, 20).astype(np.float32)   # normal samples: (N, D), (N, 1, 28, 28) or (N, 3, 32, 32)
-x_new = np.random.randn(200, 20).astype(np.float32) * 2
-model = toll.fit(x_train, beta=10, lr=1e-3, latent=16, iters=200, batch_size=100)   # Appendix B's AE on Eq. (2)
-scores = toll.score(model, x_new)              # Eq. (3): numpy (200,), higher = more anomalous
-toll.save(model, "toll.pt")                    # weights, hyperparameters, beta, p, preprocessing constants
-again = toll.score(toll.load("toll.pt"), x_new)   # later: the same scores, no training
-"""
+README_SNIPPET = readme_block("toll")   # README's block, run verbatim below
 API_CHECK = """
 assert scores.shape == (200,) and np.isfinite(scores).all() and np.ptp(scores) > 0, scores
 loaded = toll.load("toll.pt")
