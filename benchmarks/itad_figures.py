@@ -2,14 +2,15 @@
 with different beta", Sec. IV-B) from runs of `itad.py --curve-every K --json FILE`: documentation of itad.py, not
 part of the method. Needs matplotlib (benchmarks/requirements.txt).
 
-    python benchmarks/itad_figures.py                 # every benchmarks/results/itad_curves/*.json
+    python benchmarks/itad_figures.py                 # benchmarks/results/itad_curves*/*.json
     python benchmarks/itad_figures.py a.json b.json   # your own runs
 
-Writes benchmarks/results/figures/itad_curves.png (four panels against the training step: the Eq. 23 score's test
-AUROC with BatchNorm statistics re-estimated on the test set (--bn-stats test, solid) and with training statistics
-(dashed); the InfoNCE loss; the mean ||z||_2 of normal (solid) and anomalous (dashed) test codes, Fig. 3's quantity;
-the fraction of code dimensions alive) and benchmarks/results/itad_curves.md (the same numbers as a table, with
-the command of each run).
+Writes benchmarks/results/itad_curves.md: a summary row per run (final and best AUROC, Fig. 3's mean ||z||_2 of
+normal / anomalous test codes, L_NCE and L_H of the last steps as Sec. IV-B compares them, dims_alive), then each
+run's curve; and one figure per code size d in benchmarks/results/figures/ (itad_curves.png for d = 128,
+itad_curves_d<d>.png for the others): four panels against the training step (the Eq. 23 score's test AUROC with
+BatchNorm statistics re-estimated on the test set, solid, and with training statistics, dashed; the InfoNCE loss;
+the mean ||z||_2 of normal, solid, and anomalous, dashed, test codes; the fraction of code dimensions alive).
 """
 import argparse
 import glob
@@ -20,10 +21,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 
+def weight(r):
+    """The entropy term's weight per code dimension: beta (sum, Alg. 1 line 18) or beta / d (mean, L1)."""
+    d = r["config"]["nrkhs"]
+    return r["beta"] / d if r.get("entropy_reduce", "sum") == "mean" else r["beta"]
+
+
 def label(run):
     r = run["result"]
     reduce = "" if r.get("entropy_reduce", "sum") == "sum" else f", {r['entropy_reduce']}"
-    return f"beta {r['beta']:g}{reduce}" + (f", {r['model']}" if r.get("model", "base") != "base" else "")
+    return (f"d {r['config']['nrkhs']}, beta {r['beta']:g}{reduce}" + (f", seed {r['seed']}" if r["seed"] else "")
+            + (f", {r['model']}" if r.get("model", "base") != "base" else ""))
 
 
 def load(paths):
@@ -34,21 +42,38 @@ def load(paths):
         if not r.get("curve"):
             raise SystemExit(f"error: {path} holds no 'curve'. Run itad.py with --curve-every K --json {path}")
         runs.append({"path": path, "result": r, "curve": r["curve"]})
-    return sorted(runs, key=lambda run: (run["result"].get("entropy_reduce", "sum"), run["result"]["beta"]))
+    key = lambda run: (run["result"]["config"]["nrkhs"], run["result"].get("entropy_reduce", "sum"),
+                       run["result"]["beta"], run["result"]["seed"])
+    return sorted(runs, key=key)
+
+
+def summary(runs):
+    lines = ["| run | weight per dimension | final auroc | best auroc (step) | ‖z‖ normal / anomalous | L_NCE | L_H | "
+             "dims_alive | s |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        r, best = run["result"], max(run["curve"], key=lambda p: p["auroc"])
+        lines.append(f"| {label(run)} | {weight(r):.4g} | {r['auroc']:.4f} | {best['auroc']:.4f} ({best['iter']}) | "
+                     f"{r['znorm_normal']:.2f} / {r['znorm_anomaly']:.2f} | {r.get('nce_end', float('nan')):.3f} | "
+                     f"{r['entropy_end']:.3f} | {r['dims_alive']:.3f} | {r['seconds']:.0f} |")
+    return lines
 
 
 def table(runs):
     lines = ["# itad.py: AUROC over training", "",
-             "Written by `python benchmarks/itad_figures.py` from the runs' JSON files (`--curve-every`). Each row: the "
-             "test AUROC of the Eq. 23 score (`auroc`: BatchNorm statistics re-estimated on the test set; "
-             "`auroc_trainbn`: training statistics), the mean InfoNCE loss of the last K steps (chance: log(2N - 1)), "
-             "Fig. 3's mean ||z||_2 of normal / anomalous test codes, and dims_alive. Larger-is-normal score, "
-             "reported as the AUROC of anomaly = not normal, so 0.5 is chance and below 0.5 ranks anomalies as more "
-             "normal.", ""]
+             "Written by `python benchmarks/itad_figures.py` from the runs' JSON files (`--curve-every`): Fashion-MNIST "
+             "class 0, 4000 steps of batch 64, the Table IV encoder at ndf 16, ndepth 1 and the code size d (nrkhs) "
+             "given per run, one CPU thread. The Eq. 23 score is larger-is-normal, reported as the AUROC of anomaly = "
+             "not normal, so 0.5 is chance and below 0.5 ranks anomalies as more normal. 'Weight per dimension': the "
+             "entropy term's weight on each |z_j| (sum: beta, as Alg. 1 line 18 prints it; mean: beta / d). L_NCE and "
+             "L_H: means over the last 10% of the steps (InfoNCE at chance: log(127) = 4.84).", ""] + summary(runs)
+    lines += ["", "Each run's curve: the test AUROC (`auroc`: BatchNorm statistics re-estimated on the test set; "
+              "`auroc_trainbn`: training statistics), the mean InfoNCE loss of the last K steps, Fig. 3's mean ||z||_2 "
+              "of normal / anomalous test codes, and dims_alive. The command is the run's as recorded (its git commit "
+              "in the JSON's provenance); on today's itad.py, Eq. 22 / 29 need --table2 (--mc-samples 0 is no longer a "
+              "value: drop it).", ""]
     for run in runs:
         r = run["result"]
-        cmd_file = os.path.splitext(run["path"])[0] + ".cmd"                   # the command, beside the JSON
-        cmd = open(cmd_file).read().strip() if os.path.exists(cmd_file) else r.get("provenance", {}).get("command")
+        cmd = r.get("provenance", {}).get("command")
         lines += [f"## {label(run)}", "", f"`{cmd or run['path']}`", "",
                   f"Final RESULT: auroc {r['auroc']}, auroc_rand {r.get('auroc_rand')}, auroc_mc {r.get('auroc_mc')}, "
                   f"dataset {r['dataset']}, normal class {r['normal']}, seed {r['seed']}, {r['iters']} steps of "
@@ -86,8 +111,8 @@ def plot(runs, out):
     ax[2].set_yscale("log")
     ax[0].legend(fontsize=8)
     r = runs[0]["result"]
-    fig.suptitle(f"itad.py on {r['dataset']}, normal class {r['normal']}, seed {r['seed']}, batch {r['batch_size']}",
-                 fontsize=10)
+    fig.suptitle(f"itad.py on {r['dataset']}, normal class {r['normal']}, code size d = {r['config']['nrkhs']}, "
+                 f"batch {r['batch_size']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -95,17 +120,21 @@ def plot(runs, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help="JSON files of itad.py runs with --curve-every (default: "
-                                           "benchmarks/results/itad_curves/*.json)")
-    p.add_argument("--png", default=os.path.join(RESULTS, "figures", "itad_curves.png"))
+                                           "benchmarks/results/itad_curves*/*.json)")
+    p.add_argument("--figures", default=os.path.join(RESULTS, "figures"))
     p.add_argument("--md", default=os.path.join(RESULTS, "itad_curves.md"))
     a = p.parse_args(argv)
-    runs = load(a.runs or sorted(glob.glob(os.path.join(RESULTS, "itad_curves", "*.json"))))
+    runs = load(a.runs or sorted(glob.glob(os.path.join(RESULTS, "itad_curves*", "*.json"))))
     if not runs:
         raise SystemExit("error: no runs. Give JSON files of itad.py runs made with --curve-every K --json FILE")
     with open(a.md, "w") as f:
         f.write(table(runs) + "\n")
-    plot(runs, a.png)
-    print(f"wrote {a.md} and {a.png}")
+    written = [a.md]
+    for d in sorted({run["result"]["config"]["nrkhs"] for run in runs}):
+        out = os.path.join(a.figures, "itad_curves.png" if d == 128 else f"itad_curves_d{d}.png")
+        plot([run for run in runs if run["result"]["config"]["nrkhs"] == d], out)
+        written.append(out)
+    print("wrote " + ", ".join(written))
 
 
 if __name__ == "__main__":
