@@ -21,15 +21,16 @@ Equation map (a user calls fit -> score; save / load keep a fitted encoder)
     Eq. (23) / Alg. 2, Eq. (24) / Alg. 5; Eq. (22) and (29) ....... ori_score(); pair_score()
     Alg. 2 / 5, anomaly score = -NormalScore; every RESULT score ... anomaly_scores(), score(); evaluate()
 
-Readings where the text is open (default first). c1, "the size of z_i" (Alg. 1) = sqrt(d), the scale AMDIM's code
-(ref. [36]) gives its scores before the same tanh clip at c2 = 20 (c1 = d leaves a unit-variance code's similarities
-too flat for an InfoNCE over 2N - 1 candidates). "Normalized vectors" (Sec. III-C): an affine BatchNorm ends the
-codes, as AMDIM's. L_entropy [--entropy-reduce]: sum = ||z||_q (Alg. 1 line 18), or mean = ||z||_q / d^(1/q), sum's
-loss at beta / d^(1/q). Sec. IV-B's claims (L_NCE and L_H converge to a similar scale; normal codes keep the larger
-||z||, Fig. 3; beta > 0 beats beta = 0) held in the measured runs only at beta / d^(1/q) of about 0.008-0.04; at beta
-20 both readings switch the code off at that size (benchmarks/results/itad_curves.md). BatchNorm statistics when
-scoring [--bn-stats]: test = re-estimated on the test images, as AMDIM's evaluation does: transductive, and it ranks
-normal images first wherever the code has learned; train = training's averages.
+Readings where the text is open (default first). c1, "the size of z_i" (Alg. 1) = sqrt(d), the scale AMDIM's code (ref.
+[36]) gives its scores before the same tanh clip at c2 = 20 (c1 = d leaves the similarities too flat for InfoNCE).
+"Normalized vectors" (Sec. III-C): an affine BatchNorm ends the codes, as AMDIM's. L_entropy [--entropy-reduce]: sum =
+||z||_q (Alg. 1 line 18), or mean = ||z||_q / d^(1/q). Sec. IV-B's claims (L_NCE and L_H of a similar scale; normal
+codes keep the larger ||z||, Fig. 3; beta > 0 beats beta = 0) held in the measured runs
+(benchmarks/results/itad_curves.md) with mean at beta ~5 for d = 128 and 1024 alike; beta 20 summed switches the code
+off at both sizes, as a mean it keeps a few % of the code at d = 1024: no reading puts the printed beta where the
+claims hold, so the default stays as printed. BatchNorm statistics when scoring [--bn-stats]: test = re-estimated on
+the test images, as AMDIM's evaluation does (transductive; it ranks normal images first wherever the code has learned);
+train = training's averages.
 
 Deviations (flag in brackets)
   - Batch 200, AMDIM's (the paper gives none) [--batch-size]; epochs of random batches, the last incomplete one dropped
@@ -37,8 +38,8 @@ Deviations (flag in brackets)
   - Augmentation, AMDIM's CIFAR policy (Sec. III-C), per sample: one flip per image; per view a shift up to 4 px
     (reflect padding, p 0.8), colour jitter 0.4/0.4/0.4/0.2 with hue as a YIQ rotation (p 0.8), grayscale (p 0.25).
     Grey images as 3 channels (Sec. IV-E), 28x28 zero-padded to 32x32, pixels in [-1, 1] (Sec. IV-A).
-  - Encoder: AMDIM's (no BN inside, residual branches' last conv zero-initialised), but a strided kxk conv shortcut
-    where a layer widens (AMDIM's zero-padded average pool left all but ndf code dimensions dead at initialisation).
+  - Encoder: AMDIM's (no BN inside, last conv of a residual branch zero-initialised), but a strided kxk conv shortcut
+    where a layer widens (AMDIM's zero-padded pool leaves all but ndf code dimensions dead at initialisation).
   - Alg. 3 line 8 sums g^T phi(l) over all f_local positions [--local-size]; L_gvl (Alg. 4 line 14) is one Alg. 3 loss
     over the 2N x 2N global/local pairs of both views; the entropy term covers g and phi(l) (Alg. 4 line 15; Eq. 21: g
     only). Eq. 22 / 29 (global code) soft-clip each pair's similarity like Alg. 2 line 8 (printed raw); Eq. 29's sum is
@@ -46,7 +47,6 @@ Deviations (flag in brackets)
     --mi jsd: Eq. 28's critic is the clipped similarity. Scores in float64; the last model is tested. Not in the paper:
     svhn, digits (offline check), RESULT's nce_end, entropy_end, znorm_normal / _anomaly (Fig. 3), dims_alive.
 Run:  python itad.py --dataset fashion-mnist --normal 0 --data-root ./data    # Table IV sizes, 400 epochs (a GPU)
-      python itad.py --dataset digits --normal 3 --iters 2                    # offline check
 """
 import contextlib
 import math

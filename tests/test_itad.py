@@ -800,10 +800,11 @@ def test_beta0_nce_learns_and_normal_codes_are_larger_on_an_easy_set(tiny_root):
     assert r["auroc"] > 0.8, r
 
 
-@pytest.mark.xfail(strict=True, reason="known failure, see README and benchmarks/results: at the paper's beta = 20 the "
-                                       "entropy term collapses the code (NCE at chance, code dimensions switched "
-                                       "off) in every reading measured. Strict: a change that fixes it must update "
-                                       "this test and README.")
+@pytest.mark.xfail(strict=True, reason="known failure, see README and benchmarks/results/itad_curves.md: at the "
+                                       "paper's beta = 20, summed as Alg. 1 line 18 prints it (the default), the "
+                                       "entropy term switches the code off (NCE at chance, no dimension alive) at "
+                                       "d = 128 and d = 1024. Strict: a change that fixes it must update this test "
+                                       "and README.")
 def test_default_beta_does_not_collapse_on_an_easy_set(tiny_root):
     """The same set and budget at the default beta = 20. When written (seed 0, 150 steps): NCE 4.14 (chance 4.14),
     z_spread 0.007, dims_alive 0.0, AUROC 0.59."""
