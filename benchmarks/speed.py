@@ -269,7 +269,8 @@ def render(rows, sweep=(), first_try=()):
                   "'necessary passes': the time the main score's passes over images take at the bare forward's speed "
                   "of the same network, measured right before (csi_gen: Eq. 11 encodes every normal training and "
                   "test image under the 4 shifts; itad: 3 passes over the test images); the target is 3 minutes, or "
-                  "1.2x the necessary passes where they alone take longer.", "",
+                  "1.2x the necessary passes where they alone take longer. 'load': the 1-minute load average when the row "
+                  "started; it still counts jobs paused (SIGSTOP) just before, as the background sweeps were here.", "",
                   "| host | script | wall s | necessary passes s | wall / necessary | auroc | load | when |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]
         for r in first_try:
