@@ -1,15 +1,15 @@
 """Targeted collapse regularized autoencoder for anomaly detection: black hole at the center ("Toll").
 Ghafourian, Shui, Upadhyay, Gupta, Filev, Soltani. IEEE TNNLS 2024, arXiv:2306.12627.
 
-An autoencoder whose loss adds the plain L2 norm of the latent code to the reconstruction error (Sec. 3.2).
-The norm term pulls every code toward the origin ("targeted collapse"); normal data keep informative codes
-because the reconstruction term needs them, while unseen anomalies fall outside that balance. Training loss
-and anomaly score are one expression, ||x_hat - x||_2 + beta * ||z||_2 (higher = more anomalous).
+An autoencoder whose loss adds the plain L2 norm of the latent code to the reconstruction error (Sec. 3.2). The norm
+term pulls every code toward the origin ("targeted collapse"); normal data keep informative codes because the
+reconstruction term needs them, while unseen anomalies fall outside that balance. Training loss and anomaly score are
+one expression, ||x_hat - x||_2 + beta * ||z||_2 (higher = more anomalous).
 
-Reproduces Tables 1-4 (MNIST; CIFAR-10; Fashion-MNIST and the CIFAR-100 superclasses; Arrhythmia, F1) under
-the Sec. 4.1 protocol (2000 random batches, validation every 20, the best validation checkpoint tested), the
-beta = 0 ablation of Table 7 and the beta grid of Fig. 4 (--beta), and Table 8's norms (--norm 1|2|inf).
-Fig. 2 and Theorems 1-2 (linear autoencoder): benchmarks/toll_figures.py and the tests. Not here: Tables 5-6.
+Reproduces Tables 1-4 (MNIST; CIFAR-10; Fashion-MNIST and the CIFAR-100 superclasses; Arrhythmia, F1) under the Sec.
+4.1 protocol (2000 random batches, validation every 20, the best validation checkpoint tested), the beta = 0 ablation
+of Table 7 and the beta grid of Fig. 4 (--beta), and Table 8's norms (--norm 1|2|inf). Fig. 2 and Theorems 1-2
+(linear autoencoder): benchmarks/toll_figures.py and the tests. Not here: Tables 5-6.
 
 Equation map (a user calls fit -> score; save / load keep a fitted model)
     Appendix B.1 / B.2 / B.3 architectures ........................ build_model(): MnistAE, CifarAE, TabularAE
@@ -22,24 +22,24 @@ Equation map (a user calls fit -> score; save / load keep a fitted model)
 
 Deviations: where the paper is silent, or this file differs or adds
     - No padding: the printed kernels and strides reach 64x4x4 (MNIST) and 1x1 (CIFAR) without it.
-    - CIFAR decoder: the last Conv(3, 1, 1) has an ordinary bias, as printed in Appendix B.2 (the authors'
-      code: a bias-free convolution plus a learned per-pixel output bias).
-    - CIFAR-10 and CIFAR-100 alike: GCN (L1), then min-max with the extremes of the GCN'd normal training
-      images (Sec. 4.1 names no extremes; the authors' code hard-codes per-class pairs). MNIST-type data are
-      standardised with the whole train split's mean and std (Sec. 4.1: "zero mean and a standard deviation
-      of 1"). Arrhythmia: the raw ODDS matrix, as in the authors' code.
+    - CIFAR decoder: the last Conv(3, 1, 1) has an ordinary bias, as printed in Appendix B.2 (the authors' code: a
+      bias-free convolution plus a learned per-pixel output bias).
+    - CIFAR-10 and CIFAR-100 alike: GCN (L1), then min-max with the extremes of the GCN'd normal training images (Sec.
+      4.1 names no extremes; the authors' code hard-codes per-class pairs). MNIST-type data are standardised with the
+      whole train split's mean and std (Sec. 4.1: "zero mean and a standard deviation of 1"). Arrhythmia: the raw ODDS
+      matrix, as in the authors' code.
     - Arrhythmia's beta 10 and lr 1e-3 are the authors' README's (Appendix B.3 prints the architecture only).
-    - --split random (default): images hold out --val-size labelled train-split samples (Sec. 4.1: 10000);
-      Arrhythmia 20% test / 30% validation per class (Sec. 4.1; stratified, the text does not say), the
-      anomalies outside both unused. --split official: the authors' index files (GitHub Soltanilara/Toll,
-      folder `val IDs/`, MIT License) in <data-root>/toll_splits/; Arrhythmia cut at 20% / 40% as their
-      src/data.py does (20% validation, not the text's 30%); one split for every seed.
+    - --split random (default): images hold out --val-size labelled train-split samples (Sec. 4.1: 10000); Arrhythmia
+      20% test / 30% validation per class (Sec. 4.1; stratified, the text does not say), the anomalies outside both
+      unused. --split official: the authors' index files (GitHub Soltanilara/Toll, folder `val IDs/`, MIT License) in
+      <data-root>/toll_splits/; Arrhythmia cut at 20% / 40% as their src/data.py does (20% validation, not the text's
+      30%); one split for every seed.
     - F1: the top r of scores are anomalous, r = the data's anomaly ratio (66/452; Sec. 4.1: "the expected 15
       percent"). --seed drives init, batches and the split (the authors' code reseeds numpy with 42 every time).
-    - Not in the paper: thyroid (Arrhythmia's protocol), digits (an install check with the MNIST model), --select
-      last (the final model is tested), your own data (--dataset PATH: tables take Arrhythmia's model and values,
-      common.split_table's split with a labelled validation set and the training rows' standardisation; grey
-      images MNIST's, RGB images CIFAR-10's).
+    - Not in the paper: thyroid (Arrhythmia's protocol), digits (an install check with the MNIST model), --select last
+      (the final model is tested), your own data (--dataset PATH: tables take Arrhythmia's model and values,
+      common.split_table's split with a labelled validation set and the training rows' standardisation; grey images
+      MNIST's, RGB images CIFAR-10's).
 Run:  python toll.py --dataset mnist --normal 8 --beta 1000
 """
 import copy
@@ -79,6 +79,7 @@ SPLIT_DIR = "toll_splits"                        # --split official: the authors
 SPLIT_FILES = {d: [f"10000_val_indices_{f}.npy"] for d, f in (("mnist", "mnist"), ("fashion-mnist", "fmnist"),
                                                               ("cifar10", "cifar10"), ("cifar100", "cifar100"))}
 SPLIT_FILES["arrhythmia"] = [f"randomized_{k}_indices_arrhythmia.npy" for k in ("normal", "anomalous")]
+FIX = "Use the authors' file for this dataset (GitHub Soltanilara/Toll, folder `val IDs/`), or --split random"
 
 
 # ------------------------------------------------------------------------------------------ models (Appendix B)
@@ -97,8 +98,7 @@ class MnistAE(TollAE):
 
     def __init__(self, latent=128):
         super().__init__()
-        self.latent = latent
-        lrelu = lambda: nn.LeakyReLU(0.2)
+        self.latent, lrelu = latent, lambda: nn.LeakyReLU(0.2)
         self.encoder = nn.Sequential(
             nn.Conv2d(1, 64, 4, 1), nn.BatchNorm2d(64), lrelu(),        # (B, 64, 25, 25)
             nn.Conv2d(64, 128, 4, 1), nn.BatchNorm2d(128), lrelu(),     # (B, 128, 22, 22)
@@ -116,14 +116,13 @@ class MnistAE(TollAE):
 
 
 class CifarAE(TollAE):
-    """Appendix B.2, CIFAR-10 / CIFAR-100 (3×32×32). All convolutions bias-free except the last of the
-    encoder and the last of the decoder; LeakyReLU slope 0.1; latent = the 64 channels of a 1×1 map."""
+    """Appendix B.2, CIFAR-10 / CIFAR-100 (3×32×32). All convolutions bias-free except the last of the encoder and
+    the last of the decoder; LeakyReLU slope 0.1; latent = the 64 channels of a 1×1 map."""
     input_shape = (3, 32, 32)
 
     def __init__(self, latent=64):
         super().__init__()
-        self.latent = latent
-        lrelu = lambda: nn.LeakyReLU(0.1)
+        self.latent, lrelu = latent, lambda: nn.LeakyReLU(0.1)
 
         def conv(cin, cout, k, s=1, t=False):
             c = nn.ConvTranspose2d if t else nn.Conv2d
@@ -158,10 +157,8 @@ def build_model(input_shape, latent=PAPER["mnist"]["latent"]):
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 1 and shape[0] >= 1:
         return TabularAE(shape[0], latent)
-    if shape == MnistAE.input_shape:
-        return MnistAE(latent)
-    if shape == CifarAE.input_shape:
-        return CifarAE(latent)
+    if shape in (MnistAE.input_shape, CifarAE.input_shape):
+        return (MnistAE if shape == MnistAE.input_shape else CifarAE)(latent)
     raise ValueError(f"input_shape must be (D,) for tabular data, (1, 28, 28) or (3, 32, 32) for images "
                      f"(Appendix B), got {shape}")
 
@@ -213,8 +210,7 @@ def f1_top_ratio(labels, scores, ratio):
 # ------------------------------------------------------------------------------------------ training (Sec. 4.1)
 
 def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], lr=PAPER["mnist"]["lr"],
-          iters=2000, batch_size=PAPER["mnist"]["batch_size"], eval_every=20, p=2, metric=auroc, metric_name=None,
-          log=None):
+          iters=2000, batch_size=PAPER["mnist"]["batch_size"], eval_every=20, p=2, metric=auroc, log=None):
     """Sec. 4.1: `iters` random batches of normal samples (no repeats within a batch), Adam with a fixed learning
     rate on the Eq. (2) loss. With labelled validation data (y_val: 1 = anomaly), every `eval_every` batches
     metric(y_val, scores) is computed and the best checkpoint is loaded at the end; without it the final model
@@ -231,7 +227,7 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
         if y_val.shape != (len(x_val),):
             raise ValueError(f"y_val must have shape ({len(x_val)},), a label per x_val sample (1 = anomaly), got "
                              f"{y_val.shape}")
-    name, log = metric_name or getattr(metric, "__name__", "metric"), log or (lambda line: None)
+    name, log = getattr(metric, "__name__", "metric"), log or (lambda line: None)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best = (-1.0, 0, None)  # (metric, iteration, state)
     n, t0, train_time, progress = len(x_normal), time.time(), 0.0, Progress("training", iters, log)
@@ -268,17 +264,16 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
 
 def fit(x_normal, x_val=None, y_val=None, *, beta=PAPER["mnist"]["beta"], lr=PAPER["mnist"]["lr"],
         latent=PAPER["mnist"]["latent"], iters=2000, batch_size=PAPER["mnist"]["batch_size"], eval_every=20, p=2,
-        metric=auroc, metric_name="auroc", constants=None, device="cpu", log=None):
+        metric=auroc, constants=None, device="cpu", log=None):
     """Sec. 4.1 on raw samples x_normal (N, D), (N, 1, 28, 28) or (N, 3, 32, 32): the preprocessing (constants;
     None = fit_constants(x_normal)), Appendix B's autoencoder for that shape, train() on Eq. (2), the best
     checkpoint on labelled x_val / y_val (raw; 1 = anomaly) if given, else the last. The model carries beta, p,
     constants, config (the hyperparameters) and info (train()'s): all that score() and save() need."""
     constants = fit_constants(x_normal) if constants is None else constants
-    x = normalise(x_normal, constants)
+    x, x_val = normalise(x_normal, constants), None if x_val is None else normalise(x_val, constants)
     model = build_model(x.shape[1:], latent=latent).to(device)
-    x_val = None if x_val is None else normalise(x_val, constants)
     model, model.info = train(model, x, x_val, y_val, beta=beta, lr=lr, iters=iters, batch_size=batch_size,
-                              eval_every=eval_every, p=p, metric=metric, metric_name=metric_name, log=log)
+                              eval_every=eval_every, p=p, metric=metric, log=log)
     model.beta, model.p, model.constants = beta, p, constants
     model.config = dict(beta=beta, lr=lr, latent=latent, iters=iters, batch_size=batch_size, eval_every=eval_every)
     return model
@@ -299,8 +294,7 @@ def save(model, path, config=None):
 
 
 def load(path, device="cpu"):
-    """A model written by save() or --save-model -> the model in eval mode, ready for score(x): its beta, p,
-    constants and config as fit() leaves them."""
+    """A model of save() or --save-model -> in eval mode, with beta, p, constants and config as fit() leaves them."""
     ck = load_checkpoint(path, "toll")
     model = load_weights(build_model(ck["config"]["input_shape"], latent=ck["config"]["latent"]), ck["state"], path)
     model.constants, model.config, model.info = dict(ck["preprocess"]), ck["config"], None
@@ -340,7 +334,19 @@ def prepare(dataset, normal=None, root=None, seed=0, val_size=None, split="rando
     (normalise()'s; MNIST-type data: the whole train split's mean and std), anomaly_ratio (F1's r for rows), row
     (the PAPER row that fits), source. val_size: an image train split's labelled hold-out (None: PAPER's). Your
     data: its own splits or common.split_table's, with validation; rows standardised unless standardize=False."""
-    paths = split_paths(dataset, root) if split == "official" else None
+    paths = None
+    if split == "official":              # the authors' index files: a DataError, before loading, where missing
+        if dataset not in SPLIT_FILES:
+            raise DataError(f"--split official: the Toll authors ship no index files for {dataset} "
+                            f"(they have {', '.join(SPLIT_FILES)}). Use --split random")
+        folder = os.path.join(data_root(root), SPLIT_DIR)
+        paths = [os.path.join(folder, f) for f in SPLIT_FILES[dataset]]
+        missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise DataError(f"--split official reads {', '.join(SPLIT_FILES[dataset])} from {folder}, and "
+                            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not there: copy the "
+                            "authors' files (GitHub Soltanilara/Toll, folder `val IDs/`, MIT License) into it, or "
+                            "--split random")
     x_fit, ratio, source = None, None, None       # x_fit: the images whose mean / std standardise grey data
     if dataset in TABULAR:
         X, y = load_tabular(dataset, root)
@@ -361,10 +367,7 @@ def prepare(dataset, normal=None, root=None, seed=0, val_size=None, split="rando
             ratio = float((parts["test"][1] if parts["table"] is None else parts["table"][1]).float().mean())
         source = parts["source"] + ("; rows standardised with the training rows' mean and std"
                                     if parts["kind"] == "rows" and standardize else "")
-    x_train, (x_test, y_test) = parts["train"], parts["test"]
-    if y_test.min() == y_test.max():
-        raise DataError(f"the test set of {dataset} holds {'only anomalies' if y_test[0] else 'no anomalies'}; "
-                        "AUROC and F1 need both kinds. Give a test set with normal and anomalous samples")
+    x_train, x_test = parts["train"], parts["test"][0]             # both kinds tested: each split gives both
     kind = "rows" if x_train.ndim == 2 else "grey" if x_train.shape[1] == 1 else "RGB"
     return dict(parts, index=parts.get("index", torch.arange(len(x_test))), source=source, anomaly_ratio=ratio,
                 constants=dict(fit_constants(x_train if x_fit is None else x_fit, standardize),
@@ -375,9 +378,7 @@ def prepare(dataset, normal=None, root=None, seed=0, val_size=None, split="rando
 def official_image_split(x_tr, y_tr, x_te, y_te, normal, path):
     """--split official for images: the train-split indices listed in `path` validate, the normal rest trains."""
     val_idx = read_index_file(path, len(x_tr), "train-split images", fix=FIX)
-    rest = torch.ones(len(x_tr), dtype=torch.bool)
-    rest[val_idx] = False
-    rest &= torch.isin(y_tr, torch.as_tensor(normal))
+    rest = ~torch.isin(torch.arange(len(x_tr)), val_idx) & torch.isin(y_tr, torch.as_tensor(normal))   # the normal rest
     if not rest.any():
         raise DataError(f"no training samples of normal class(es) {normal} are left outside {path}. {FIX}")
     return {"train": x_tr[rest], "val": (x_tr[val_idx], is_anomaly(y_tr[val_idx], normal)),
@@ -406,24 +407,6 @@ def tabular_split(X, y, seed=0, paths=None):
     return {"train": X[parts["train"][0]], "val": (X[val], y[val]), "test": (X[test], y[test]), "index": test}
 
 
-FIX = "Use the authors' file for this dataset (GitHub Soltanilara/Toll, folder `val IDs/`), or --split random"
-
-
-def split_paths(dataset, root=None):
-    """--split official: the authors' index files for this dataset (a DataError, before loading, where missing)."""
-    if dataset not in SPLIT_FILES:
-        raise DataError(f"--split official: the Toll authors ship no index files for {dataset} "
-                        f"(they have {', '.join(SPLIT_FILES)}). Use --split random")
-    folder = os.path.join(data_root(root), SPLIT_DIR)
-    paths = [os.path.join(folder, f) for f in SPLIT_FILES[dataset]]
-    missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise DataError(f"--split official reads {', '.join(SPLIT_FILES[dataset])} from {folder}, and "
-                        f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not there: copy the authors' "
-                        "files (GitHub Soltanilara/Toll, folder `val IDs/`, MIT License) into it, or --split random")
-    return paths
-
-
 # ------------------------------------------------------------------------------------------ command line
 
 LOADED = ("beta", "norm", "lr", "latent", "iters", "batch_size", "eval_every", "select", "val_size")  # --load-model's
@@ -443,26 +426,24 @@ def parse_args(argv=None):
                      PAPER, "mnist, fashion-mnist, cifar10, cifar100 (20 superclasses), arrhythmia (Sec. 4.1); not in "
                      "the paper: thyroid (Arrhythmia's values), digits (install check: MNIST's, batch 32, val 100)",
                      "tables take Arrhythmia's model and values, grey images (1x28x28) MNIST's, RGB (3x32x32) "
-                     "CIFAR-10's",
-                     "initialisation, batch order and the random split (Sec. 4.1 averages 10 seeds)", "Sec. 4.1")
-    for flag, kind, text in (
+                     "CIFAR-10's", "initialisation, batch order and the random split (Sec. 4.1 averages 10 seeds)",
+                     "Sec. 4.1")
+    for flag, kind, text in (    # kind: an argument type, or the choices (the first is the default)
             ("iters", number(int, 1), "random training batches (Sec. 4.1)"),
             ("batch-size", number(int, 2), f"{values('batch_size')} (Sec. 4.1)"),
             ("lr", number(float, 0, low_open=True), f"Adam's fixed learning rate: {values('lr')} (Appendix B)"),
             ("beta", number(float, 0), f"weight of ||z|| in Eq. (2)-(3); 0 = the plain autoencoder (Table 7, Fig. 4): "
                                        f"{values('beta')} (Appendix B; Arrhythmia's lr and beta: the authors' code)"),
+            ("norm", ["2", "1", "inf"], "p of ||z||_p in loss and score alike: 2 = Eq. (2)-(3); 1 and inf (Table 8)"),
             ("latent", number(int, 1), f"latent size: {values('latent')} (Appendix B)"),
+            ("split", ["random", "official"], "random: validation (and Arrhythmia's test) split drawn from --seed "
+             f"(Sec. 4.1); official: the index files in <data-root>/{SPLIT_DIR}/ (not in the paper: the authors' code's)"),
             ("eval-every", number(int, 1), "validate every this many batches (Sec. 4.1); with --select last, a line"),
-            ("val-size", number(int, 0), "labelled samples held out of an image train split to validate (Sec. 4.1)")):
-        p.add_argument("--" + flag, type=kind, help=text)
-    p.add_argument("--norm", default="2", choices=list(NORMS),
-                   help="p of ||z||_p in loss and score alike: 2 = Eq. (2)-(3); 1 and inf (Table 8)")
-    p.add_argument("--split", default="random", choices=["random", "official"],
-                   help="random: validation (and Arrhythmia's test) split drawn from --seed (Sec. 4.1); official: "
-                        f"the index files in <data-root>/{SPLIT_DIR}/ (not in the paper: the authors' code's)")
-    p.add_argument("--select", default="val", choices=["val", "last"],
-                   help="val: test the checkpoint of the best validation metric (Sec. 4.1; data without labelled "
-                        "validation: last, said in the header); last: test the final model (not in the paper)")
+            ("val-size", number(int, 0), "labelled samples held out of an image train split to validate (Sec. 4.1)"),
+            ("select", ["val", "last"], "val: test the checkpoint of the best validation metric (Sec. 4.1; data "
+             "without labelled validation: last, said in the header); last: test the final model (not in the paper)")):
+        p.add_argument("--" + flag, help=text, **({"choices": kind, "default": kind[0]} if isinstance(kind, list)
+                                                  else {"type": kind}))
     output_flags(p, "scores (Eq. 3)", "the weights, the resolved hyperparameters and the preprocessing constants")
     args = parse(p, argv, defaults, LOADED, pre=("split",))
     if args.normal is not None and args.dataset in TABULAR:
@@ -491,22 +472,22 @@ def main(argv=None):
                                args.label_column, args.normal_label, not args.raw_features)
         shape, (x_test, y_test), ratio = tuple(data["train"].shape[1:]), data["test"], data["anomaly_ratio"]
         (name, normal_text), split = run_name(args.dataset, normal), args.split if args.dataset in PAPER else "own"
-        cfg, note, info = {k: getattr(args, k) for k in LOADED}, "", dict(best_val=None, best_iter=None,
-                                                                          train_seconds=None)
+        cfg, note = {k: getattr(args, k) for k in LOADED}, ""
         if model is not None:                                     # the checkpoint's hyperparameters and F1 ratio
-            cfg = dict({k: model.config.get(k) for k in LOADED}, beta=model.beta, norm=NORM_NAME[model.p])
-            ratio = model.constants.get("anomaly_ratio", ratio)
             check_input_shape(model.input_shape, shape, args.load_model, name)
+            cfg, ratio = dict({k: model.config.get(k) for k in LOADED}, beta=model.beta, norm=NORM_NAME[model.p]), \
+                model.constants.get("anomaly_ratio", ratio)
             say(loaded_note(args.load_model, model.config))
         val = data["val"] if data["val"] and data["val"][1].min() < data["val"][1].max() else None
-        if model is None and cfg["select"] == "val" and val is None:
-            if "select" in args.given:
-                raise DataError(f"--select val needs labelled validation data with normal and anomalous samples, and "
-                                f"{args.dataset} has none. Pass --select last, or add x_val and y_val to the .npz")
-            cfg["select"], note = "last", " (no labelled validation data: the last model is tested)"
         if model is None:
             cfg["batch_size"] = fit_batch(cfg["batch_size"], len(data["train"]), "batch_size" in args.given, say)
-        f1 = lambda labels, scores: f1_top_ratio(labels, scores, ratio)             # Sec. 4.1: F1 for tables
+            if cfg["select"] == "val" and val is None and "select" in args.given:
+                raise DataError(f"--select val needs labelled validation data with normal and anomalous samples, and "
+                                f"{args.dataset} has none. Pass --select last, or add x_val and y_val to the .npz")
+            if cfg["select"] == "val" and val is None:
+                cfg["select"], note = "last", " (no labelled validation data: the last model is tested)"
+        def f1(labels, scores):                                    # Sec. 4.1: F1 for tables at the ratio r
+            return f1_top_ratio(labels, scores, ratio)
         metric, m = (auroc, "auroc") if ratio is None else (f1, "f1")
         if data["source"]:
             say(f"toll: read {name}: {data['source']}; the model and hyperparameters of --dataset {data['row']}")
@@ -518,12 +499,11 @@ def main(argv=None):
         if model is None:
             x_val, y_val = val if cfg["select"] == "val" else (None, None)
             model = fit(data["train"], x_val, y_val, **{k: cfg[k] for k in FIT}, p=NORMS[cfg["norm"]], metric=metric,
-                        constants=data["constants"], device=args.device, log=say, metric_name=m)
-            info = model.info
-        ts, scores = time.time(), score(model, x_test, log=say)
+                        constants=data["constants"], device=args.device, log=say)
+        info = model.info or dict(best_val=None, best_iter=None, train_seconds=None)       # a loaded model: none
+        ts, scores, y_test = time.time(), score(model, x_test, log=say), y_test.numpy()
         speed = (cfg["iters"] * cfg["batch_size"], info["train_seconds"], len(x_test), time.time() - ts)
         check_scores({"Eq. (3)": scores}, "the test set")
-        y_test = y_test.numpy()
         result = {"method": "toll", "dataset": name, "normal": normal_text, "seed": args.seed,
                   m: round(metric(y_test, scores), 4), "auroc": round(auroc(y_test, scores), 4),
                   "select": cfg["select"], f"val_{m}": None if info["best_val"] is None else round(info["best_val"], 4),
