@@ -437,7 +437,7 @@ def parse_args(argv=None):
             ("norm", ["2", "1", "inf"], "p of ||z||_p in loss and score alike: 2 = Eq. (2)-(3); 1 and inf (Table 8)"),
             ("latent", number(int, 1), f"latent size: {values('latent')} (Appendix B)"),
             ("split", ["random", "official"], "random: validation (and Arrhythmia's test) split drawn from --seed "
-             f"(Sec. 4.1); official: the index files in <data-root>/{SPLIT_DIR}/ (not in the paper: the authors' code's)"),
+             f"(Sec. 4.1); official: the index files in <data-root>/{SPLIT_DIR}/ (not in the paper: the authors')"),
             ("eval-every", number(int, 1), "validate every this many batches (Sec. 4.1); with --select last, a line"),
             ("val-size", number(int, 0), "labelled samples held out of an image train split to validate (Sec. 4.1)"),
             ("select", ["val", "last"], "val: test the checkpoint of the best validation metric (Sec. 4.1; data "
