@@ -718,9 +718,8 @@ def parse_args(argv=None):
         p.error(f"{flags(idle)} {'has' if len(idle) == 1 else 'have'} no effect with --variant {args.variant}, which "
                 f"trains no {'generator' if args.variant == 'csi' else 'encoder E'}. Use --variant full, or drop "
                 f"{'it' if len(idle) == 1 else 'them'}")
-    if "test_crop_scale" in args.given and not args.ensemble:
-        p.error("--test-crop-scale sets M_ens's test-time crop, and --ensemble 0 computes M alone. Add --ensemble R, "
-                "or drop --test-crop-scale")
+    if "test_crop_scale" in args.given and not args.ensemble:      # M_ens's crop without M_ens
+        p.error("--test-crop-scale sets M_ens's crop, and --ensemble 0 computes M alone. Add --ensemble R, or drop it")
     return args
 
 
@@ -744,8 +743,6 @@ def main(argv=None):
             cfg["batch_size"] = fit_batch(args.batch_size, len(x_train), "batch_size" in args.given, say,
                                           "normal training images")
             cfg["iters"] = args.iters or EPOCHS * math.ceil(len(x_train) / cfg["batch_size"])
-            if args.dataset == "digits":
-                say("csi_gen: digits is an offline install check: widths 8 unless given (the paper's: 64)")
         r, passes = cfg["ensemble"], f"{1 + cfg['ensemble']} pass{'es' if cfg['ensemble'] else ''} over"
         if data["source"]:
             say(f"csi_gen: read {name}: {data['source']}; the paper's values where not given (one for every dataset)")

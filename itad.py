@@ -682,21 +682,17 @@ def parse_args(argv=None):
     add("--model", ["base", "extension"], "base: Alg. 1-2, Eq. 13 / 23; extension: Alg. 3-5, Eq. 21 / 24 (Sec. IV-A)")
     add("--epochs", number(int, 1), "training epochs (Sec. IV-A)")
     add("--iters", number(int, 1), "training steps, instead of --epochs x (normal images // batch) (not in the paper)")
-    add("--batch-size", number(int, 2), "N images per step, 2N views; a default above the normal training images is "
-        "fitted to them (not in the paper: AMDIM's, which ITAD follows)")
+    add("--batch-size", number(int, 2), "N images per step, 2N views (not in the paper: AMDIM's, which ITAD follows)")
     add("--lr", number(float, 0, low_open=True), "Adam's learning rate (Sec. IV-A)")
     add("--beta", number(float, 0), "entropy weight, Eq. 13 / Alg. 1 line 19; 0 = none (Sec. IV-B, Fig. 1-3)")
     add("--entropy", ["l1", "l2"], "bound ||z||_q: l1 = Laplace (Eq. 17), l2 = Gaussian (Eq. 16) (Table I)")
-    add("--entropy-reduce", ["sum", "mean"], "L_entropy per view: sum = ||z||_q (Alg. 1 line 18); mean = ||z||_q / "
-        "d^(1/q) (not in the paper: a per-dimension reading)")
+    add("--entropy-reduce", ["sum", "mean"], "L_entropy: sum = ||z||_q (Alg. 1 line 18); mean = ||z||_q / d^(1/q)")
     add("--mi", ["nce", "jsd"], "InfoNCE (Eq. 18, Alg. 1) or Jensen-Shannon (Eq. 28) (Table I)")
     add("--c2", number(float, 0, low_open=True), "soft-clipping bound c2 (Alg. 1 input)")
     add("--bn-stats", ["train", "test"], "the codes' BatchNorm statistics when scoring: test = re-estimated on the "
-        "test images (transductive), train = training's (--load-model: the checkpoint's unless given); RESULT adds "
-        "Eq. 23 / 24 under the other as auroc_<other>bn (not in the paper: AMDIM's evaluation code)")
-    p.add_argument("--table2", action="store_true", help="also Table II's comparison scores, which multiply the "
-                   "passes over the test set: Eq. 22 (auroc_rand, 2 passes) and Eq. 29 (auroc_mc, 2 H passes); without "
-                   "it the main score alone, Eq. 23 / 24 (Table III; Sec. IV-C uses it for every table after Table II)")
+        "test images, train = training's; auroc_<other>bn: the other (not in the paper: AMDIM's evaluation code)")
+    p.add_argument("--table2", action="store_true", help="also Table II's scores, Eq. 22 (auroc_rand: 2 more passes) "
+                   "and Eq. 29 (auroc_mc: 2 H); without: Eq. 23 / 24 alone (Table III; Sec. IV-C, after Table II)")
     add("--mc-samples", number(int, 1), f"with --table2: H, the augmented pairs of Eq. 29 (Sec. IV-D; digits: "
         f"{DIGITS['mc_samples']}, not in the paper)")
     for key, what in (("ndf", "encoder base width"), ("nrkhs", "code size d"), ("ndepth", "layers per ResBlock")):
@@ -705,17 +701,16 @@ def parse_args(argv=None):
         "before it (not in the paper: AMDIM's second)")
     add("--curve-every", number(int, 0), "every K steps (monitoring only) the test AUROC of Eq. 23 / 24 under both "
         "BatchNorm statistics, mean ||z||, dims_alive: printed, JSON 'curve'; 0 = off (Sec. IV-B, Fig. 2)")
-    output_flags(p, "scores (Eq. 23 / 24 under --bn-stats), scores_trainbn or scores_testbn (the same under the "
-                 "other statistics), with --table2 scores_rand (Eq. 22) and scores_mc (Eq. 29)",
-                 "the trained encoder (its training BatchNorm buffers included), every setting, the input shape and "
-                 "--bn-stats", "; the Eq. 22 / 29 augmentations continue from the saving run's random state")
+    output_flags(p, "scores (Eq. 23 / 24), scores_trainbn or scores_testbn (the other statistics), with --table2 "
+                 "scores_rand (Eq. 22), scores_mc (Eq. 29)", "the trained encoder with its training BatchNorm buffers, "
+                 "every setting and --bn-stats", "; Eq. 22 / 29 continue from the saving run's random state")
     args = parse(p, argv, defaults, TRAINING)
-    if "mc_samples" in args.given and not args.table2:
-        p.error("--mc-samples sets H of Eq. 29, a Table II score that only --table2 computes. Add --table2, or drop "
-                "--mc-samples")
-    if "local_size" in args.given and args.model == "base":
-        p.error("--local-size picks the extension model's f_local (Alg. 3), and --model base has no local features. "
-                "Add --model extension, or drop --local-size")
+    for key, applies, why in (
+            ("mc-samples", args.table2, "sets H of Eq. 29, a Table II score that only --table2 computes. Add --table2"),
+            ("local-size", args.model == "extension", "picks the extension model's f_local (Alg. 3), and --model base "
+             "has no local features. Add --model extension")):
+        if key.replace("-", "_") in args.given and not applies:
+            p.error(f"--{key} {why}, or drop --{key}")
     return args
 
 
@@ -739,6 +734,7 @@ def main(argv=None):
                    "bn_stats": args.bn_stats or model.bn_stats}
             say(loaded_note(args.load_model, model.config)
                 + ("; the Eq. 22 / 29 augmentations continue from its random state" if model.rng else ""))
+            restore_rng(model, args.device)
         if data["source"]:
             say(f"itad: read {data['source']}" + ("" if args.load_model else "; the paper's values where not given"))
         say(f"itad: model={cfg['model']} dataset={name} normal={normal_text} train={len(x_train)} test={len(x_test)} "
@@ -752,14 +748,11 @@ def main(argv=None):
         if model is None:
             model = fit(x_train, **cfg, x_test=x_test, y_test=y_test, device=args.device, log=say)
             cfg.update(model.config)                       # iters resolved
-        else:
-            restore_rng(model, args.device)
         timing, info = {}, model.info or {"iters": cfg["iters"], "train_seconds": None, "curve": []}
         scores, metrics = evaluate(model, x_test, y_test, cfg["bn_stats"], rand, h, cfg["c2"], log=say,
                                    timing=timing)
         result = {"method": "itad", "dataset": name, "normal": normal_text, "seed": args.seed,   # auroc_<other>bn:
-                  **{k: v for k, v in metrics.items() if k.startswith("auroc")},     # Eq. 23 / 24, other statistics
-                  "scores": ",".join(scores),
+                  **{k: v for k, v in metrics.items() if k.startswith("auroc")}, "scores": ",".join(scores),
                   **{k: cfg[k] for k in ("model", "mi", "entropy", "entropy_reduce")}, "code_norm": "affine",
                   "c1": "sqrt", "bn_stats": cfg["bn_stats"], "beta": cfg["beta"],   # *_end: only when trained here
                   **{k: round(info[k], 4) for k in (f"{cfg['mi']}_end", "entropy_end") if k in info},
