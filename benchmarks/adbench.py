@@ -191,7 +191,7 @@ def main(argv=None):
     os.makedirs(runs, exist_ok=True)
     command = "python benchmarks/adbench.py " + " ".join(argv)
     if not args.report:
-        paths = sorted(glob.glob(os.path.join(args.data, "*.npz")))
+        paths = sorted(glob.glob(os.path.join(args.data, "*.npz")), key=os.path.getsize)   # small files first
         if args.files:
             paths = [q for q in paths if os.path.basename(q) in args.files.split(",")]
         if not paths:
