@@ -1,6 +1,10 @@
-"""common.py: dataset loading through the real torchvision / scipy paths, the one-class protocol,
-preprocessing, ResNet shapes, and the clear errors for bad input."""
+"""common.py, section by section: the built-in data through the real torchvision / scipy paths, the one-class
+protocol and preprocessing; your data (every layout, the split rule, standardisation, a failed download); the
+ResNet's shapes; the run layer (argument types, the degenerate-score guard, exit codes, the RESULT line, JSON, score
+files and checkpoints, progress lines)."""
+import json
 import os
+import re
 
 import pytest
 import torch
@@ -372,3 +376,98 @@ def test_parse_sets_the_datasets_defaults_records_what_was_typed_and_refuses_mod
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: --lr sets the model or its training, which --load-model")
     assert "Run `python x.py --help`" in err
+
+
+def test_argument_types_accept_the_range_and_say_what_is_wrong(tmp_path):
+    import argparse
+    n = common.number(int, 0, 2 ** 32 - 1)
+    assert n("5") == 5
+    for text, words in (("-5", "[0, 4294967295] (got -5)"), ("x", "expected an integer"), ("inf", "expected an integer")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(words)):
+            n(text)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be > 0 \(got 0\)"):
+        common.number(float, 0, low_open=True)("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a finite number"):
+        common.number(float)("nan")
+    assert common.output_path(str(tmp_path / "a.json")) == str(tmp_path / "a.json") and os.listdir(tmp_path) == []
+    for bad, words in ((str(tmp_path), "is a folder"), (str(tmp_path / "no" / "a.json"), "does not exist")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            common.output_path(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="does not end in .png"):
+        common.png_path(str(tmp_path / "a.jpg"))
+    assert common.dataset_type(["mnist"])("mnist") == "mnist" and common.dataset_type(["mnist"])("my.csv") == "my.csv"
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown dataset 'nope': choose one of mnist"):
+        common.dataset_type(["mnist"], tables=False)("nope")
+
+
+def test_degenerate_scores_and_losses_are_floating_point_errors_naming_where():
+    with pytest.raises(FloatingPointError, match="the Eq. 1 scores of the test set hold 1 NaN/inf values of 3"):
+        common.check_scores({"Eq. 1": [0.1, float("nan"), 0.3]}, "the test set")
+    with pytest.raises(FloatingPointError, match="every Eq. 1 score of the test set is 0.5"):
+        common.check_scores({"Eq. 1": [0.5, 0.5]}, "the test set")
+    common.check_scores({"Eq. 1": [0.5, 0.6]}, "the test set")
+    with pytest.raises(FloatingPointError, match="training diverged: the loss at step 3 is inf. Try"):
+        common.check_finite(float("inf"), "the loss at step 3")
+
+
+def test_exit_codes_map_bad_input_degenerate_runs_and_ctrl_c(capsys):
+    for exc, code in ((common.DataError("no file. Give one"), 2), (FloatingPointError("nan. Lower --lr"), 3),
+                      (KeyboardInterrupt(), 130)):
+        with pytest.raises(SystemExit) as e:
+            with common.exit_codes():
+                raise exc
+        err = capsys.readouterr().err
+        assert e.value.code == code and "Traceback" not in err
+        assert err.startswith("error: ") if code != 130 else "interrupted: no result was written" in err
+
+
+def test_finish_writes_scores_model_result_line_and_json_in_that_order(tmp_path, capsys):
+    import argparse
+    import numpy as np
+    args = argparse.Namespace(save_scores=str(tmp_path / "s.npz"), save_model=str(tmp_path / "m.pt"),
+                              json=str(tmp_path / "r.json"), device=torch.device("cpu"), started=0.0, script="x.py")
+    saved = []
+    r = common.finish(args, ["--seed", "1"], {"method": "x", "auroc": 0.5, "skip": None}, {"lr": 1},
+                      {"main": [0.1, 0.2], "ae": [0.3, 0.4]}, [0, 1], [7, 9], lambda p: saved.append(p),
+                      (10, 2.0, 2, 1.0), log=print)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("RESULT method=x auroc=0.5 device=cpu seconds=") and "skip" not in out[-1]
+    assert r["train_samples_per_s"] == 5.0 and r["score_samples_per_s"] == 2.0 and saved == [args.save_model]
+    s = np.load(tmp_path / "s.npz")
+    assert sorted(s.files) == ["index", "labels", "scores", "scores_ae"] and s["index"].tolist() == [7, 9]
+    j = json.load(open(tmp_path / "r.json"))
+    assert j["config"] == {"lr": 1} and j["provenance"]["command"] == "python x.py --seed 1" and j["auroc"] == 0.5
+    assert sorted(os.listdir(tmp_path)) == ["r.json", "s.npz"]                    # atomic: no .tmp left
+
+
+def test_checkpoints_name_their_script_and_weights_that_do_not_fit_are_a_data_error(tmp_path):
+    path = str(tmp_path / "m.pt")
+    net = torch.nn.Linear(2, 1)
+    common.save_checkpoint(path, "toll", {"a": 1}, {"b": 2}, net.state_dict())
+    assert common.load_checkpoint(path, "toll")["config"] == {"a": 1}
+    with pytest.raises(common.DataError, match="is a checkpoint of toll.py, not of itad.py"):
+        common.load_checkpoint(path, "itad")
+    with pytest.raises(common.DataError, match="do not fit its own settings"):
+        common.load_weights(torch.nn.Linear(3, 1), common.load_checkpoint(path, "toll")["state"], path)
+    with pytest.raises(common.DataError, match="holds a model for inputs of 1x28x28, but x gives 3x32x32"):
+        common.check_input_shape((1, 28, 28), (3, 32, 32), path, "x")
+    assert "not trained here" in common.loaded_note(path, {"dataset": "mnist", "seed": 0})
+
+
+def test_api_inputs_are_checked_against_the_model_shape():
+    assert common.as_input([[1, 2]], (2,)).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 3\) for this model, got \(1, 2\)"):
+        common.as_input([[1, 2]], (3,))
+    with pytest.raises(ValueError, match="x holds no samples"):
+        common.as_input(torch.zeros(0, 2), (2,))
+    assert common.run_name("a/b/mine.npz", None) == ("mine.npz", "-") and common.run_name("mnist", [0, 1]) == \
+        ("mnist", "0,1")
+
+
+def test_index_files_are_read_as_permutations_or_subsets_and_bad_ones_named(tmp_path):
+    import numpy as np
+    np.save(tmp_path / "i.npy", np.array([2, 0, 1]))
+    assert common.read_index_file(str(tmp_path / "i.npy"), 3, "rows", exact=True).tolist() == [2, 0, 1]
+    np.save(tmp_path / "d.npy", np.array([0, 0]))
+    with pytest.raises(common.DataError, match="index 0 appears 2 times.*Fix it"):
+        common.read_index_file(str(tmp_path / "d.npy"), 3, "rows", fix="Fix it")
