@@ -60,10 +60,11 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from sklearn.metrics import f1_score, roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, TABULAR_DATASETS, Progress, as_input, check_finite, check_input_shape,
+from common import (DataError, IMAGE_DATASETS, Progress, TABULAR_DATASETS, as_input, check_finite, check_input_shape,
                     check_scores, command_line, exit_codes, finish, fit_batch, flags, load_checkpoint, load_images,
-                    load_mnist_c, load_tabular, load_weights, loaded_note, number, one_class_split, output_flags, parse,
-                    parse_normal, read_user_data, row_moments, run_name, save_checkpoint, say, set_seed, user_data_kind)
+                    load_mnist_c, load_tabular, load_weights, loaded_note, number, one_class_split, output_flags,
+                    parse, parse_normal, read_user_data, row_moments, run_name, save_checkpoint, saving_run, say,
+                    set_seed, user_data_kind)
 
 # fit()'s keywords per dataset. Phase lengths and batch size are not in the paper (chosen).
 IMAGES = dict(ae_iters=5000, decoder_iters=2000, nce_iters=5000, batch_size=128)
@@ -544,13 +545,14 @@ class CANCE:
 
 def fit(x_normal, *, variants=("cance",), features="ae", latent=6, lam=0.3, ae_iters=5000, decoder_iters=2000,
         nce_iters=5000, lr=1e-3, batch_size=128, nu=NU, k_init=K_INIT, seed=0, weights=None, image_size=224,
-        standardize=True, device=None, log=None):
+        standardize=True, device="cpu", log=None):
     """CANCE (Sec. 3) on normal data x_normal: (N, D) rows or (N, 1, 28, 28) / (N, 3, 32, 32) images in [0, 1]
     (features="resnet18-pca": (N, 1 or 3, H, W); weights: a resnet18 state_dict file, else torchvision's). Rows are
     z-scored with their mean and std (standardize; a constant column keeps std 1, GOAD's norm_data), the model keeps
     the constants. 20% is held out for model selection (Appendix E); Step 1 trains the AE on the rest (or embeds it
     with ResNet-18 and fits PCA), Step 2 one NCE model per variant. seed seeds torch, numpy and random (one seed, one
-    result on CPU); device None: cuda if available; log: gets each progress line. Defaults: MNIST's -> a CANCE."""
+    result on CPU); device: where it trains ("cuda" on a GPU); log: gets each progress line. MNIST's defaults -> a
+    CANCE."""
     if any(v not in VARIANTS for v in variants):
         raise ValueError(f"variants must be among {', '.join(VARIANTS)}, got {tuple(variants)}")
     x = standard_layout(torch.as_tensor(x_normal, dtype=torch.float32))
@@ -558,7 +560,7 @@ def fit(x_normal, *, variants=("cance",), features="ae", latent=6, lam=0.3, ae_i
         raise ValueError(f"x must have shape {AE_SHAPES} for this model, got {tuple(x.shape)}")
     if features == "resnet18-pca" and not (x.dim() == 4 and x.shape[1] in (1, 3)):
         raise ValueError(f"x must have shape (N, 1, H, W) or (N, 3, H, W) for ResNet-18, got {tuple(x.shape)}")
-    device, log = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), log or (lambda line: None)
+    device, log = torch.device(device), log or (lambda line: None)
     set_seed(seed)
     perm, n_val = torch.randperm(len(x)), int(round(VAL_FRACTION * len(x)))      # Appendix E: 20% validation
     if n_val < 2 or len(x) - n_val < 2:
@@ -756,16 +758,12 @@ def prepare(dataset, normal=None, root=None, seed=0, protocol="goad", corruption
             note = check_tabular(parts["table"][0] if parts["table"] else parts["train"], dataset)
             source += (f"; {note}" if note else "") + ("; rows z-scored with the training rows' mean and std" if
                                                        standardize else "; rows as they are (--raw-features)")
-    y_test = parts["test"][1]
-    if int(y_test.min()) == int(y_test.max()):
-        raise DataError(f"{dataset}: every test sample is {'an anomaly' if int(y_test[0]) else 'normal'}, so no metric "
-                        "can be computed. Give a test set with both normal (0) and anomalous (1) samples")
     record = dict(dataset=dataset, normal=run_name(dataset, normal)[1], seed=seed, hyperparameters_of=row,
                   **({"tabular_split": protocol} if dataset in TABULAR_DATASETS else {}),
                   **({"label_column": label_column, "normal_label": normal_label} if dataset.endswith(".csv") else {}),
                   **({"corruption": corruption} if dataset == "mnist-c" else {}))
-    return dict(parts, index=parts.get("index", torch.arange(len(y_test))), normal=normal, row=row, source=source,
-                standardize=standardize or dataset in PAPER, record=record)
+    return dict(parts, index=parts.get("index", torch.arange(len(parts["test"][1]))), normal=normal, row=row,
+                source=source, standardize=standardize or dataset in PAPER, record=record)
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -821,8 +819,6 @@ def parse_args(argv=None):
              f"--dataset is '{name}'. Use --dataset mnist-c, or drop --corruption"),
             ("tabular_split" in args.given and not tables, f"--tabular-split splits a tabular set of Table 6, and "
              f"'{name}' is none{' (your own tables follow the split rule of every script)' if own else ''}. Drop it"),
-            (args.raw_features and not (own and kind in ("rows", None)), f"--raw-features keeps your own table's "
-             f"features as they are, and '{name}' is none (built-in tables are z-scored as in the paper). Drop it"),
             (args.normal not in (None, "0") and (tables or name == "mnist-c"), f"--normal is fixed for {name} (label "
              f"0 is normal; mnist-c: the MNIST images); got '{args.normal}'. Leave --normal out")):
         if wrong:
@@ -836,11 +832,10 @@ def main(argv=None):
     args = parse_args(argv)
     with exit_codes():
         model = None if not args.load_model else load(args.load_model, args.device)     # --load-model: no training
-        trained = model.config.get("data", {}) if model else {}
-        for k in ("seed", "tabular_split"):        # the split beside which the checkpoint was trained, unless given
-            setattr(args, k, getattr(args, k) if k in args.given else trained.get(k, getattr(args, k)))
+        saving_run(args, model.config.get("data") if model else None, ("seed", "tabular_split"))   # its split
         data = prepare(args.dataset, args.normal, args.data_root, args.seed, args.tabular_split, args.corruption,
-                       args.label_column, args.normal_label, not args.raw_features)
+                       args.label_column, args.normal_label,       # a loaded model: its own z-scoring
+                       model.x_mean is not None if model else not args.raw_features)
         (x_test, y_test), (name, normal), record = data["test"], run_name(args.dataset, data["normal"]), data["record"]
         if data["source"]:
             say(f"cance: read {name}: {data['source']}" + ("" if model else f"; hyperparameters of {data['row']}"))
@@ -856,7 +851,7 @@ def main(argv=None):
             if set(model.heads) != set(VARIANTS):
                 raise DataError(f"'{args.load_model}' holds the variants {', '.join(model.heads)}; the command line "
                                 f"reports all of {', '.join(VARIANTS)}. Save a model fitted with variants=VARIANTS")
-            say(loaded_note(args.load_model, trained))
+            say(loaded_note(args.load_model, model.config.get("data", {})))
         ts, scores = time.time(), ablation_scores(model, x_test, log=say)       # Table 1: one feature pass, four scores
         score_time, labels, c, st = time.time() - ts, y_test.cpu().numpy(), model.config, model.stats
         check_scores(scores, "the test set")

@@ -3,7 +3,8 @@
 Sections, in this order:
     built-in data   the datasets the papers use, read into tensors (torchvision, scikit-learn's digits, Omniglot,
                     MNIST-C, the tabular sets), the one-class protocol and the preprocessing the papers name
-    your data       --dataset PATH: an .npz file, a .csv file or an image folder (MVTec AD layout)
+    your data       --dataset PATH: .npz (split, or X and y), .csv or .mat tables, image folders (MVTec AD layout);
+                    the one split rule for unsplit data
     ResNet blocks   a CIFAR-style ResNet-18
     run layer       the command line every script shares: flags and argument types, progress lines, the
                     NaN/inf/constant-score guard, the RESULT line, JSON with provenance, score files,
@@ -450,8 +451,8 @@ def one_class_split(x_train, y_train, x_test, y_test, normal, val_size=0, seed=0
 # ------------------------------------------------------------------------------------------ preprocessing
 
 def standardize(x, mean, std):
-    """Per-dataset standardisation (x - mean) / std with scalars from the whole training split
-    (MNIST 0.1307/0.3081 and Fashion-MNIST 0.2860/0.3530 on the full sets)."""
+    """Standardisation (x - mean) / std: scalars of a whole training split (MNIST 0.1307/0.3081, Fashion-MNIST
+    0.2860/0.3530 on the full sets), or per-column vectors of a table's training rows (row_moments)."""
     return (x - mean) / std
 
 
@@ -473,7 +474,7 @@ def to_minus1_1(x):
 
 
 # ======================================================================================================================
-# YOUR DATA: --dataset PATH, an .npz or .csv file or an image folder, read into the tensors the scripts take
+# YOUR DATA: --dataset PATH (.npz, .csv, .mat, an image folder) read into the tensors the scripts take; one split rule
 # ======================================================================================================================
 
 # ------------------------------------------------------------------------------------------ your own data
@@ -730,7 +731,7 @@ def load_unlabelled_images(path, channels, size):
 
 
 
-def user_data_kind(path, grey28_only=False):
+def user_data_kind(path):
     """What --dataset PATH holds, told cheaply before reading it (so that --help shows the defaults that will
     apply): "rows", "grey" or "RGB" as read_user_data() will read it; None where it cannot be told (reading it then
     says what is wrong)."""
@@ -745,7 +746,7 @@ def user_data_kind(path, grey28_only=False):
                 return "rows"
             c, hw = (1, shape[1:3]) if len(shape) == 3 else (shape[1], shape[2:]) if shape[1] in (1, 3) else \
                 (shape[3], shape[1:3])
-            return "grey" if c == 1 and (tuple(hw) == (28, 28) or not grey28_only) else "RGB"
+            return "grey" if c == 1 else "RGB"
         files = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names
                  if f.lower().endswith(IMAGE_SUFFIXES)
                  and os.path.relpath(d, path).split(os.sep)[0] in ("train", "test")]
@@ -754,7 +755,7 @@ def user_data_kind(path, grey28_only=False):
             with Image.open(f) as img:
                 grey.add(img.mode in ("1", "L", "LA", "I", "I;16", "F"))
                 sizes.add(img.size)
-        return None if not files else "grey" if grey == {True} and (sizes == {(28, 28)} or not grey28_only) else "RGB"
+        return None if not files else "grey" if grey == {True} else "RGB"
     except Exception:
         return None
 
@@ -778,8 +779,8 @@ def read_user_data(path, script, seed=0, tables=True, grey28_only=False, validat
                         "file, an image folder (train/good/, test/good/, test/<defect>/) or a built-in dataset name")
     if d is None:
         d = load_image_folder(path, grey28_only=grey28_only)
-        return dict(d, kind="grey" if d["train"].shape[1] == 1 else "RGB", table=None,
-                    index=torch.arange(len(d["test"][0])))
+        d.update(kind="grey" if d["train"].shape[1] == 1 else "RGB", table=None, index=torch.arange(len(d["test"][0])))
+        return _both_kinds(d, path)
     x = d["table"][0] if "table" in d else d["train"]
     stored = tuple(x.shape[1:])
     if len(stored) == 1 and not tables:
@@ -799,13 +800,21 @@ def read_user_data(path, script, seed=0, tables=True, grey28_only=False, validat
         d.update(train=fit(d["train"]), test=(fit(d["test"][0]), d["test"][1]), table=None, source=f"{counts} {what}",
                  val=None if d["val"] is None else (fit(d["val"][0]), d["val"][1]),
                  index=torch.arange(len(d["test"][0])))
-        y = d["test"][1]
-        if y.min() == y.max():
-            raise DataError(f"the test set of '{path}' holds {'only anomalies' if y[0] else 'no anomalies'}; AUROC and "
-                            "F1 need both. Give a test set with normal and anomalous samples")
         if d["val"] is not None and not validates:
             d["source"] += f"; x_val / y_val unused ({script} does not validate)"
-    return dict(d, kind=kind)
+    return _both_kinds(dict(d, kind=kind), path)
+
+
+def _both_kinds(d, path):
+    """AUROC and F1 need normal and anomalous test samples (and a model needs 2 normal ones to train on)."""
+    y = d["test"][1]
+    if y.min() == y.max():
+        raise DataError(f"the test set of '{path}' holds {'only anomalies' if y[0] else 'no anomalies'}; AUROC and F1 "
+                        "need both. Give a test set with normal and anomalous samples")
+    if len(d["train"]) < 2:
+        raise DataError(f"'{path}' gives {len(d['train'])} normal training sample(s); a model needs 2 or more. Give "
+                        "more normal training samples")
+    return d
 
 
 SPLIT_RULE = ("each class shuffled with --seed; half of each class (rounded up) is the test set, the same rows "
@@ -1010,7 +1019,7 @@ def dataset_type(builtin, tables=True):
     def parse(name):
         if name in builtin or is_user_dataset(name):
             return name
-        own = "an .npz or .csv file or an image folder" if tables else "an .npz file or an image folder"
+        own = "an .npz, .csv or .mat file or an image folder" if tables else "an .npz file or an image folder"
         raise argparse.ArgumentTypeError(f"unknown dataset '{name}': choose one of {', '.join(builtin)}, or give your "
                                          f"own data as {own} (a path)")
     return parse
@@ -1086,6 +1095,10 @@ def parse(p, argv, defaults=None, training=(), pre=()):
                 "a test/<defect>/ folder) mark the anomalies. Drop --normal")
     if {"label_column", "normal_label"} & args.given and not args.dataset.endswith(".csv"):
         p.error(f"--label-column and --normal-label apply to a .csv dataset only, not to {args.dataset}. Drop them")
+    if getattr(args, "raw_features", None) and not (is_user_dataset(args.dataset) and
+                                                    user_data_kind(args.dataset) in ("rows", None)):
+        p.error(f"--raw-features keeps your own table's features as they are, and '{args.dataset}' is none (the "
+                "built-in tables keep each paper's preprocessing). Drop it")
     return args
 
 
@@ -1106,6 +1119,17 @@ def as_input(x, shape, device=None, name="x"):
     return x if device is None else x.to(device)
 
 
+def as_rgb32(x, shape, device=None, name="x"):
+    """as_input() for encoders of 3x32x32 images (itad.py, csi_gen.py): images of `shape` in [0, 1] -> float32 (N, 3,
+    32, 32), grey repeated to 3 channels, 28x28 zero-padded to 32x32; values outside [0, 1] are a ValueError."""
+    x = as_input(x, shape, device, name)
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{name} must hold images scaled to [0, 1], got values in [{x.min():g}, {x.max():g}]")
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x                     # (N, 1, H, W) -> (N, 3, H, W)
+    pad = (32 - x.shape[-1]) // 2
+    return (F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x).contiguous()      # 28 -> 32
+
+
 def check_finite(value, where, fix="Try a smaller --lr"):
     """A training loss that is NaN or infinite ends the run (exit 3): FloatingPointError saying where."""
     if not math.isfinite(value):
@@ -1120,6 +1144,17 @@ def load_weights(module, state, path):
         raise DataError(f"'{path}' holds weights that do not fit its own settings ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}). Save the model again") from None
     return module
+
+
+def saving_run(args, config, keys=("seed",), log=None):
+    """--load-model: the saving run's value of each of `keys` that the command line did not set (config: the
+    checkpoint's), above all its seed, which draws the split of unsplit data: with another seed the test set would
+    hold rows the model trained on."""
+    for k in keys if config else ():                     # config None: no checkpoint, nothing to take
+        if k not in args.given and config.get(k) is not None and config[k] != getattr(args, k):
+            setattr(args, k, config[k])
+            (log or say)(f"note: --{k.replace('_', '-')} {config[k]}, the saving run's (its split keeps its training "
+                         "rows out of the test set)")
 
 
 def check_input_shape(model_shape, data_shape, path, dataset):
@@ -1173,6 +1208,8 @@ class Progress:
 def fit_batch(batch_size, n, given, log=print, what="normal training samples"):
     """The batch size a run takes: a default larger than the n training samples is fitted to n, with a note; a
     value the user gave (given) that cannot work stays an error."""
+    if n < 2:
+        raise DataError(f"{n} {what} are too few: training takes batches of 2 or more. Give more normal samples")
     if batch_size <= n:
         return batch_size
     if given:

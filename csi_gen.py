@@ -57,10 +57,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, Progress, ResNet18, as_input, check_finite, check_input_shape,
+from common import (DataError, IMAGE_DATASETS, Progress, ResNet18, as_rgb32, check_finite, check_input_shape,
                     check_scores, command_line, exit_codes, finish, fit_batch, flags, load_checkpoint, load_images,
                     load_weights, loaded_note, number, one_class_split, output_flags, parse, parse_normal, png_path,
-                    read_user_data, run_name, save_checkpoint, say, set_seed)
+                    read_user_data, run_name, save_checkpoint, saving_run, say, set_seed)
 
 SHIFTS = 4                  # rotations by 0, 90, 180, 270 degrees (Sec. 3)
 ADAM_BETAS = (0.9, 0.999)   # Sec. 3; lr 2e-4 is train()'s default
@@ -188,13 +188,7 @@ def build_models(input_shape, variant="full", width=64, proj_dim=128, gan_width=
 def as_images(nets, x, name="x"):
     """Array or tensor (N, C, H, W) in [0, 1], of the shape nets were built for -> float32 (N, 3, 32, 32) on
     their device: gray 28 x 28 images repeated to 3 channels and zero-padded 2 pixels per side."""
-    x = as_input(x, nets.input_shape, name=name)
-    if x.min() < 0 or x.max() > 1:
-        raise ValueError(f"{name} must hold images scaled to [0, 1], got values in [{x.min():g}, {x.max():g}]")
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    pad = (32 - x.shape[-1]) // 2
-    return (F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x).to(next(nets.parameters()).device)
+    return as_rgb32(x, nets.input_shape, next(nets.parameters()).device, name)
 
 
 # ------------------------------------------------------------------------------------------ shifts and T (Sec. 2.1)
@@ -728,6 +722,7 @@ def main(argv=None):
     args = parse_args(argv)
     with exit_codes():
         model = load(args.load_model, args.device) if args.load_model else None
+        saving_run(args, model.config if model else None)       # its seed: the split, M_ens's draws
         set_seed(args.seed)
         data = prepare(args.dataset, args.normal, args.data_root, args.seed)
         x_train, x_test, y_test = data["x_train"], data["x_test"], data["y_test"]
@@ -736,8 +731,7 @@ def main(argv=None):
         if model is not None:
             check_input_shape(model.input_shape, shape, args.load_model, name)
             if args.save_samples and "G" not in model:
-                raise DataError(f"--save-samples needs a generator, and '{args.load_model}' holds a --variant csi "
-                                "model. Drop --save-samples")
+                raise DataError(f"--save-samples needs a generator; '{args.load_model}' has none. Drop --save-samples")
             say(loaded_note(args.load_model, model.config))
         else:
             cfg["batch_size"] = fit_batch(args.batch_size, len(x_train), "batch_size" in args.given, say,

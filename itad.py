@@ -60,10 +60,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common import (DataError, IMAGE_DATASETS, Progress, as_input as common_input, check_finite, check_input_shape,
+from common import (DataError, IMAGE_DATASETS, Progress, as_rgb32, check_finite, check_input_shape,
                     check_scores, command_line, exit_codes, finish, fit_batch, load_checkpoint, load_images,
                     load_weights, loaded_note, number, one_class_split, output_flags, parse, parse_normal,
-                    read_user_data, run_name, save_checkpoint, say, set_seed, to_minus1_1)
+                    read_user_data, run_name, save_checkpoint, saving_run, say, set_seed, to_minus1_1)
 
 # The paper's values: beta (Sec. IV-B), L1 entropy (Table I), lr and epochs (Sec. IV-A), c2 (Alg. 1), H of Eq. 29
 # (Sec. IV-D), Table IV's encoder sizes; batch 200 is AMDIM's (the paper gives none).
@@ -162,13 +162,7 @@ def build_encoder(input_shape=(3, 32, 32), ndf=PAPER["ndf"], nrkhs=PAPER["nrkhs"
 def as_input(model, x, name="x"):
     """Images (N, *model.input_shape) in [0, 1], numpy or torch -> (N, 3, 32, 32) float32 on the model's device:
     grey expanded to 3 channels (Sec. IV-E), 28x28 zero-padded to the encoder's 32x32."""
-    x = common_input(x, model.input_shape, next(model.parameters()).device, name)
-    if not ((x >= 0) & (x <= 1)).all():
-        raise ValueError(f"{name} must hold pixel values in [0, 1] (e.g. uint8 images / 255)")
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)                                                    # (N, 1, H, W) -> (N, 3, H, W)
-    pad = (32 - x.shape[-1]) // 2
-    return F.pad(x, (pad, pad, pad, pad)).contiguous() if pad > 0 else x.contiguous()  # 28 -> 32
+    return as_rgb32(x, model.input_shape, next(model.parameters()).device, name)
 
 
 # ------------------------------------------------------------------------------------------ losses and scores
@@ -651,9 +645,6 @@ def prepare(dataset, normal=None, data_root=None, seed=0):
         source = f"{os.path.basename(os.path.normpath(dataset))}: {d['source']}" + (
             "; the encoder sees 3x32x32 (grey repeated to 3 channels, zero-padded as MNIST's)" if d["kind"] == "grey"
             else "")
-        if y_test.min() == y_test.max():
-            raise DataError(f"the test set of '{dataset}' holds {'only anomalies' if y_test[0] else 'no anomalies'}; "
-                            "AUROC needs both. Give a test set with normal and anomalous images")
     index = np.arange(len(x_test)) if index is None else np.asarray(index)
     return dict(x_train=x_train, x_test=x_test, y_test=y_test.numpy(), normal=normal, index=index, source=source)
 
@@ -720,18 +711,18 @@ def main(argv=None):
     with exit_codes():
         set_seed(args.seed)
         model = load(args.load_model, args.device) if args.load_model else None
+        saving_run(args, model.config if model else None)       # its seed draws the split of unsplit data
         data = prepare(args.dataset, args.normal, args.data_root, args.seed)
         x_train, x_test, y_test = data["x_train"], data["x_test"], data["y_test"]
         h, rand = (args.mc_samples, True) if args.table2 else (0, False)     # Table II's scores only when asked
         (name, normal_text), shape = run_name(args.dataset, data["normal"]), tuple(x_test.shape[1:])
+        cfg = {k: getattr(args, k) for k in TRAINING + ("bn_stats",)} if model is None else {
+            **dict.fromkeys(TRAINING), **model.config, "c2": model.c2, "bn_stats": args.bn_stats or model.bn_stats}
         if model is None:                                  # a default batch larger than the training set is fitted
-            cfg = {k: getattr(args, k) for k in TRAINING + ("bn_stats",)}
             cfg["batch_size"] = fit_batch(args.batch_size, len(x_train), "batch_size" in args.given, say,
                                           "normal training images")
-        else:                                              # the checkpoint's settings, --bn-stats its choice if unset
+        else:                                              # --load-model: its input shape, its random state
             check_input_shape(model.input_shape, shape, args.load_model, name)
-            cfg = {**dict.fromkeys(TRAINING), **model.config, "c2": model.c2,
-                   "bn_stats": args.bn_stats or model.bn_stats}
             say(loaded_note(args.load_model, model.config)
                 + ("; the Eq. 22 / 29 augmentations continue from its random state" if model.rng else ""))
             restore_rng(model, args.device)
@@ -749,8 +740,7 @@ def main(argv=None):
             model = fit(x_train, **cfg, x_test=x_test, y_test=y_test, device=args.device, log=say)
             cfg.update(model.config)                       # iters resolved
         timing, info = {}, model.info or {"iters": cfg["iters"], "train_seconds": None, "curve": []}
-        scores, metrics = evaluate(model, x_test, y_test, cfg["bn_stats"], rand, h, cfg["c2"], log=say,
-                                   timing=timing)
+        scores, metrics = evaluate(model, x_test, y_test, cfg["bn_stats"], rand, h, cfg["c2"], log=say, timing=timing)
         result = {"method": "itad", "dataset": name, "normal": normal_text, "seed": args.seed,   # auroc_<other>bn:
                   **{k: v for k, v in metrics.items() if k.startswith("auroc")}, "scores": ",".join(scores),
                   **{k: cfg[k] for k in ("model", "mi", "entropy", "entropy_reduce")}, "code_norm": "affine",

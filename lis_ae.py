@@ -56,10 +56,10 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from common import (DataError, IMAGE_DATASETS, Progress, as_input, check_finite, check_input_shape, check_scores,
-                    command_line, dataset_type, exit_codes, finish, flags, is_anomaly, is_user_dataset, load_checkpoint,
-                    load_images, load_omniglot, load_unlabelled_images, load_weights, loaded_note, number, output_flags,
-                    parse, parse_normal, png_path, read_user_data, run_name, save_checkpoint, say, set_seed,
-                    user_data_kind)
+                    command_line, dataset_type, exit_codes, finish, flags, is_anomaly, is_user_dataset,
+                    load_checkpoint, load_images, load_omniglot, load_unlabelled_images, load_weights, loaded_note,
+                    number, output_flags, parse, parse_normal, png_path, read_user_data, run_name, save_checkpoint,
+                    saving_run, say, set_seed, user_data_kind)
 
 # Sec. 5.1's negative set D- per dataset; sizes and budgets are our choices (the paper gives none), fit()'s keywords
 NEGATIVE = {"mnist": "omniglot", "fashion-mnist": "next-class", "digits": "next-class", "svhn": "split",
@@ -156,8 +156,7 @@ def reconstruction_error(x_hat, x):
 
 def latent_shaping_loss(x_hat_pos, x_pos, x_hat_neg, x_neg, beta, gamma):
     """Eq. (1): ||x_hat+ - x+||_2 + beta * |gamma - ||x_hat- - x-||_2|, batch means -> (loss, rec_pos, rec_neg)."""
-    rec_pos = reconstruction_error(x_hat_pos, x_pos)
-    rec_neg = reconstruction_error(x_hat_neg, x_neg)
+    rec_pos, rec_neg = reconstruction_error(x_hat_pos, x_pos), reconstruction_error(x_hat_neg, x_neg)
     loss = rec_pos.mean() + beta * (gamma - rec_neg).abs().mean()          # Eq. (1)
     return loss, rec_pos.mean(), rec_neg.mean()
 
@@ -345,12 +344,13 @@ def evaluate(model, x, y, log=None):
 
 
 def save_recon(path, x, y, ae, model):
-    """Figure 3: the first 8 normal and 8 anomalous images of x, the phase-1 AE's and the LIS-AE's outputs."""
+    """Figure 3: the first 8 normal and 8 anomalous images of x, the phase-1 AE's and the LIS-AE's outputs -> path."""
     from torchvision.utils import save_image
     x = model_input(model, x[torch.cat([torch.nonzero(torch.as_tensor(y) == k).view(-1)[:8] for k in (0, 1)])])
     with torch.no_grad():
         grid = torch.cat([x, ae(x)[0], model(x)[0]])
     save_image(grid.cpu(), path, nrow=len(x), padding=2, pad_value=0.5)
+    return path
 
 
 # ------------------------------------------------------------------------------------------ fit, score, save, load
@@ -372,10 +372,10 @@ def fit(x_normal, x_negative=None, *, linsep=False, iters=2000, batch_size=128, 
         gamma = negative_target(model, x_negative, gamma_scale, augment) if gamma is None else gamma
         train_phase2(model, x_normal, x_negative, iters=iters, batch_size=batch_size, lr=lr, beta=beta, gamma=gamma,
                      augment=augment, log=log)                              # Alg. 1, phase 2: Eq. (1) on Z only
-    variant = "ae" if x_negative is None else "linsep-lis-ae" if linsep else "lis-ae"
     model.config = dict(iters=iters, batch_size=batch_size, lr=lr, latent=latent, width=width, latent_norm=latent_norm,
                         latent_act=latent_act, beta=beta, gamma=gamma, gamma_scale=gamma_scale, linsep=linsep,
-                        variant=variant, augment=augment)
+                        augment=augment,
+                        variant="ae" if x_negative is None else "linsep-lis-ae" if linsep else "lis-ae")
     passes = (2 if linsep else 1) + (0 if x_negative is None else 2)      # batches of positives and negatives
     model.info = dict(train_seconds=time.time() - t0, samples=iters * batch_size * passes)
     return model
@@ -400,8 +400,7 @@ def save(model, path, config=None):
 
 def load(path, device="cpu"):
     """A model written by save() or --save-model -> that model in eval mode, with ae_latent and config, for score()."""
-    ck = load_checkpoint(path, "lis_ae")
-    cfg, state = ck["config"], ck["state"]
+    cfg, state = (ck := load_checkpoint(path, "lis_ae"))["config"], ck["state"]
     model = build_model(cfg["input_shape"], latent=cfg["latent"], width=cfg["width"], latent_act=cfg["latent_act"],
                         latent_norm="batch" if "norm.running_mean" in state["model"] else "none")   # folded?
     load_weights(model, state["model"], path)
@@ -577,6 +576,7 @@ def main(argv=None):
     set_seed(args.seed)
     with exit_codes():
         model = load(args.load_model, args.device) if args.load_model else None
+        saving_run(args, model.config if model else None)       # its seed draws the split of unsplit data
         data = prepare(args.dataset, "0" if args.normal is None else args.normal, args.negative, args.test_half,
                        args.data_root, with_negatives=model is None, seed=args.seed)
         x_neg, x_test, y_test, tested = data["x_neg"], data["x_test"], data["y_test"], data["test_classes"]
@@ -590,10 +590,10 @@ def main(argv=None):
         neg = "not used (no training)" if model else f"{0 if x_neg is None else len(x_neg)} ({data['neg_desc']})"
         say(f"lis_ae: dataset={name} variant={variant} normal={normal} D+={len(data['x_pos'])} D-={neg} latent="
             f"{cfg['latent']} latent_norm={cfg['latent_norm']} latent_act={cfg['latent_act']} width={cfg['width']} "
-            f"lr={cfg['lr']:g} batch={cfg['batch_size']} iters={cfg['iters']}/phase device={args.device}")
-        say((f"data: {data['source']}; {data['like']}'s settings where not given\n" if data["source"] else "") +
-            f"test set: {len(x_test)} images{'' if tested is None else f' of classes {tested}'} ({int(y_test.sum())} "
-            f"anomalies){'' if tested is None else '; excluded from test: ' + str(data['excluded'])}")
+            f"lr={cfg['lr']} batch={cfg['batch_size']} iters={cfg['iters']}/phase device={args.device}")
+        say((f"lis_ae: read {name}: {data['source']}; {data['like']}'s settings where not given\n" if data["source"]
+             else "") + f"test set: {len(x_test)} images{'' if tested is None else f' of classes {tested}'} "
+            f"({int(y_test.sum())} anomalies){'' if not tested else '; excluded from test: ' + str(data['excluded'])}")
         if model is None:                                   # Alg. 1; Sec. 5.1 augments Omniglot only
             model = fit(data["x_pos"], x_neg, **cfg, augment=args.negative == "omniglot", device=args.device, log=say)
         ev, gamma = evaluate(model, x_test, y_test, log=say), model.config.get("gamma")
@@ -606,11 +606,10 @@ def main(argv=None):
                       latent_saturated=round(ev["latent_saturated"], 4), beta=cfg["beta"], gamma=None if gamma is None
                       else round(gamma, 4), **{k: cfg[k] for k in ("iters", "batch_size", "lr")})
         config = model.config if args.load_model else dict(
-            model.config, dataset=args.dataset, normal=args.normal, negative=args.negative, test_half=args.test_half,
+            model.config, dataset=args.dataset, normal=normal, negative=args.negative, test_half=args.test_half,
             seed=args.seed, input_shape=list(x_test.shape[1:]), settings_of=data["like"])
         if args.save_recon:                                 # written only now: a degenerate run writes nothing
-            save_recon(args.save_recon, x_test, y_test, phase1_ae(model), model)
-            say(f"wrote {args.save_recon}")
+            say(f"wrote {save_recon(args.save_recon, x_test, y_test, phase1_ae(model), model)}")
         speed = (model.info["samples"], model.info["train_seconds"], len(x_test), ev["score_seconds"])
         return finish(args, argv, result, config, scores, y_test.numpy(), data["index"].numpy(),
                       lambda path: save(model, path, config), speed)

@@ -57,7 +57,7 @@ from common import (DataError, IMAGE_DATASETS, Progress, as_input, check_finite,
                     command_line, data_root, exit_codes, finish, fit_batch, global_contrast_normalization, is_anomaly,
                     load_checkpoint, load_images, load_tabular, load_weights, loaded_note, minmax_scale, number,
                     one_class_split, output_flags, parse, parse_normal, read_index_file, read_user_data, row_moments,
-                    run_name, save_checkpoint, say, set_seed, standardize, user_data_kind)
+                    run_name, save_checkpoint, saving_run, say, set_seed, standardize, user_data_kind)
 
 # The paper's values per dataset (Sec. 4.1 batch sizes and validation size, Appendix B beta, lr and latent size);
 # the keys are the keyword names of fit() and prepare().
@@ -180,9 +180,8 @@ def toll_loss(x, x_hat, z, beta, p=2.0):
 
 @torch.no_grad()
 def anomaly_scores(model, x, beta=PAPER["mnist"]["beta"], p=2, chunk=1000, log=None, what="scoring"):
-    """Eq. (3) for every sample of x -> numpy (N,), higher = more anomalous; in eval mode (BN running statistics).
-    Use the beta and p the model was trained with: Eq. (3) is Eq. (2)'s per-sample term. With log, a pass of more
-    than one chunk reports its progress."""
+    """Eq. (3) for every sample of x -> numpy (N,), higher = more anomalous, in eval mode, with the beta and p the
+    model was trained with (Eq. 3 is Eq. 2's per-sample term); with log, a pass of many chunks reports progress."""
     x, was_training = as_input(x, model.input_shape, next(model.parameters()).device), model.training
     model.eval()
     out, progress = [], Progress(what, len(x), log if len(x) > chunk else None)
@@ -228,8 +227,7 @@ def train(model, x_normal, x_val=None, y_val=None, beta=PAPER["mnist"]["beta"], 
             raise ValueError(f"y_val must have shape ({len(x_val)},), a label per x_val sample (1 = anomaly), got "
                              f"{y_val.shape}")
     name, log = getattr(metric, "__name__", "metric"), log or (lambda line: None)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    best = (-1.0, 0, None)  # (metric, iteration, state)
+    opt, best = torch.optim.Adam(model.parameters(), lr=lr), (-1.0, 0, None)   # best: (metric, iteration, state)
     n, t0, train_time, progress = len(x_normal), time.time(), 0.0, Progress("training", iters, log)
     for it in range(1, iters + 1):
         ts = time.time()
@@ -285,8 +283,8 @@ def score(model, x, log=None):
 
 
 def save(model, path, config=None):
-    """Keep a fitted model: weights, input shape, latent size, hyperparameters (and `config`) and what scoring needs
-    (the checkpoint's "preprocess": beta, p, the constants). A bare build_model() is saved with beta 1000, p 2."""
+    """Keep a fitted model: weights, input shape, latent size, hyperparameters (and `config`), and what scoring needs
+    ("preprocess": beta, p, the constants; a bare build_model() is saved with beta 1000, p 2)."""
     config = {**getattr(model, "config", {}), **(config or {}), "input_shape": list(model.input_shape),
               "latent": model.latent}
     preprocess = dict(getattr(model, "constants", {}), beta=getattr(model, "beta", 1000), p=getattr(model, "p", 2.0))
@@ -305,9 +303,8 @@ def load(path, device="cpu"):
 # ------------------------------------------------------------------------------------------ data (Sec. 4.1)
 
 def fit_constants(x, standardize=True):
-    """normalise()'s constants fitted on x: grey images their mean and std (Sec. 4.1: "zero mean and a standard
-    deviation of 1"), RGB images the extremes after GCN (the Deep SVDD convention), rows each column's mean and std
-    (not in the paper; standardize=False: none, the rows as given, as Arrhythmia's)."""
+    """normalise()'s constants fitted on x: grey images' mean and std (Sec. 4.1: "zero mean and a standard deviation of
+    1"), RGB images' extremes after GCN (Deep SVDD's), rows' column means and stds (standardize=False: as given)."""
     x = torch.as_tensor(x, dtype=torch.float32)
     if x.dim() == 2:
         return dict(zip(("row_mean", "row_std"), (v.tolist() for v in row_moments(x)))) if standardize else {}
@@ -319,7 +316,8 @@ def fit_constants(x, standardize=True):
 def normalise(x, constants):
     """The preprocessing with its constants (fit_constants(), a checkpoint's): grey images standardised with mean /
     std, RGB images GCN (L1) then min-max with gcn_min / gcn_max, rows with row_mean / row_std or as they are."""
-    x, c = torch.as_tensor(x, dtype=torch.float32), {k: torch.tensor(v) for k, v in constants.items()}
+    x = torch.as_tensor(x, dtype=torch.float32)
+    c = {k: torch.tensor(v, device=x.device) for k, v in constants.items()}
     if "gcn_min" in c:
         return minmax_scale(global_contrast_normalization(x), c["gcn_min"], c["gcn_max"])
     if "mean" in c or "row_mean" in c:
@@ -331,9 +329,8 @@ def prepare(dataset, normal=None, root=None, seed=0, val_size=None, split="rando
             normal_label="0", standardize=True):
     """A dataset as Sec. 4.1 splits it, raw (fit() and score() preprocess) -> (dict, normal classes or None): train
     (normal samples), val=(x, y) or None, test=(x, y) (1 = anomaly), index (test samples in their source), constants
-    (normalise()'s; MNIST-type data: the whole train split's mean and std), anomaly_ratio (F1's r for rows), row
-    (the PAPER row that fits), source. val_size: an image train split's labelled hold-out (None: PAPER's). Your
-    data: its own splits or common.split_table's, with validation; rows standardised unless standardize=False."""
+    (normalise()'s; MNIST-type data: the whole train split's mean and std), anomaly_ratio (F1's r for rows), row (the
+    PAPER row that fits), source. val_size: an image train split's labelled hold-out (None: PAPER's)."""
     paths = None
     if split == "official":              # the authors' index files: a DataError, before loading, where missing
         if dataset not in SPLIT_FILES:
@@ -421,7 +418,7 @@ def defaults(known):
 
 
 def parse_args(argv=None):
-    values = lambda key: ", ".join(f"{k} {v[key]:g}" for k, v in PAPER.items() if k != "digits")
+    values = lambda key: ", ".join(f"{k} {v[key]:g}" for k, v in PAPER.items() if k not in ("thyroid", "digits"))
     p = command_line("toll.py", "Toll: targeted collapse regularized autoencoder (Ghafourian et al., TNNLS 2024)",
                      PAPER, "mnist, fashion-mnist, cifar10, cifar100 (20 superclasses), arrhythmia (Sec. 4.1); not in "
                      "the paper: thyroid (Arrhythmia's values), digits (install check: MNIST's, batch 32, val 100)",
@@ -445,17 +442,16 @@ def parse_args(argv=None):
         p.add_argument("--" + flag, help=text, **({"choices": kind, "default": kind[0]} if isinstance(kind, list)
                                                   else {"type": kind}))
     output_flags(p, "scores (Eq. 3)", "the weights, the resolved hyperparameters and the preprocessing constants")
-    args = parse(p, argv, defaults, LOADED, pre=("split",))
+    args = parse(p, argv, defaults, LOADED + ("raw_features",), pre=("split",))
     if args.normal is not None and args.dataset in TABULAR:
         p.error(f"--normal does not apply to {args.dataset}: its normal label is 0. Leave --normal out")
     if "val_size" in args.given and (args.dataset not in PAPER or args.dataset in TABULAR or args.split == "official"):
         where = "with --split official" if args.split == "official" else f"to {args.dataset}"
         p.error(f"--val-size does not apply {where}: tabular sets validate on 30% of each class (Sec. 4.1), --split "
-                "official on the index file's samples, your own data on its x_val / y_val or the split rule's. Drop "
-                "--val-size")
+                "official on the index files' samples, your data on its x_val / y_val or the split rule's. Drop it")
     if "val_size" in args.given and args.select == "last" and args.val_size:
-        p.error(f"--val-size {args.val_size} holds out samples that --select last never uses. Drop --val-size (all "
-                "normal training samples then train), or use --select val")
+        p.error(f"--val-size {args.val_size} holds out samples that --select last never uses. Drop --val-size (every "
+                "normal training sample then trains) or use --select val")
     if args.select == "val" and args.val_size == 0:
         p.error("--select val needs a validation set, and --val-size is 0. Pass --val-size > 0, or --select last")
     args.val_size = 0 if args.select == "last" and args.val_size else args.val_size   # nothing held out
@@ -467,9 +463,11 @@ def main(argv=None):
     args = parse_args(argv)
     with exit_codes():
         model = load(args.load_model, args.device) if args.load_model else None
+        saving_run(args, model and {k: v for k, v in model.config.items() if v != "own"}, ("seed", "split"))
         set_seed(args.seed)
         data, normal = prepare(args.dataset, args.normal, args.data_root, args.seed, args.val_size, args.split,
-                               args.label_column, args.normal_label, not args.raw_features)
+                               args.label_column, args.normal_label,          # a model's own standardisation
+                               "row_mean" in model.constants if model else not args.raw_features)
         shape, (x_test, y_test), ratio = tuple(data["train"].shape[1:]), data["test"], data["anomaly_ratio"]
         (name, normal_text), split = run_name(args.dataset, normal), args.split if args.dataset in PAPER else "own"
         cfg, note = {k: getattr(args, k) for k in LOADED}, ""
@@ -483,7 +481,7 @@ def main(argv=None):
             cfg["batch_size"] = fit_batch(cfg["batch_size"], len(data["train"]), "batch_size" in args.given, say)
             if cfg["select"] == "val" and val is None and "select" in args.given:
                 raise DataError(f"--select val needs labelled validation data with normal and anomalous samples, and "
-                                f"{args.dataset} has none. Pass --select last, or add x_val and y_val to the .npz")
+                                f"{args.dataset} has none. Pass --select last (an .npz can add x_val and y_val)")
             if cfg["select"] == "val" and val is None:
                 cfg["select"], note = "last", " (no labelled validation data: the last model is tested)"
         def f1(labels, scores):                                    # Sec. 4.1: F1 for tables at the ratio r
@@ -491,18 +489,17 @@ def main(argv=None):
         metric, m = (auroc, "auroc") if ratio is None else (f1, "f1")
         if data["source"]:
             say(f"toll: read {name}: {data['source']}; the model and hyperparameters of --dataset {data['row']}")
-        say(f"toll: dataset={name} normal={normal_text} split={split} train={len(data['train'])} "
-            f"val={len(data['val'][0]) if data['val'] else 0} test={len(x_test)} (anomalies {int(y_test.sum())}) "
-            f"beta={cfg['beta']:g} norm=L{cfg['norm']} lr={cfg['lr']:g} batch={cfg['batch_size']} latent="
-            f"{cfg['latent']} select={cfg['select']}{note} device={args.device}; scores: Eq. (3), one pass over the "
-            "test set")
+        say(f"toll: dataset={name} normal={normal_text} split={split} train={len(data['train'])} val="
+            f"{len(data['val'][0]) if data['val'] else 0} test={len(x_test)} (anomalies {int(y_test.sum())}) beta="
+            f"{cfg['beta']:g} norm=L{cfg['norm']} lr={cfg['lr']} batch={cfg['batch_size']} latent={cfg['latent']} "
+            f"select={cfg['select']}{note} device={args.device}; scores: Eq. (3), one pass over the test set")
         if model is None:
             x_val, y_val = val if cfg["select"] == "val" else (None, None)
             model = fit(data["train"], x_val, y_val, **{k: cfg[k] for k in FIT}, p=NORMS[cfg["norm"]], metric=metric,
                         constants=data["constants"], device=args.device, log=say)
         info = model.info or dict(best_val=None, best_iter=None, train_seconds=None)       # a loaded model: none
         ts, scores, y_test = time.time(), score(model, x_test, log=say), y_test.numpy()
-        speed = (cfg["iters"] * cfg["batch_size"], info["train_seconds"], len(x_test), time.time() - ts)
+        speed = ((cfg["iters"] or 0) * (cfg["batch_size"] or 0), info["train_seconds"], len(x_test), time.time() - ts)
         check_scores({"Eq. (3)": scores}, "the test set")
         result = {"method": "toll", "dataset": name, "normal": normal_text, "seed": args.seed,
                   m: round(metric(y_test, scores), 4), "auroc": round(auroc(y_test, scores), 4),

@@ -222,6 +222,38 @@ def test_image_folder_without_train_good_is_named(tmp_path):
         common.load_image_folder(str(tmp_path / "f"), channels=1, size=28)
 
 
+def test_user_data_without_normal_test_images_or_with_one_training_sample_is_named(tmp_path):
+    """read_user_data(): AUROC and F1 need normal and anomalous test samples (an empty test/good is named), and
+    training needs 2 normal samples (one is named), before any model is built."""
+    import numpy as np
+    folder = _image_folder(tmp_path / "f")
+    for f in os.listdir(os.path.join(folder, "test", "good")):
+        os.remove(os.path.join(folder, "test", "good", f))
+    with pytest.raises(common.DataError, match="holds only anomalies; AUROC and F1 need both"):
+        common.read_user_data(folder, "itad.py", tables=False)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "one.npz", x_train=rng.random((1, 5)), x_test=rng.random((4, 5)), y_test=[0, 0, 1, 1])
+    with pytest.raises(common.DataError, match="gives 1 normal training sample.s.; a model needs 2 or more"):
+        common.read_user_data(str(tmp_path / "one.npz"), "toll.py")
+    with pytest.raises(common.DataError, match="1 normal training samples are too few"):
+        common.fit_batch(8, 1, given=False)
+
+
+def test_saving_run_takes_the_checkpoints_seed_unless_given(capsys):
+    """--load-model: the saving run's seed (it draws the split of unsplit data) replaces the default, with a note;
+    a seed the user typed stays; no checkpoint (config None) changes nothing."""
+    import argparse
+    args = argparse.Namespace(seed=0, split="random", given=set())
+    common.saving_run(args, {"seed": 3, "split": "official"}, ("seed", "split"))
+    assert (args.seed, args.split) == (3, "official")
+    assert "note: --seed 3, the saving run's (its split keeps its training rows out of the test set)" in \
+        capsys.readouterr().out
+    args = argparse.Namespace(seed=1, given={"seed"})
+    common.saving_run(args, {"seed": 3})
+    common.saving_run(args, None)
+    assert args.seed == 1 and capsys.readouterr().out == ""
+
+
 def test_fit_images_converts_channels_and_side():
     x = torch.rand(2, 3, 40, 40)
     g = common.fit_images(x, 1, 28)
@@ -421,7 +453,7 @@ def test_exit_codes_map_bad_input_degenerate_runs_and_ctrl_c(capsys):
         assert err.startswith("error: ") if code != 130 else "interrupted: no result was written" in err
 
 
-def test_finish_writes_scores_model_result_line_and_json_in_that_order(tmp_path, capsys):
+def test_finish_writes_scores_the_model_the_result_line_and_atomic_json(tmp_path, capsys):
     import argparse
     import numpy as np
     args = argparse.Namespace(save_scores=str(tmp_path / "s.npz"), save_model=str(tmp_path / "m.pt"),

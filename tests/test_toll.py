@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import toll
-from common import split_table
+from common import row_moments, split_table
 from conftest import read_json, readme_block, run_script
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -534,6 +534,30 @@ def test_loaded_model_scores_exactly_as_the_saving_run_without_training(tmp_path
     np.testing.assert_allclose(toll.score(model, data["test"][0]), np.load(tmp_path / "a.npz")["scores"], rtol=1e-5)
 
 
+def test_load_model_on_another_table_keeps_the_checkpoints_standardisation_and_its_seed(tmp_path, capsys, request):
+    """Issue 34: --load-model on another table (another location and scale) scores with the standardisation the
+    checkpoint holds (the saving run's training rows' mean and std), never refitted; the saving run's --seed, which
+    draws the split, is taken unless given, with a note: the test rows are those split_table gives for that seed."""
+    x, y = own_table(seed=0)
+    toll.main(["--dataset", write_csv(tmp_path / "a.csv", x, y), "--iters", "3", "--eval-every", "1", "--seed", "3",
+               "--save-model", str(tmp_path / "m.pt")])
+    x2, y2 = own_table(seed=1)
+    x2 = x2 * 5 + 3
+    request.getfixturevalue("no_training")                          # from here on, an optimiser step fails
+    r = toll.main(["--dataset", write_csv(tmp_path / "b.csv", x2, y2), "--load-model", str(tmp_path / "m.pt"),
+                   "--save-scores", str(tmp_path / "b.npz")])
+    assert "note: --seed 3, the saving run's" in capsys.readouterr().out and r["seed"] == 3
+    f, model = np.load(tmp_path / "b.npz"), toll.load(str(tmp_path / "m.pt"))
+    t2 = lambda seed: split_table(torch.from_numpy(x2), torch.from_numpy(y2), seed=seed, validation=True)
+    np.testing.assert_array_equal(f["index"], t2(3)["index"])
+    mean = split_table(torch.from_numpy(x), torch.from_numpy(y), seed=3, validation=True)["train"].mean(0)
+    np.testing.assert_allclose(model.constants["row_mean"], mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(toll.score(model, x2[f["index"]]), f["scores"], rtol=1e-5)   # the checkpoint's
+    model.constants = dict(model.constants, **dict(zip(("row_mean", "row_std"),
+                                                       (v.tolist() for v in row_moments(t2(3)["train"])))))
+    assert not np.allclose(toll.score(model, x2[f["index"]]), f["scores"], rtol=1e-3)    # what refitting gives
+
+
 def test_load_model_refuses_another_scripts_checkpoint_another_shape_and_model_flags(tmp_path, capsys, no_training):
     x, y = own_table()
     path = write_csv(tmp_path / "t.csv", x, y)
@@ -622,7 +646,7 @@ def bad_own_data(tmp_path, case):
         return [str(t / "n.npz")], "NaN or inf"
     if case == "npz-no-val-select-val":
         np.savez(t / "v.npz", x_train=x[y == 0], x_test=x, y_test=y)
-        return [str(t / "v.npz"), "--batch-size", "8", "--select", "val"], "add x_val and y_val"
+        return [str(t / "v.npz"), "--batch-size", "8", "--select", "val"], "an .npz can add x_val and y_val"
     if case == "npz-test-without-anomalies":
         np.savez(t / "a.npz", x_train=x[y == 0], x_test=x[y == 0], y_test=y[y == 0])
         return [str(t / "a.npz")], "holds no anomalies"
