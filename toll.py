@@ -422,15 +422,15 @@ def parse_args(argv=None):
     p = command_line("toll.py", "Toll: targeted collapse regularized autoencoder (Ghafourian et al., TNNLS 2024)",
                      PAPER, "mnist, fashion-mnist, cifar10, cifar100 (20 superclasses), arrhythmia (Sec. 4.1); not in "
                      "the paper: thyroid (Arrhythmia's values), digits (install check: MNIST's, batch 32, val 100)",
-                     "tables take Arrhythmia's model and values, grey images (1x28x28) MNIST's, RGB (3x32x32) "
-                     "CIFAR-10's", "initialisation, batch order and the random split (Sec. 4.1 averages 10 seeds)",
-                     "Sec. 4.1")
+                     "tables take Arrhythmia's settings, grey images (1x28x28) MNIST's, RGB (3x32x32) CIFAR-10's",
+                     "initialisation, batch order and the random split (Sec. 4.1 averages 10 seeds)", "Sec. 4.1")
     for flag, kind, text in (    # kind: an argument type, or the choices (the first is the default)
             ("iters", number(int, 1), "random training batches (Sec. 4.1)"),
             ("batch-size", number(int, 2), f"{values('batch_size')} (Sec. 4.1)"),
-            ("lr", number(float, 0, low_open=True), f"Adam's fixed learning rate: {values('lr')} (Appendix B)"),
+            ("lr", number(float, 0, low_open=True), f"Adam's fixed learning rate: {values('lr')} (Appendix B; "
+                                                     "Arrhythmia's: the authors' code)"),
             ("beta", number(float, 0), f"weight of ||z|| in Eq. (2)-(3); 0 = the plain autoencoder (Table 7, Fig. 4): "
-                                       f"{values('beta')} (Appendix B; Arrhythmia's lr and beta: the authors' code)"),
+                                       f"{values('beta')} (Appendix B; Arrhythmia's: the authors' code)"),
             ("norm", ["2", "1", "inf"], "p of ||z||_p in loss and score alike: 2 = Eq. (2)-(3); 1 and inf (Table 8)"),
             ("latent", number(int, 1), f"latent size: {values('latent')} (Appendix B)"),
             ("split", ["random", "official"], "random: validation (and Arrhythmia's test) split drawn from --seed "
