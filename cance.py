@@ -551,8 +551,7 @@ def fit(x_normal, *, variants=("cance",), features="ae", latent=6, lam=0.3, ae_i
     z-scored with their mean and std (standardize; a constant column keeps std 1, GOAD's norm_data), the model keeps
     the constants. 20% is held out for model selection (Appendix E); Step 1 trains the AE on the rest (or embeds it
     with ResNet-18 and fits PCA), Step 2 one NCE model per variant. seed seeds torch, numpy and random (one seed, one
-    result on CPU); device: where it trains ("cuda" on a GPU); log: gets each progress line. MNIST's defaults -> a
-    CANCE."""
+    result on CPU); device: "cpu" or "cuda"; log: gets each progress line. Defaults: MNIST's -> a CANCE."""
     if any(v not in VARIANTS for v in variants):
         raise ValueError(f"variants must be among {', '.join(VARIANTS)}, got {tuple(variants)}")
     x = standard_layout(torch.as_tensor(x_normal, dtype=torch.float32))
