@@ -136,7 +136,7 @@ def ranks(values):
     return r
 
 
-def report(runs, seeds, methods, command):
+def report(runs, seeds, methods, command, data=None, out=os.path.join(HERE, "results")):
     rows = {}
     for f in glob.glob(os.path.join(runs, "*.json")):
         with open(f) as fh:
@@ -152,13 +152,17 @@ def report(runs, seeds, methods, command):
                        average_rank=round(float(np.mean([rank[f][m] for f in files])), 2) if files else None,
                        seconds_per_run=None if secs[m] is None else round(secs[m], 1)) for m in methods}
     missing = sorted(set(rows) - set(files))
+    named = {os.path.splitext(os.path.basename(q))[0] for q in glob.glob(os.path.join(data or "", "*.npz"))}
+    unstarted = len(named - set(rows)) if data else 0                  # files in --data without a run yet
     lines = ["# toll.py and cance.py against classical detectors (ADBench classical tables)", "",
              f"Written by `{command}`. Protocol: benchmarks/adbench.py's docstring (common.split_table's split, the "
              "same test rows for every method; training rows standardised; the scripts' defaults; the libraries' "
              f"defaults). Seeds {','.join(map(str, seeds))}; AUROC on the test rows, mean over the seeds; files of "
              f"more than {MAX_ROWS:,} rows subsampled to {MAX_ROWS:,} (stratified, seed 0). Device: CPU, one thread "
              "per run.", "",
-             f"{len(files)} files complete" + (f"; not complete yet: {', '.join(missing)}" if missing else "") + ".",
+             f"{len(files)} files complete" + (f" of {len(named)} in the data folder" if named else "") +
+             (f"; not complete yet: {', '.join(missing)}" if missing else "") +
+             (f"; not started: {unstarted} files (the command above resumes)" if unstarted else "") + ".",
              "", "| method | mean AUROC | average rank | seconds per run |", "|---|---|---|---|"]
     for m in sorted(methods, key=lambda m: summary[m]["average_rank"] or 0):
         s = summary[m]
@@ -168,9 +172,9 @@ def report(runs, seeds, methods, command):
         best = max(mean[f].values())
         cell = lambda m: f"**{mean[f][m]:.4f}**" if mean[f][m] == best else f"{mean[f][m]:.4f}"
         lines.append(f"| {f} | " + " | ".join(cell(m) for m in methods) + " |")
-    with open(os.path.join(HERE, "results", "adbench.md"), "w") as fh:
+    with open(os.path.join(out, "adbench.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    with open(os.path.join(HERE, "results", "adbench.json"), "w") as fh:
+    with open(os.path.join(out, "adbench.json"), "w") as fh:
         json.dump(dict(command=command, seeds=seeds, summary=summary, per_file=mean), fh, indent=1)
     return summary
 
@@ -189,7 +193,8 @@ def main(argv=None):
     seeds, methods = [int(s) for s in args.seeds.split(",")], args.methods.split(",")
     runs = os.path.join(OUT, "runs")
     os.makedirs(runs, exist_ok=True)
-    command = "python benchmarks/adbench.py " + " ".join(argv)
+    command = f"python benchmarks/adbench.py --data {args.data} --seeds {args.seeds}" + (
+        f" --methods {args.methods}" if args.methods != ",".join(METHODS) else "")      # the sweep that writes it
     if not args.report:
         paths = sorted(glob.glob(os.path.join(args.data, "*.npz")), key=os.path.getsize)   # small files first
         if args.files:
@@ -202,8 +207,8 @@ def main(argv=None):
                 print(f"{i + 1}/{len(jobs)} {jobs[i][1]} {os.path.basename(jobs[i][0])} s{jobs[i][2]}: "
                       f"{'failed' if out is None else 'done'}", flush=True)
                 if (i + 1) % len(methods) == 0:
-                    report(runs, seeds, methods, command)
-    print(json.dumps(report(runs, seeds, methods, command), indent=1))
+                    report(runs, seeds, methods, command, args.data)
+    print(json.dumps(report(runs, seeds, methods, command, args.data), indent=1))
 
 
 if __name__ == "__main__":

@@ -468,3 +468,26 @@ def test_a_signal_to_a_background_sweep_stops_it_like_ctrl_c(setup, signame):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert (runs / "c0_s0.json").exists() and not list(runs.glob("*.failed"))
+
+
+def test_adbench_ranks_share_ties_and_the_report_counts_only_complete_files(tmp_path):
+    """benchmarks/adbench.py: average ranks (1 = the best mean AUROC of a file, ties share theirs); a file enters
+    the table only when every method has every seed; files of the data folder without runs are counted."""
+    import adbench
+    assert adbench.ranks([0.9, 0.7, 0.9, 0.5]) == [1.5, 3.0, 1.5, 4.0]
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    runs.mkdir()
+    data.mkdir()
+    for name in ("1_a", "2_b", "3_c"):
+        (data / f"{name}.npz").write_bytes(b"")
+    cells = {("1_a", "toll"): [0.8, 0.6], ("1_a", "ecod"): [0.9, 0.9], ("2_b", "toll"): [0.5, 0.5],
+             ("2_b", "ecod"): [0.4]}                                       # 2_b: ecod's seed 1 missing
+    for (f, m), aurocs in cells.items():
+        for s, a in enumerate(aurocs):
+            (runs / f"{f}_{m}_s{s}.json").write_text(json.dumps(dict(file=f, method=m, seed=s, auroc=a, seconds=1.0)))
+    summary = adbench.report(str(runs), [0, 1], ["toll", "ecod"], "python benchmarks/adbench.py", str(data),
+                             out=str(tmp_path))
+    assert summary["toll"]["mean_auroc"] == 0.7 and summary["ecod"]["mean_auroc"] == 0.9
+    assert summary["ecod"]["average_rank"] == 1.0 and summary["toll"]["average_rank"] == 2.0
+    md = (tmp_path / "adbench.md").read_text()
+    assert "1 files complete of 3 in the data folder; not complete yet: 2_b; not started: 1 files" in md
