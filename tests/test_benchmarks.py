@@ -484,7 +484,8 @@ def test_adbench_ranks_share_ties_and_the_report_counts_only_complete_files(tmp_
              ("2_b", "ecod"): [0.4]}                                       # 2_b: ecod's seed 1 missing
     for (f, m), aurocs in cells.items():
         for s, a in enumerate(aurocs):
-            (runs / f"{f}_{m}_s{s}.json").write_text(json.dumps(dict(file=f, method=m, seed=s, auroc=a, seconds=1.0)))
+            run = dict(file=f, method=m, seed=s, auroc=a, seconds=1.0)
+            (runs / f"{f}_{m}_s{s}.json").write_text(json.dumps(run))
     summary = adbench.report(str(runs), [0, 1], ["toll", "ecod"], "python benchmarks/adbench.py", str(data),
                              out=str(tmp_path))
     assert summary["toll"]["mean_auroc"] == 0.7 and summary["ecod"]["mean_auroc"] == 0.9
