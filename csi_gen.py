@@ -754,8 +754,8 @@ def main(argv=None):
         result = {"method": "csi_gen", "dataset": name, "normal": normal_text, "seed": args.seed,
                   "auroc": round(roc_auc_score(y_test, scores["main"]), 4),
                   "auroc_ens": round(roc_auc_score(y_test, scores["ens"]), 4) if r else None,
-                  **{k: cfg[k] for k in ("variant", "iters", "batch_size", "width", "gan_width", "blur_p", "ensemble",
-                                         "test_crop_scale")}}
+                  **{k: cfg[k] for k in ("variant", "iters", "batch_size", "width", "gan_width", "blur_p", "ensemble")},
+                  "test_crop_scale": cfg["test_crop_scale"] if r else None}          # M_ens's crop: only with M_ens
         origin = {"loaded_from": args.load_model, "trained_on": model.config.get("dataset")} if args.load_model else \
             {"values_of": "digits" if args.dataset == "digits" else "paper"}
         config = dict(cfg, input_shape=list(shape), dataset=args.dataset, normal=normal_text, seed=args.seed,

@@ -673,6 +673,7 @@ def test_cli_scores_a_model_saved_through_the_api(tmp_path, capsys, no_training)
     assert code == 0, err
     assert np.array_equal(np.load(tmp_path / "a.npz")["scores"], csi_gen.anomaly_scores(nets, nets.banks[0], x_test))
     assert "auroc_ens" not in r and "iters" not in r and r["ensemble"] == 0 and "lr=None" in out
+    assert "test_crop_scale" not in r                   # M_ens's crop is reported only where M_ens is computed
     nets.banks = [csi_gen.normal_features(nets, x_train, ensemble=2, log=QUIET)]
     csi_gen.save(nets, ck)
     code, _, err, _ = run_main(["--dataset", data, "--load-model", ck], capsys)
