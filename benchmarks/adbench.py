@@ -150,6 +150,7 @@ def report(runs, seeds, methods, command, data=None, out=os.path.join(HERE, "res
     secs = {m: float(np.mean([r["seconds"] for f in files for r in rows[f][m]])) if files else None for m in methods}
     summary = {m: dict(mean_auroc=round(float(np.mean([mean[f][m] for f in files])), 4) if files else None,
                        average_rank=round(float(np.mean([rank[f][m] for f in files])), 2) if files else None,
+                       best_on=sum(mean[f][m] == max(mean[f].values()) for f in files),     # ties count for each
                        seconds_per_run=None if secs[m] is None else round(secs[m], 1)) for m in methods}
     missing = sorted(set(rows) - set(files))
     named = {os.path.splitext(os.path.basename(q))[0] for q in glob.glob(os.path.join(data or "", "*.npz"))}
@@ -159,14 +160,15 @@ def report(runs, seeds, methods, command, data=None, out=os.path.join(HERE, "res
              "same test rows for every method; training rows standardised; the scripts' defaults; the libraries' "
              f"defaults). Seeds {','.join(map(str, seeds))}; AUROC on the test rows, mean over the seeds; files of "
              f"more than {MAX_ROWS:,} rows subsampled to {MAX_ROWS:,} (stratified, seed 0). Device: CPU, one thread "
-             "per run.", "",
+             "per run (seconds: the wall time of one run; --jobs runs go side by side).", "",
              f"{len(files)} files complete" + (f" of {len(named)} in the data folder" if named else "") +
              (f"; not complete yet: {', '.join(missing)}" if missing else "") +
              (f"; not started: {unstarted} files (the command above resumes)" if unstarted else "") + ".",
-             "", "| method | mean AUROC | average rank | seconds per run |", "|---|---|---|---|"]
+             "", "| method | mean AUROC | average rank | best on (files; ties count for each) | seconds per run |",
+             "|---|---|---|---|---|"]
     for m in sorted(methods, key=lambda m: summary[m]["average_rank"] or 0):
         s = summary[m]
-        lines.append(f"| {m} | {s['mean_auroc']} | {s['average_rank']} | {s['seconds_per_run']} |")
+        lines.append(f"| {m} | {s['mean_auroc']} | {s['average_rank']} | {s['best_on']} | {s['seconds_per_run']} |")
     lines += ["", "| file | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for f in files:
         best = max(mean[f].values())

@@ -490,5 +490,7 @@ def test_adbench_ranks_share_ties_and_the_report_counts_only_complete_files(tmp_
                              out=str(tmp_path))
     assert summary["toll"]["mean_auroc"] == 0.7 and summary["ecod"]["mean_auroc"] == 0.9
     assert summary["ecod"]["average_rank"] == 1.0 and summary["toll"]["average_rank"] == 2.0
+    assert summary["ecod"]["best_on"] == 1 and summary["toll"]["best_on"] == 0
     md = (tmp_path / "adbench.md").read_text()
+    assert "| ecod | 0.9 | 1.0 | 1 | 1.0 |" in md                     # mean, rank, files best on, seconds
     assert "1 files complete of 3 in the data folder; not complete yet: 2_b; not started: 1 files" in md
